@@ -1,0 +1,43 @@
+# Quick start: `make demo` (set up + one default migration), `make test` (set up + every test).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+QEMU   := $(shell command -v qemu-system-x86_64 2>/dev/null)
+
+.PHONY: setup system-deps demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Real QEMU 7.2 is the migration peer of the interop tests; install it when we can (root + apt).
+system-deps:
+	@if [ -z "$(QEMU)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing qemu-system-x86 (interop peer)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils >/dev/null; \
+	  else \
+	    echo "qemu-system-x86_64 not found and not root: QEMU interop tests will skip (sudo apt-get install qemu-system-x86)"; \
+	  fi; \
+	fi
+
+demo: setup
+	$(VENV)/bin/qatmig migrate --guest-size 256M --multifd-channels 2 --multifd-compression zstd
+
+test: setup system-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -n 2 -p qatmig tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

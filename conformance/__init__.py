@@ -1,0 +1,1 @@
+"""qatmig_conformance: the conformance suite, runnable against any implementation."""

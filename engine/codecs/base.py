@@ -1,0 +1,82 @@
+"""The one small interface every multifd compression method implements.
+
+A method is a :class:`CodecSpec` (static facts + factories). Each multifd channel owns one
+:class:`Compressor` (source) or :class:`Decompressor` (destination); streaming methods (zlib,
+zstd) keep state across the packets of their channel, the others do not. Everything here is
+pure: bytes in, bytes out, no sockets, threads or files.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from ..constants import TARGET_PAGE_SIZE
+
+
+class Compressor(ABC):
+    """Per-channel send state: turns a packet's normal pages into its payload."""
+
+    #: Set by the factory; used in error messages (``multifd %u: ...``).
+    channel: int = 0
+
+    @abstractmethod
+    def compress(self, pages: memoryview | bytes) -> bytes | memoryview:
+        """Compress ``pages`` (normal_pages x page_size bytes, contiguous) to one payload.
+
+        Called once per packet with the whole packet (never page by page). Raises CodecError.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (hardware sessions); idempotent."""
+
+
+class Decompressor(ABC):
+    """Per-channel receive state: turns one payload back into exactly the packet's pages."""
+
+    channel: int = 0
+
+    @abstractmethod
+    def decompress(self, payload: bytes | memoryview, normal_pages: int) -> bytes | memoryview:
+        """Return exactly ``normal_pages * page_size`` bytes.
+
+        Must stop as soon as output would exceed that bound (decompression bombs), and raise
+        :class:`~qatmig_engine.errors.PayloadSizeError` when the payload yields more or fewer
+        bytes, :class:`~qatmig_engine.errors.CodecError` when it is corrupt. Never anything else.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; idempotent."""
+
+
+@dataclass(frozen=True)
+class CodecSpec(ABC):
+    """Static facts about one method plus factories for its per-channel state."""
+
+    name: str  # multifd-compression value: none, zlib, zstd, qatzip, qpl, uadk
+    flag: int  # MULTIFD_FLAG_* bit
+    level_parameter: str | None  # e.g. "multifd-zlib-level"; None when the method has none
+    level_range: tuple[int, int] | None
+    default_level: int | None
+    streaming: bool  # state carries across the packets of one channel
+
+    @abstractmethod
+    def new_compressor(
+        self, level: int | None = None, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0,
+        **options: Any,
+    ) -> Compressor:
+        """Fresh send state for one channel (``level`` None = the method's default)."""
+
+    @abstractmethod
+    def new_decompressor(
+        self, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0, **options: Any
+    ) -> Decompressor:
+        """Fresh receive state for one channel."""
+
+    @abstractmethod
+    def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
+        """Largest ``next_packet_size`` a receiver accepts for a packet of ``normal_pages``.
+
+        Bounds every allocation driven by the header before any payload byte is read.
+        """

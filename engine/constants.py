@@ -1,0 +1,58 @@
+"""Constants of QEMU's migration wire format, named as QEMU names them."""
+
+from __future__ import annotations
+
+# --- multifd (migration/multifd.h) -------------------------------------------------------
+MULTIFD_MAGIC = 0x11223344
+MULTIFD_VERSION = 1
+MULTIFD_PACKET_SIZE = 512 * 1024
+TARGET_PAGE_SIZE = 4096
+MULTIFD_INIT_PACKET_SIZE = 64
+MULTIFD_PACKET_FIXED_SIZE = 320  # header before offset[]
+RAMBLOCK_IDSTR_LEN = 256
+
+MULTIFD_FLAG_SYNC = 1 << 0
+MULTIFD_FLAG_NOCOMP = 0 << 1
+MULTIFD_FLAG_ZLIB = 1 << 1
+MULTIFD_FLAG_ZSTD = 2 << 1
+MULTIFD_FLAG_QPL = 4 << 1
+MULTIFD_FLAG_UADK = 8 << 1
+MULTIFD_FLAG_QATZIP = 16 << 1
+MULTIFD_FLAG_DEVICE_STATE = 32 << 1
+
+# Receive buffers QEMU sizes from MULTIFD_PACKET_SIZE: zlib/zstd/qatzip read into 2 x 512 KiB.
+MULTIFD_RECV_BUFFER_SIZE = 2 * MULTIFD_PACKET_SIZE
+
+# --- main stream (migration/savevm.c, migration/ram.c) -------------------------------------
+QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM"
+QEMU_VM_FILE_VERSION = 3
+
+QEMU_VM_EOF = 0x00
+QEMU_VM_SECTION_START = 0x01
+QEMU_VM_SECTION_PART = 0x02
+QEMU_VM_SECTION_END = 0x03
+QEMU_VM_SECTION_FULL = 0x04
+QEMU_VM_SUBSECTION = 0x05
+QEMU_VM_VMDESCRIPTION = 0x06
+QEMU_VM_CONFIGURATION = 0x07
+QEMU_VM_COMMAND = 0x08
+QEMU_VM_SECTION_FOOTER = 0x7E
+
+RAM_SAVE_FLAG_FULL = 0x01  # obsolete
+RAM_SAVE_FLAG_ZERO = 0x02
+RAM_SAVE_FLAG_MEM_SIZE = 0x04
+RAM_SAVE_FLAG_PAGE = 0x08
+RAM_SAVE_FLAG_EOS = 0x10
+RAM_SAVE_FLAG_CONTINUE = 0x20
+RAM_SAVE_FLAG_XBZRLE = 0x40
+RAM_SAVE_FLAG_COMPRESS_PAGE = 0x100  # removed in 9.1
+RAM_SAVE_FLAG_MULTIFD_FLUSH = 0x200  # 8.1+
+
+# --- migration parameters (migration/options.c) ---------------------------------------------
+DEFAULT_MIGRATE_MULTIFD_CHANNELS = 2
+DEFAULT_MIGRATE_MULTIFD_COMPRESSION = "none"
+DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL = 1
+DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL = 1
+DEFAULT_MIGRATE_MULTIFD_QATZIP_LEVEL = 1
+MAX_THROTTLE = 128 << 20  # QEMU's default max-bandwidth, bytes/s
+DEFAULT_MIGRATE_SET_DOWNTIME = 300  # ms, QEMU's default downtime-limit
