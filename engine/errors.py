@@ -117,3 +117,7 @@ class CorpusError(QatmigError):
 
 class QemuError(QatmigError):
     """A QEMU process or its QMP monitor misbehaved (start failure, QMP error, wedged)."""
+
+
+class QemuTimeout(QemuError):
+    """QEMU (its QMP monitor, its start-up or a migration it runs) did not answer in time."""
