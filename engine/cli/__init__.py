@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 
-from ..errors import QatmigError
+from ..errors import QatmigError, WireError
 
 #: Subcommand modules in help order. Each defines ``register(subparsers)``, which adds its
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except QatmigError as exc:
-        print(f"qatmig: error: {exc}", file=sys.stderr)
+        where = exc.where() if isinstance(exc, WireError) else ""
+        print(f"qatmig: error: {exc}" + (f" [{where}]" if where else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qatmig: interrupted", file=sys.stderr)
