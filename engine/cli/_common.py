@@ -57,7 +57,8 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         return bool(re.fullmatch(r"[-+]?[\d,._]+%?", s))
 
     def fmt(r: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if is_num(c) else c.ljust(w) for c, w in zip(r, widths, strict=False))
+        cells = zip(r, widths, strict=False)
+        return "  ".join(c.rjust(w) if is_num(c) else c.ljust(w) for c, w in cells)
 
     lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in rows]
