@@ -1,0 +1,119 @@
+"""multifd-compression=zlib (QEMU's multifd-zlib.c).
+
+One zlib-wrapped deflate stream per channel for the whole migration: ``deflateInit(level)``
+once, every packet ends with ``Z_SYNC_FLUSH`` (so every payload ends ``00 00 ff ff``), the stream
+is never finished (no Adler-32). Only the channel's first payload starts with the zlib header
+(``78 01`` at levels 0-1). Packets of one channel decode only in order, with one persistent
+inflate stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..constants import (
+    DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL,
+    MULTIFD_FLAG_ZLIB,
+    MULTIFD_RECV_BUFFER_SIZE,
+    TARGET_PAGE_SIZE,
+)
+from ..errors import CodecError
+from . import _shared
+from .base import CodecSpec, Compressor, Decompressor
+
+
+class ZlibCompressor(Compressor):
+    """Per-channel deflate stream; one ``compress`` + one ``Z_SYNC_FLUSH`` per packet."""
+
+    def __init__(self, level: int, channel: int) -> None:
+        self.level = level
+        self.channel = channel
+        self._z = zlib.compressobj(level)
+
+    def compress(self, pages: memoryview | bytes) -> bytes:
+        if not len(pages):
+            return b""  # a packet without normal pages has no payload
+        z = self._z
+        return z.compress(pages) + z.flush(zlib.Z_SYNC_FLUSH)
+
+
+class ZlibDecompressor(Decompressor):
+    """Per-channel inflate stream, output bounded at the packet's size (+1 byte to detect more).
+
+    After any error the stream state is unknown, so the decompressor refuses further packets.
+    """
+
+    def __init__(self, page_size: int, channel: int) -> None:
+        self.page_size = page_size
+        self.channel = channel
+        self._z = zlib.decompressobj()
+        self._broken: str | None = None
+
+    def decompress(self, payload: bytes | memoryview, normal_pages: int) -> bytes:
+        ch = self.channel
+        if self._broken:
+            raise CodecError(
+                f"multifd {ch}: zlib stream unusable after an earlier error ({self._broken})",
+                channel=ch,
+            )
+        expected = _shared.expected_size(normal_pages, self.page_size, ch)
+        n = len(payload)
+        if expected == 0:
+            if n:
+                raise _shared.empty_packet(ch, n)
+            return b""
+        bound = min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(expected))
+        if n > bound:
+            raise _shared.too_large(ch, n, bound)
+        z = self._z
+        try:
+            out = z.decompress(payload, expected + 1)
+        except zlib.error as exc:
+            self._broken = "inflate error"
+            raise CodecError(
+                f"multifd {ch}: inflate returned an error instead of Z_OK ({exc})", channel=ch
+            ) from None
+        if len(out) != expected:
+            self._broken = "size mismatch"
+            if len(out) > expected:
+                raise _shared.size_mismatch(
+                    ch, len(out), expected,
+                    "payload inflates to more than the packet; stopped at the bound",
+                )
+            raise _shared.size_mismatch(ch, len(out), expected, "inflate generated too few output")
+        if z.eof:
+            self._broken = "stream finished"
+            raise CodecError(
+                f"multifd {ch}: inflate returned Z_STREAM_END instead of Z_OK (the sender "
+                f"finished its zlib stream; QEMU's never ends)",
+                channel=ch,
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class ZlibSpec(CodecSpec):
+    def new_compressor(self, level: int | None = None, *, page_size: int = TARGET_PAGE_SIZE,
+                       channel: int = 0, **options: Any) -> Compressor:
+        lvl = _shared.check_level(self.name, "multifd-zlib-level", level, 0, 9,
+                                  DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL)
+        _shared.check_page_size(page_size)
+        _shared.check_options(self.name, options)
+        return ZlibCompressor(lvl, channel)
+
+    def new_decompressor(self, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0,
+                         **options: Any) -> Decompressor:
+        _shared.check_options(self.name, options)
+        return ZlibDecompressor(_shared.check_page_size(page_size), channel)
+
+    def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
+        """min(QEMU's 1 MiB receive buffer, ceil(9n/8)+80 for n = normal_pages*page_size)."""
+        return min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(normal_pages * page_size))
+
+
+SPEC = ZlibSpec(
+    name="zlib", flag=MULTIFD_FLAG_ZLIB, level_parameter="multifd-zlib-level",
+    level_range=(0, 9), default_level=DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL, streaming=True,
+)

@@ -1,0 +1,179 @@
+"""multifd-compression=zstd (QEMU's multifd-zstd.c).
+
+One zstd frame per channel that is never ended: the frame header (``28 b5 2f fd``, no content
+size, no checksum) starts the channel's first payload, every packet is flushed
+(``ZSTD_e_flush``, FLUSH_BLOCK), ``ZSTD_e_end`` is never used. Packets of one channel decode only
+in order with one persistent ``ZSTD_DStream``. Level 0..20, default 1; 0 is libzstd's default
+level (3), not "no compression".
+
+The receiver drives libzstd's ``ZSTD_decompressStream`` through ``zstandard``'s cffi binding so
+that each packet decodes straight into a buffer of exactly the expected size: a bomb stops at the
+bound and never allocates more. ``zstandard`` objects are not thread-safe: one per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from ..constants import (
+    DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL,
+    MULTIFD_FLAG_ZSTD,
+    MULTIFD_RECV_BUFFER_SIZE,
+    TARGET_PAGE_SIZE,
+)
+from ..errors import CodecError
+from . import _shared
+from .base import CodecSpec, Compressor, Decompressor
+
+try:  # the cffi backend ships in zstandard's wheels; it exposes libzstd's streaming API
+    from zstandard import backend_cffi as _zc
+
+    _lib: Any = _zc.lib
+    _ffi: Any = _zc.ffi
+except ImportError:  # pragma: no cover - exercised only without the cffi backend
+    _lib = _ffi = None
+
+#: Largest window a receiver accepts (2^25 = 32 MiB: what zstd level 20 uses for a stream of
+#: unknown size). Bounds the decoder's memory whatever a frame header claims.
+ZSTD_WINDOWLOG_MAX = 25
+_FLUSH_BLOCK = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+
+
+class ZstdCompressor(Compressor):
+    """Per-channel zstd stream; one compress + one FLUSH_BLOCK (``ZSTD_e_flush``) per packet."""
+
+    def __init__(self, level: int, channel: int) -> None:
+        self.level = level
+        self.channel = channel
+        self._z = zstandard.ZstdCompressor(level=level).compressobj()
+
+    def compress(self, pages: memoryview | bytes) -> bytes:
+        if not len(pages):
+            return b""
+        z = self._z
+        try:
+            return z.compress(pages) + z.flush(_FLUSH_BLOCK)
+        except zstandard.ZstdError as exc:
+            raise CodecError(
+                f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
+            ) from None
+
+
+def _zstd_error(code: int) -> str:
+    return str(_ffi.string(_lib.ZSTD_getErrorName(code)).decode("ascii", "replace"))
+
+
+class ZstdDecompressor(Decompressor):
+    """Per-channel ``ZSTD_DStream``; each packet decodes into a buffer of exactly its size.
+
+    After any error the stream state is unknown, so the decompressor refuses further packets.
+    """
+
+    def __init__(self, page_size: int, channel: int) -> None:
+        self.page_size = page_size
+        self.channel = channel
+        self._broken: str | None = None
+        if _lib is None:  # pragma: no cover
+            raise CodecError("zstandard's cffi backend is missing (pip install zstandard)")
+        ds = _lib.ZSTD_createDStream()
+        if ds == _ffi.NULL:
+            raise CodecError(f"multifd {channel}: zstd createDStream failed", channel=channel)
+        self._ds = _ffi.gc(ds, _lib.ZSTD_freeDStream)
+        rc = _lib.ZSTD_initDStream(self._ds)
+        if _lib.ZSTD_isError(rc):
+            raise CodecError(f"multifd {channel}: initDStream failed with error {_zstd_error(rc)}",
+                             channel=channel)
+        rc = _lib.ZSTD_DCtx_setParameter(self._ds, _lib.ZSTD_d_windowLogMax, ZSTD_WINDOWLOG_MAX)
+        if _lib.ZSTD_isError(rc):  # pragma: no cover
+            raise CodecError(f"multifd {channel}: zstd setParameter failed: {_zstd_error(rc)}",
+                             channel=channel)
+        self._in = _ffi.new("ZSTD_inBuffer *")
+        self._out = _ffi.new("ZSTD_outBuffer *")
+        self._spare = _ffi.new("char[1]")
+
+    def _fail(self, why: str, exc: CodecError) -> CodecError:
+        self._broken = why
+        return exc
+
+    def decompress(self, payload: bytes | memoryview, normal_pages: int) -> memoryview | bytes:
+        ch = self.channel
+        if self._broken:
+            raise CodecError(
+                f"multifd {ch}: zstd stream unusable after an earlier error ({self._broken})",
+                channel=ch,
+            )
+        expected = _shared.expected_size(normal_pages, self.page_size, ch)
+        n = len(payload)
+        if expected == 0:
+            if n:
+                raise _shared.empty_packet(ch, n)
+            return b""
+        bound = min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(expected))
+        if n > bound:
+            raise _shared.too_large(ch, n, bound)
+        lib, ds, inb, outb = _lib, self._ds, self._in, self._out
+        out = bytearray(expected)
+        src = _ffi.from_buffer(payload)
+        inb.src, inb.size, inb.pos = src, n, 0
+        dst = _ffi.from_buffer(out)
+        outb.dst, outb.size, outb.pos = dst, expected, 0
+        # Like QEMU's receiver: run until the input is used up or the output is full. A frame
+        # that ends inside the packet is followed by the next frame (libzstd restarts).
+        while inb.pos < n and outb.pos < expected:
+            ret = lib.ZSTD_decompressStream(ds, outb, inb)
+            if lib.ZSTD_isError(ret):
+                raise self._fail("decompress error", CodecError(
+                    f"multifd {ch}: decompressStream returned {_zstd_error(ret)}", channel=ch))
+        got = outb.pos
+        if got < expected:
+            raise self._fail("size mismatch", _shared.size_mismatch(
+                ch, got, expected, "zstd produced too few bytes"))
+        # Output is full: anything the rest of the input (or libzstd's buffer) still yields
+        # makes the packet too big. Probe with a 1-byte buffer so nothing more is allocated.
+        outb.dst, outb.size, outb.pos = self._spare, 1, 0
+        while True:
+            ret = lib.ZSTD_decompressStream(ds, outb, inb)
+            if lib.ZSTD_isError(ret):
+                raise self._fail("decompress error", CodecError(
+                    f"multifd {ch}: decompressStream returned {_zstd_error(ret)}", channel=ch))
+            if outb.pos:
+                raise self._fail("size mismatch", _shared.size_mismatch(
+                    ch, expected + 1, expected,
+                    "payload decompresses to more than the packet; stopped at the bound"))
+            if inb.pos >= n or ret == 0:
+                break
+        if inb.pos < n:
+            raise self._fail("trailing data", CodecError(
+                f"multifd {ch}: {n - inb.pos} bytes of the payload left over after the "
+                f"packet's {expected} bytes", channel=ch))
+        del src, dst  # held until here: libzstd had raw pointers into both buffers
+        return memoryview(out)
+
+
+@dataclass(frozen=True)
+class ZstdSpec(CodecSpec):
+    def new_compressor(self, level: int | None = None, *, page_size: int = TARGET_PAGE_SIZE,
+                       channel: int = 0, **options: Any) -> Compressor:
+        lvl = _shared.check_level(self.name, "multifd-zstd-level", level, 0, 20,
+                                  DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL)
+        _shared.check_page_size(page_size)
+        _shared.check_options(self.name, options)
+        return ZstdCompressor(lvl, channel)
+
+    def new_decompressor(self, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0,
+                         **options: Any) -> Decompressor:
+        _shared.check_options(self.name, options)
+        return ZstdDecompressor(_shared.check_page_size(page_size), channel)
+
+    def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
+        """min(QEMU's 1 MiB receive buffer, ceil(9n/8)+80 for n = normal_pages*page_size)."""
+        return min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(normal_pages * page_size))
+
+
+SPEC = ZstdSpec(
+    name="zstd", flag=MULTIFD_FLAG_ZSTD, level_parameter="multifd-zstd-level",
+    level_range=(0, 20), default_level=DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL, streaming=True,
+)
