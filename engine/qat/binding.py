@@ -244,8 +244,9 @@ class QatzipLibrary:
         try:
             lib = ffi.dlopen(self.requested)
         except OSError as exc:
+            why = str(exc).split(".  Additionally", 1)[0]  # cffi appends a find_library note
             raise QatUnavailable(
-                f"library not found: cannot load {self.requested} ({exc}); install QATzip "
+                f"library not found: cannot load {self.requested} ({why}); install QATzip "
                 f"(libqatzip.so.3) or point {ENV_LIBRARY} at it"
             ) from exc
         self.ffi = ffi
