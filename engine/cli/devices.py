@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.library_only:
             out.update(sysfs_root=sysfs_root, dev_root=dev_root,
                        devices=[d.to_json() for d in devices], problem=problem)
-        print_json(out)
+        print_json(out, sys.stdout)  # _common binds its default stdout at import
         return 0 if usable else 3
 
     if not args.library_only:
