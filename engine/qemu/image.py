@@ -3,7 +3,7 @@
 One content kind per 4 KiB page, chosen by a seeded PRNG: zero (~20 %), text (~40 %),
 random (~30 %) and sparse (zero except a 16-byte tag, ~10 %) — the mix used in the QEMU 7.2
 observations. ``build_image(size, seed)`` is the recipe named in the golden manifest
-(``RECIPE``): the same (size, seed) gives the same bytes on every machine and Python >= 3.9.
+(``RECIPE``): the same (size, seed, mix) gives the same bytes on every machine and Python >= 3.9.
 """
 
 from __future__ import annotations
@@ -42,9 +42,21 @@ def _text_pool(rng: random.Random) -> bytes:
     return "".join(out).encode()
 
 
-def _page_kinds(size: int, seed: int) -> list[str]:
+#: Default mix (percent of pages): zero, text, random, sparse.
+DEFAULT_MIX: tuple[int, int, int, int] = _WEIGHTS
+
+
+def _page_kinds(size: int, seed: int, mix: tuple[int, ...]) -> list[str]:
     rng = random.Random(seed)
-    return rng.choices(_KINDS, weights=_WEIGHTS, k=size // TARGET_PAGE_SIZE)
+    return rng.choices(_KINDS, weights=mix, k=size // TARGET_PAGE_SIZE)
+
+
+def _check_mix(mix: tuple[int, ...]) -> tuple[int, ...]:
+    mix = tuple(mix)
+    if len(mix) != 4 or any(w < 0 for w in mix) or not sum(mix):
+        raise ParameterError(f"mix {mix} must be 4 non-negative weights (zero, text, random, "
+                             "sparse) with a positive sum")
+    return mix
 
 
 #: Images are built in blocks of this size, block ``b`` from seed ``seed * 65537 + b``, so a
@@ -57,31 +69,38 @@ def _check_size(size: int) -> None:
         raise ParameterError(f"image size {size} must be a positive multiple of 4096")
 
 
-def iter_image(size: int, seed: int = 1) -> Iterator[bytearray]:
+def iter_image(
+    size: int, seed: int = 1, mix: tuple[int, ...] = DEFAULT_MIX
+) -> Iterator[bytearray]:
     """The image in blocks of at most :data:`BLOCK_SIZE` bytes."""
     _check_size(size)
+    mix = _check_mix(mix)
     done = block = 0
     while done < size:
         n = min(BLOCK_SIZE, size - done)
-        yield _build_block(n, seed * 65_537 + block)
+        yield _build_block(n, seed * 65_537 + block, mix)
         done += n
         block += 1
 
 
-def build_image(size: int, seed: int = 1) -> bytearray:
-    """``size`` bytes (a multiple of 4 KiB) of mixed page content, fully determined by seed."""
+def build_image(size: int, seed: int = 1, mix: tuple[int, ...] = DEFAULT_MIX) -> bytearray:
+    """``size`` bytes (a multiple of 4 KiB) of mixed page content, fully determined by seed.
+
+    ``mix`` weighs the page kinds (zero, text, random, sparse).
+    """
     _check_size(size)
+    mix = _check_mix(mix)
     if size <= BLOCK_SIZE:
-        return _build_block(size, seed * 65_537)
+        return _build_block(size, seed * 65_537, mix)
     out = bytearray()
-    for part in iter_image(size, seed):
+    for part in iter_image(size, seed, mix):
         out += part
     return out
 
 
-def _build_block(size: int, seed: int) -> bytearray:
+def _build_block(size: int, seed: int, mix: tuple[int, ...]) -> bytearray:
     ps = TARGET_PAGE_SIZE
-    kinds = _page_kinds(size, seed)
+    kinds = _page_kinds(size, seed, mix)
     rng = random.Random(seed * 1_000_003 + 7)
     pool = _text_pool(rng)
     img = bytearray(size)
@@ -99,11 +118,13 @@ def _build_block(size: int, seed: int) -> bytearray:
     return img
 
 
-def write_image(path: str | os.PathLike[str], size: int, seed: int = 1) -> str:
-    """Write ``build_image(size, seed)`` to ``path``; return its sha256 hex digest."""
+def write_image(
+    path: str | os.PathLike[str], size: int, seed: int = 1, mix: tuple[int, ...] = DEFAULT_MIX
+) -> str:
+    """Write ``build_image(size, seed, mix)`` to ``path``; return its sha256 hex digest."""
     h = hashlib.sha256()
     with open(path, "wb") as f:
-        for part in iter_image(size, seed):
+        for part in iter_image(size, seed, mix):
             f.write(part)
             h.update(part)
     return h.hexdigest()
