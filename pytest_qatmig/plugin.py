@@ -1,3 +1,191 @@
-"""pytest11 entry point ``qatmig``. Imports nothing heavy at load time."""
+"""pytest11 entry point ``qatmig``: ``pytest -p qatmig``.
+
+Options and ini keys, markers, the report header, the performance summary, ``qatmig_requires``
+/ ``qat_hw`` skipping, the per-device performance lock and xdist device allocation. Fixtures live
+in :mod:`pytest_qatmig.fixtures`. Imports nothing heavy at load time: no engine, no cffi, no
+zstandard, no yaml (they are imported inside fixtures and hooks when needed).
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from .devices import perf_lock
+from .fixtures import (
+    get_state,
+    multifd_pair,
+    qat_device,
+    qatmig_impl,
+    silesia_guest_memory,
+)
+from .results import perf_table
+from .state import OPTIONS, is_worker
+
+__all__ = ["multifd_pair", "qat_device", "qatmig_impl", "silesia_guest_memory"]
+
+MARKERS = (
+    "qat_hw: needs a ready Intel QAT device owned by this worker; skips (with the reason) "
+    "when there is none. Enable: a QAT device with 'dc' in qat/cfg_services and qat/state up, "
+    "and --qatmig-devices=auto (default) or a list of its PCI addresses.",
+    "qatmig_perf(min_mbps=None, max_send_cpu=None, max_recv_cpu=None, max_downtime_ms=None, "
+    "max_total_ms=None, min_pages_per_second=None): check every multifd_pair migration of the "
+    "test against these thresholds (the host profile may set defaults and per-test overrides); "
+    "the test holds its device's performance lock while it runs.",
+    "qatmig_requires(*capabilities): skip (UNIMPLEMENTED) unless the implementation under test "
+    "has every capability, e.g. 'qatzip', 'zstd', 'dialect:qemu-7.2', 'tls'.",
+)
+
+METAVARS = {
+    "impl": "SPEC", "devices": "auto|sw|BDF,...", "profile": "FILE.yaml",
+    "guest_size": "SIZE", "corpus": "stand-in|silesia|DIR", "sysfs_root": "DIR",
+}
+PERF_LOCK_TIMEOUT = 1800.0
+_PERF_LOCK = pytest.StashKey[contextlib.ExitStack]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qatmig", "QEMU multifd / QAT live migration (pytest-qatmig)")
+    for name, (default, help_text) in OPTIONS.items():
+        flag = "--qatmig-" + name.replace("_", "-")
+        shown = f" (ini: qatmig_{name})"
+        group.addoption(
+            flag, dest=f"qatmig_{name}", default=None, metavar=METAVARS[name],
+            help=help_text + shown,
+        )
+        parser.addini(f"qatmig_{name}", help_text, default=default)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    state = get_state(config)
+    if state.settings.profile:
+        from .profile import ProfileError, load_profile
+
+        try:
+            state.profile = load_profile(state.settings.profile)
+        except ProfileError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    # Resolve --qatmig-impl now, so that a typo is a usage error before any test runs.
+    _ = state.impl
+    config.pluginmanager.register(_Reporter(config), "qatmig-reporter")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from .fixtures import STATE_KEY
+
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.release()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = get_state(config)
+    lines = [state.header_line()]
+    if state.profile is not None:
+        findings = state.profile.device_findings(state.ready())
+        verdict = "; ".join(findings) if findings else "devices match"
+        lines.append(f"qatmig: host profile {state.profile.name} ({state.profile.path}): {verdict}")
+    return lines
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = get_state(item.config)
+    needs = [c for m in item.iter_markers("qatmig_requires") for c in m.args]
+    if needs:
+        caps = state.capabilities()
+        missing = [c for c in needs if c not in caps]
+        if missing:
+            pytest.skip(
+                f"UNIMPLEMENTED: implementation {getattr(state.impl, 'name', '?')!r} lacks "
+                f"{', '.join(missing)} (has: {', '.join(sorted(caps)) or 'nothing'})"
+            )
+    if item.get_closest_marker("qat_hw") is not None:
+        device = state.worker_device()
+        if not device.hw_ready:
+            pytest.skip(
+                f"qat_hw: no ready QAT device for this worker ({device.reason or 'software'}). "
+                "Enable: a QAT device with 'dc' in cfg_services and state up, and "
+                "--qatmig-devices=auto or a list of PCI addresses"
+            )
+    if item.get_closest_marker("qatmig_perf") is not None:
+        stack = contextlib.ExitStack()
+        waited = stack.enter_context(
+            perf_lock(state.lock_dir, state.perf_lock_name(), PERF_LOCK_TIMEOUT)
+        )
+        item.stash[_PERF_LOCK] = stack
+        item.user_properties.append(("qatmig_perf_lock_wait_s", round(waited, 3)))
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    finally:
+        stack = item.stash.get(_PERF_LOCK, None)
+        if stack is not None:
+            stack.close()
+
+
+class _Reporter:
+    """Collects perf migrations from reports (worker reports arrive here on the controller)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if is_worker(self.config) or report.when != "call":
+            return
+        state = get_state(self.config)
+        for key, value in report.user_properties:
+            if key == "qatmig_migration" and isinstance(value, dict) and value.get("perf"):
+                state.perf_records.append(value)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        records = get_state(self.config).perf_records
+        if not records:
+            return
+        terminalreporter.write_sep("=", "qatmig performance")
+        for line in perf_table(records).splitlines():
+            terminalreporter.write_line(line)
+        for rec in records:
+            for failure in rec.get("failures", []):
+                terminalreporter.write_line(f"FAIL {rec['nodeid']}: {failure}")
+
+
+# ------------------------------------------------------------------------------ xdist
+# Module-level optional hooks: -n auto is resolved in pytest_cmdline_main, before
+# pytest_configure, so registering these later would be too late.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per ready QAT device; no hardware -> xdist's own default."""
+    state = get_state(config)
+    if state.settings.devices == "sw":
+        return None
+    ready = state.ready()
+    return len(ready) or None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Controller: hand the next free device to a starting (or restarted) worker."""
+    state = get_state(node.config)
+    if state.free is None:
+        state.free = [] if state.settings.devices == "sw" else list(state.ready())
+    bdf = state.free.pop(0) if state.free else None
+    state.assigned[node.gateway.id] = bdf
+    node.workerinput["qatmig_device"] = bdf
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Controller: a worker ended (or crashed); its device goes back to the free list."""
+    state = get_state(node.config)
+    bdf = state.assigned.pop(node.gateway.id, None)
+    if bdf is not None and state.free is not None:
+        state.free.append(bdf)

@@ -1,0 +1,270 @@
+"""Implementation adapters: how the plugin drives the implementation under test.
+
+An *implementation* is anything that can migrate a guest's RAM over multifd: the reference
+engine (``qatmig_engine``), a real QEMU binary, or a third party's engine. The plugin talks to it
+through the small :class:`Implementation` protocol below. Select one with ``--qatmig-impl``:
+
+* ``reference`` (default) or any other name registered in the entry-point group
+  ``qatmig.implementations`` (the entry point is a zero-argument factory);
+* ``package.module:factory`` — a zero-argument callable returning an Implementation;
+* ``qemu:/path/to/qemu-system-x86_64`` (or just ``qemu``) — a real QEMU, black-box over QMP.
+
+Third parties register theirs in their own ``pyproject.toml``::
+
+    [project.entry-points."qatmig.implementations"]
+    myengine = "myengine.qatmig:factory"
+
+This module imports nothing heavy; each adapter imports its engine when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .devices import QatDevice
+from .results import MigrationResult
+
+ENTRY_POINT_GROUP = "qatmig.implementations"
+METHODS = ("none", "zlib", "zstd", "qatzip", "qpl", "uadk")
+
+
+class ImplementationError(Exception):
+    """``--qatmig-impl`` names nothing loadable, or the factory returned a non-Implementation."""
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """What ``multifd_pair(...)`` was asked for (QEMU parameter meanings)."""
+
+    channels: int = 2
+    compression: str = "none"
+    #: Level of the selected method (multifd-zlib-level / -zstd-level / -qatzip-level); None =
+    #: the implementation's default for that method.
+    level: int | None = None
+    #: Bytes per second on the wire, 0 = unlimited.
+    max_bandwidth: int = 0
+    #: Wire dialect (``qemu-7.2``, ``qemu-9.0``, ``qemu-9.2``); None = the implementation's default.
+    dialect: str | None = None
+    #: Further QEMU-named parameters (``zero_page_detection``, ``downtime_limit``...).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MigrationPair(Protocol):
+    """A source and a destination of one implementation, connected over loopback."""
+
+    source: Any
+    destination: Any
+
+    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
+        """Migrate ``guest`` (a path to a RAM image, or an object with ``.path``) from source
+        to destination; the result's ``verified`` says whether the destination's RAM equals
+        the source's byte for byte."""
+        ...
+
+    def close(self) -> None:
+        """Stop both ends and release every thread, process, socket and file they hold."""
+        ...
+
+
+@runtime_checkable
+class Implementation(Protocol):
+    """The interface an implementation under test provides (see docs/plugin.md)."""
+
+    name: str
+
+    def capabilities(self) -> frozenset[str]:
+        """What it can do, as strings: methods (``none``, ``zlib``, ``zstd``, ``qatzip``, ...),
+        dialects (``dialect:qemu-7.2``), and features (``max-bandwidth``, ``tls``,
+        ``codec-access``...). ``qatmig_requires`` skips tests that need more."""
+        ...
+
+    def pair(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> MigrationPair:
+        """A connected source and destination. Invalid parameters raise ``ValueError`` (the
+        reference engine's ``ParameterError`` is one) before anything is started. ``workdir``
+        is an empty directory the pair may use; the plugin removes it after ``close()``."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the report header (name, version, binary...)."""
+        ...
+
+
+def codec_access(impl: Implementation, method: str) -> Any:
+    """The implementation's codec for ``method`` (white-box implementations only), else None."""
+    getter = getattr(impl, "codec", None)
+    return getter(method) if getter is not None else None
+
+
+def guest_path(guest: Any) -> Path:
+    """A guest argument as a path: a ``GuestImage``, any ``os.PathLike`` or a str."""
+    path = getattr(guest, "path", guest)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"migrate() takes a guest image (silesia_guest_memory or a path), not {type(guest)!r}"
+        )
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ reference
+class ReferencePair:
+    """The reference engine's two ends; ``migrate`` runs them over loopback TCP."""
+
+    def __init__(self, params: Any, workdir: Path) -> None:
+        self.params = params
+        self.workdir = workdir
+        self.source = {"role": "source", "host": "127.0.0.1", "params": params}
+        self.destination = {"role": "destination", "host": "127.0.0.1", "params": params}
+        self.results: list[MigrationResult] = []
+        self._closed = False
+
+    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
+        if self._closed:
+            raise RuntimeError("this multifd pair is closed")
+        from qatmig_engine.api import migrate_loopback
+
+        stats = migrate_loopback(guest_image=guest_path(guest), params=self.params, timeout=timeout)
+        result = MigrationResult.from_stats(stats)
+        self.results.append(result)
+        return result
+
+    def close(self) -> None:
+        # migrate_loopback joins its threads and closes its sockets before returning.
+        self._closed = True
+
+
+class ReferenceImplementation:
+    """Adapter for ``qatmig_engine`` (the reference engine in this repository)."""
+
+    name = "reference"
+
+    def capabilities(self) -> frozenset[str]:
+        from qatmig_engine.codecs import get_codec
+        from qatmig_engine.dialects import DIALECTS
+
+        caps = {"max-bandwidth", "verify", "codec-access", "zero-page-detection"}
+        for method in METHODS:
+            try:
+                get_codec(method)
+            except Exception:  # a codec module not importable here is simply not a capability
+                continue
+            caps.add(method)
+        caps.update(f"dialect:{d}" for d in DIALECTS)
+        return frozenset(caps)
+
+    def parameters(self, spec: PairSpec, device: QatDevice | None = None) -> Any:
+        from qatmig_engine.params import MigrationParameters
+
+        kwargs: dict[str, Any] = {
+            "multifd_channels": spec.channels,
+            "multifd_compression": spec.compression,
+            "max_bandwidth": spec.max_bandwidth,
+        }
+        if spec.dialect is not None:
+            kwargs["dialect"] = spec.dialect
+        if spec.level is not None:
+            if spec.compression not in ("zlib", "zstd", "qatzip"):
+                raise ValueError(
+                    f"level={spec.level} given but multifd-compression {spec.compression!r} "
+                    "has no level (zlib, zstd and qatzip do)"
+                )
+            kwargs[f"multifd_{spec.compression}_level"] = spec.level
+        qatzip = spec.compression == "qatzip"
+        if qatzip and device is not None and "qat_backend" not in spec.options:
+            kwargs["qat_backend"] = "auto" if device.hw_ready else "sw"
+        kwargs.update(spec.options)
+        return MigrationParameters(**kwargs)
+
+    def pair(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> ReferencePair:
+        return ReferencePair(self.parameters(spec, device), workdir)
+
+    def codec(self, method: str) -> Any:
+        from qatmig_engine.codecs import get_codec
+
+        return get_codec(method)
+
+    def describe(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"reference (pytest-qatmig {version('pytest-qatmig')} engine)"
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            return "reference (qatmig_engine)"
+
+
+def reference_factory() -> ReferenceImplementation:
+    """Entry point ``reference`` of the group ``qatmig.implementations``."""
+    return ReferenceImplementation()
+
+
+def qemu_factory(binary: str | None = None) -> Any:
+    """A real QEMU (``qemu:PATH``), driven black-box over QMP."""
+    from .qemu_adapter import QemuImplementation
+
+    return QemuImplementation(binary)
+
+
+# ------------------------------------------------------------------------------ loading
+def entry_point_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_implementation(spec: str) -> Implementation:
+    """Resolve a ``--qatmig-impl`` value to an Implementation (see the module docstring)."""
+    text = spec.strip()
+    if not text:
+        raise ImplementationError("--qatmig-impl is empty (default: reference)")
+    if text == "qemu" or text.startswith("qemu:"):
+        binary = text[len("qemu:"):] if text.startswith("qemu:") else None
+        impl = qemu_factory(binary or None)
+    elif ":" in text:
+        modname, _, attr = text.partition(":")
+        try:
+            module = importlib.import_module(modname)
+        except ImportError as exc:
+            raise ImplementationError(
+                f"--qatmig-impl={text}: cannot import module {modname!r} ({exc})"
+            ) from exc
+        factory = module
+        for part in attr.split("."):
+            factory = getattr(factory, part, None)
+            if factory is None:
+                raise ImplementationError(
+                    f"--qatmig-impl={text}: module {modname!r} has no attribute {attr!r}"
+                )
+        impl = factory() if callable(factory) else factory
+    else:
+        from importlib.metadata import entry_points
+
+        eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == text]
+        if not eps:
+            known = ", ".join(entry_point_names()) or "none"
+            raise ImplementationError(
+                f"--qatmig-impl={text}: no implementation of that name (entry points in "
+                f"{ENTRY_POINT_GROUP!r}: {known}; or use module:factory or qemu:PATH)"
+            )
+        impl = eps[0].load()()
+    missing = [m for m in ("capabilities", "pair") if not callable(getattr(impl, m, None))]
+    if missing:
+        raise ImplementationError(
+            f"--qatmig-impl={text}: {type(impl).__name__} is not an Implementation "
+            f"(missing {', '.join(missing)}(); see docs/plugin.md)"
+        )
+    if not getattr(impl, "name", None):
+        try:
+            impl.name = text  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return impl
+
+
+def describe(impl: Implementation) -> str:
+    fn = getattr(impl, "describe", None)
+    return fn() if callable(fn) else str(getattr(impl, "name", type(impl).__name__))

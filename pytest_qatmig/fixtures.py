@@ -1,0 +1,229 @@
+"""The plugin's fixtures: ``qatmig_impl``, ``qat_device``, ``silesia_guest_memory``,
+``multifd_pair``. The engine is imported inside them, never at module import."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .adapters import Implementation, MigrationPair, PairSpec
+from .devices import QatDevice, file_lock
+from .leaks import Snapshot, leaks_after
+from .results import MigrationResult, check_thresholds, validate_threshold_keys
+from .state import QatmigState, is_worker, xdist_worker_id
+
+STATE_KEY = pytest.StashKey[QatmigState]()
+#: Seconds a session waits for another worker that is building the guest image.
+GUEST_BUILD_TIMEOUT = 1800.0
+
+
+def get_state(config: pytest.Config) -> QatmigState:
+    try:
+        return config.stash[STATE_KEY]
+    except KeyError:
+        from .state import Settings
+
+        state = QatmigState(config, Settings.from_config(config))
+        config.stash[STATE_KEY] = state
+        return state
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """A guest RAM image file: usable wherever a path is (``os.fspath(guest)``)."""
+
+    path: Path
+    size: int
+    corpus: str
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def pages(self) -> int:
+        return self.size // 4096
+
+
+@pytest.fixture(scope="session")
+def qatmig_impl(request: pytest.FixtureRequest) -> Implementation:
+    """The adapter of the implementation under test (``--qatmig-impl``)."""
+    return get_state(request.config).impl
+
+
+@pytest.fixture(scope="session")
+def qat_device(request: pytest.FixtureRequest) -> QatDevice:
+    """The QAT device this worker owns, or the software device when there is none."""
+    return get_state(request.config).worker_device()
+
+
+@pytest.fixture(scope="session")
+def silesia_guest_memory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> GuestImage:
+    """A guest RAM image filled from the corpus (``--qatmig-corpus``), sized by
+    ``--qatmig-guest-size``; built once per run (and cached across runs by the Silesia layer)."""
+    state = get_state(request.config)
+    s = state.settings
+    try:
+        from qatmig_engine.silesia import cached_guest_image
+    except ImportError as exc:
+        pytest.fail(
+            f"silesia_guest_memory needs qatmig_engine.silesia.cached_guest_image ({exc})",
+            pytrace=False,
+        )
+    # Under xdist every worker has its own basetemp; their parent is shared by the run.
+    base = tmp_path_factory.getbasetemp()
+    lock_root = base.parent if is_worker(request.config) else base
+    with file_lock(lock_root / "qatmig-guest-image.lock", GUEST_BUILD_TIMEOUT):
+        path = cached_guest_image(s.guest_size, corpus=s.corpus)
+    return GuestImage(path=Path(path), size=s.guest_size, corpus=s.corpus)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+class RecordingPair:
+    """What ``multifd_pair(...)`` returns: the implementation's pair plus result recording
+    (``user_properties``) and the ``qatmig_perf`` check."""
+
+    def __init__(
+        self,
+        pair: MigrationPair,
+        spec: PairSpec,
+        item: pytest.Item,
+        state: QatmigState,
+        device: QatDevice,
+        workdir: Path,
+    ) -> None:
+        self._pair = pair
+        self.spec = spec
+        self.workdir = workdir
+        self._item = item
+        self._state = state
+        self._device = device
+        self.results: list[MigrationResult] = []
+
+    @property
+    def source(self) -> Any:
+        return self._pair.source
+
+    @property
+    def destination(self) -> Any:
+        return self._pair.destination
+
+    @property
+    def implementation_pair(self) -> MigrationPair:
+        return self._pair
+
+    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
+        """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...)."""
+        result = MigrationResult.from_stats(self._pair.migrate(guest, timeout=timeout))
+        self.results.append(result)
+        record: dict[str, Any] = {
+            "nodeid": self._item.nodeid,
+            "impl": getattr(self._state.impl, "name", "?"),
+            "device": self._device.bdf,
+            "worker": xdist_worker_id(),
+            "channels": self.spec.channels,
+            "compression": self.spec.compression,
+            "level": self.spec.level,
+            "result": result.to_json(),
+            "perf": False,
+        }
+        marker = self._item.get_closest_marker("qatmig_perf")
+        failures: list[str] = []
+        if marker is not None:
+            if marker.args:
+                raise pytest.UsageError(
+                    f"{self._item.nodeid}: qatmig_perf takes keyword arguments only "
+                    "(min_mbps=..., max_send_cpu=..., max_recv_cpu=..., max_downtime_ms=...)"
+                )
+            validate_threshold_keys(marker.kwargs, f"{self._item.nodeid}: qatmig_perf")
+            from .profile import thresholds
+
+            limits = thresholds(self._state.profile, self._item.nodeid, marker.kwargs)
+            verdict = check_thresholds(result, limits)
+            failures = list(verdict.failures)
+            if result.get("verified") is not True:
+                failures.insert(0, f"verified is {result.get('verified')!r}: not a valid run")
+            record.update(perf=True, thresholds=limits, failures=failures)
+        self._item.user_properties.append(("qatmig_migration", _jsonable(record)))
+        if failures:
+            pytest.fail("qatmig_perf: " + "; ".join(failures), pytrace=False)
+        return result
+
+    def close(self) -> None:
+        self._pair.close()
+
+    def __enter__(self) -> RecordingPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _workdir_parent() -> str | None:
+    # Guest RAM files of black-box implementations are big: prefer RAM-backed /dev/shm.
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+@pytest.fixture
+def multifd_pair(
+    request: pytest.FixtureRequest, qatmig_impl: Implementation, qat_device: QatDevice
+) -> Iterator[Callable[..., RecordingPair]]:
+    """Factory of connected (source, destination) pairs of the implementation under test:
+    ``multifd_pair(channels=2, compression="none", level=None, max_bandwidth=0, dialect=None,
+    **options)``. Teardown closes every pair and fails the test if a thread, child process,
+    file descriptor (socket, file) or file in the pair's work directory was left behind."""
+    state = get_state(request.config)
+    before = Snapshot.take()
+    made: list[RecordingPair] = []
+
+    def factory(
+        channels: int = 2,
+        compression: str = "none",
+        level: int | None = None,
+        max_bandwidth: int = 0,
+        dialect: str | None = None,
+        **options: Any,
+    ) -> RecordingPair:
+        spec = PairSpec(channels, compression, level, max_bandwidth, dialect, dict(options))
+        workdir = Path(tempfile.mkdtemp(prefix="qatmig-pair-", dir=_workdir_parent()))
+        try:
+            pair = qatmig_impl.pair(spec, device=qat_device, workdir=workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        wrapped = RecordingPair(pair, spec, request.node, state, qat_device, workdir)
+        made.append(wrapped)
+        return wrapped
+
+    yield factory
+
+    problems: list[str] = []
+    for pair in reversed(made):
+        try:
+            pair.close()
+        except Exception as exc:
+            problems.append(f"close() of a {pair.spec.compression} pair raised {exc!r}")
+        left = sorted(str(p.relative_to(pair.workdir)) for p in pair.workdir.rglob("*"))
+        if left:
+            problems.append(f"file(s) left in the pair's work directory: {', '.join(left[:10])}")
+        shutil.rmtree(pair.workdir, ignore_errors=True)
+    problems += leaks_after(before)
+    if problems:
+        pytest.fail(
+            "multifd_pair teardown: the implementation left resources behind:\n  "
+            + "\n  ".join(problems),
+            pytrace=False,
+        )

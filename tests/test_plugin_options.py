@@ -1,0 +1,116 @@
+"""Every option in its CLI and its ini form, precedence, and clear usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+CHECK = """
+from pytest_qatmig.fixtures import get_state
+
+def test_setting(request):
+    settings = get_state(request.config).settings
+    assert getattr(settings, {attr!r}) == {expected!r}
+"""
+
+# (option name, value given, Settings attribute, expected resolved value)
+CASES = [
+    ("impl", "pytest_qatmig.testing:loopback_copy", "impl", "pytest_qatmig.testing:loopback_copy"),
+    ("devices", "sw", "devices", "sw"),
+    ("devices", "0000:6b:00.0,0000:70:00.0", "devices", "0000:6b:00.0,0000:70:00.0"),
+    ("guest_size", "16M", "guest_size", 16 << 20),
+    ("corpus", "silesia", "corpus", "silesia"),
+    ("sysfs_root", "fake/sys", "sysfs_root", "fake/sys"),
+]
+
+
+@pytest.mark.parametrize("form", ["cli", "ini"])
+@pytest.mark.parametrize(("name", "value", "attr", "expected"), CASES)
+def test_option_cli_and_ini(
+    pytester: pytest.Pytester, form: str, name: str, value: str, attr: str, expected: object
+) -> None:
+    pytester.makepyfile(CHECK.format(attr=attr, expected=expected))
+    (pytester.path / "fake" / "sys").mkdir(parents=True)
+    if form == "cli":
+        result = pytester.runpytest("-p", "qatmig", f"--qatmig-{name.replace('_', '-')}={value}")
+    else:
+        pytester.makeini(f"[pytest]\nqatmig_{name} = {value}\n")
+        result = pytester.runpytest("-p", "qatmig")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("form", ["cli", "ini"])
+def test_profile_option(pytester: pytest.Pytester, form: str) -> None:
+    prof = pytester.path / "host.yaml"
+    prof.write_text("name: tiny\nperf:\n  defaults: {min_mbps: 1}\n")
+    pytester.makepyfile("""
+        from pytest_qatmig.fixtures import get_state
+
+        def test_profile(request):
+            state = get_state(request.config)
+            assert state.profile.name == "tiny"
+            assert state.profile.defaults == {"min_mbps": 1.0}
+    """)
+    if form == "cli":
+        result = pytester.runpytest("--qatmig-profile", str(prof))
+    else:
+        pytester.makeini(f"[pytest]\nqatmig_profile = {prof}\n")
+        result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["qatmig: host profile tiny (*"])
+
+
+def test_defaults_and_cli_beats_ini(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        from pytest_qatmig.fixtures import get_state
+
+        def test_defaults(request):
+            s = get_state(request.config).settings
+            assert (s.impl, s.devices, s.profile, s.corpus) == ("reference", "sw", None, "stand-in")
+            assert (s.guest_size, s.sysfs_root) == (64 << 20, "/sys")
+    """)
+    pytester.makeini("[pytest]\nqatmig_devices = 0000:6b:00.0\n")
+    pytester.runpytest("--qatmig-devices=sw").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--qatmig-guest-size=12345"], "*not a positive multiple of the 4 KiB page size*"),
+        (["--qatmig-guest-size=lots"], "*cannot parse 'lots'*"),
+        (["--qatmig-devices=gpu0"], "*'gpu0' is not a PCI address like 0000:6b:00.0*"),
+        (["--qatmig-impl=no_such_engine"], "*no implementation of that name*reference*"),
+        (["--qatmig-impl=no_such_module:make"], "*cannot import module 'no_such_module'*"),
+        (["--qatmig-impl=pytest_qatmig.testing:nothing"], "*has no attribute 'nothing'*"),
+        (["--qatmig-impl=os:getcwd"], "*is not an Implementation*"),
+        (["--qatmig-sysfs-root=/nonexistent/sys"], "*/nonexistent/sys is not a directory*"),
+        (["--qatmig-profile=/nonexistent.yaml"], "*cannot read host profile /nonexistent.yaml*"),
+    ],
+)
+def test_bad_values_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nperf:\n  defaults: {min_speed: 3}\n", "*unknown threshold(s) min_speed*"),
+        ("name: x\ndevices:\n  expected: 3\n", "*devices.expected must be a list*"),
+        ("- a\n- b\n", "*must be a YAML mapping*"),
+        ("name: [unclosed\n", "*is not valid YAML*"),
+        ("name: x\nperf:\n  defaults: {min_mbps: fast}\n", "*min_mbps must be a number*"),
+    ],
+)
+def test_bad_profiles_are_usage_errors(pytester: pytest.Pytester, text: str, message: str) -> None:
+    prof = pytester.path / "bad.yaml"
+    prof.write_text(text)
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(f"--qatmig-profile={prof}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
