@@ -1,0 +1,336 @@
+"""The cffi libqatzip binding, against the real library when it loads, else the C test double.
+
+Test ids say which one ran (``[real-libqatzip]`` / ``[test-double]``), and each test records
+a ``libqatzip`` property. Error paths need the double's fault controls: they skip when the
+real library is installed (set QATMIG_FORCE_QATZIP_DOUBLE=1 to run them there too).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from qatmig_engine.errors import QatError, QatLibraryError, QatUnavailable
+from qatmig_engine.qat.binding import (
+    EXPECTED_SIZES,
+    QatzipLibrary,
+    QzSession,
+    Rc,
+    gzip_ext_members,
+    load_library,
+    probe_library,
+    rc_name,
+)
+
+_spec = importlib.util.spec_from_file_location(
+    "qatzip_double_build", Path(__file__).parent / "qatzip_double" / "build.py")
+assert _spec and _spec.loader
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
+
+VECTORS = Path("/work/shared/vectors/qatzip")
+REAL = build.real_library()
+WHICH = "real-libqatzip" if REAL else "test-double"
+
+
+@pytest.fixture(scope="module", params=[WHICH])
+def qzlib(request, tmp_path_factory):
+    """``(QatzipLibrary, DoubleControl | None)``: the real library wins when it loads."""
+    if REAL:
+        return load_library(REAL), None
+    try:
+        path = build.build(tmp_path_factory.getbasetemp() / "qatzip_double")
+    except RuntimeError as exc:
+        pytest.skip(f"no real libqatzip and the test double cannot be built: {exc}")
+    ctl = build.DoubleControl(path)
+    return load_library(path), ctl
+
+
+@pytest.fixture
+def lib(qzlib, record_property):
+    lib, ctl = qzlib
+    record_property("libqatzip", f"{WHICH}:{lib.path or lib.requested}")
+    if ctl is not None:
+        ctl.reset()
+    yield lib
+    if ctl is not None:
+        ctl.reset()
+
+
+@pytest.fixture
+def double(qzlib, lib):
+    ctl = qzlib[1]
+    if ctl is None:
+        pytest.skip("error paths are injected through the test double, which is only used when "
+                    "the real libqatzip is absent; set QATMIG_FORCE_QATZIP_DOUBLE=1 to use it")
+    return ctl
+
+
+def _vector(name: str) -> bytes:
+    p = VECTORS / name
+    if not p.exists():
+        pytest.skip(f"golden vector {p} not present (shared/vectors/qatzip)")
+    return p.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def mixed() -> bytes:
+    return _vector("inputs/mixed_128pages.bin")
+
+
+# ------------------------------------------------------------------------- static facts
+def test_rc_names_are_qatzips():
+    table = {"QZ_OK": 0, "QZ_DUPLICATE": 1, "QZ_FORCE_SW": 2, "QZ_PARAMS": -1, "QZ_FAIL": -2,
+             "QZ_BUF_ERROR": -3, "QZ_DATA_ERROR": -4, "QZ_TIMEOUT": -5, "QZ_INTEG": -100,
+             "QZ_NO_HW": 11, "QZ_NO_MDRV": 12, "QZ_NO_INST_ATTACH": 13, "QZ_LOW_MEM": 14,
+             "QZ_LOW_DEST_MEM": 15, "QZ_UNSUPPORTED_FMT": 16, "QZ_NONE": 100,
+             "QZ_NOSW_NO_HW": -101, "QZ_NOSW_NO_MDRV": -102, "QZ_NOSW_NO_INST_ATTACH": -103,
+             "QZ_NOSW_LOW_MEM": -104, "QZ_NO_SW_AVAIL": -105, "QZ_NOSW_UNSUPPORTED_FMT": -116,
+             "QZ_POST_PROCESS_ERROR": -117, "QZ_METADATA_OVERFLOW": -118,
+             "QZ_OUT_OF_RANGE": -119, "QZ_NOT_SUPPORTED": -200}
+    assert {r.name: r.value for r in Rc} == table
+    for name, value in table.items():
+        assert rc_name(value) == name
+    assert rc_name(-7) == "QZ_UNKNOWN(-7)"
+
+
+def test_library_error_carries_call_rc_and_name():
+    e = QatLibraryError("qzCompress", -2, rc_name(-2), "detail")
+    assert (e.call, e.rc, e.rc_name) == ("qzCompress", -2, "QZ_FAIL")
+    assert str(e) == "qzCompress returned QZ_FAIL (-2): detail"
+
+
+def test_missing_library_is_qat_unavailable(tmp_path):
+    with pytest.raises(QatUnavailable, match="library not found"):
+        QatzipLibrary(tmp_path / "libqatzip.so.3")
+    info = probe_library(tmp_path / "libqatzip.so.3")
+    assert not info.loaded and "library not found" in info.error
+
+
+def test_a_library_without_qatzip_symbols_is_refused():
+    with pytest.raises(QatUnavailable, match="lacks QATzip symbols"):
+        QatzipLibrary("libz.so.1")
+
+
+# ------------------------------------------------------------------------- ABI
+def test_struct_sizes_match_the_x86_64_layout(lib):
+    for name, size in EXPECTED_SIZES.items():
+        assert lib.ffi.sizeof(name) == size
+    assert lib.ffi.offsetof("QzSession_T", "internal") == 16
+    assert lib.ffi.offsetof("QzSessionParamsCommon_T", "hw_buff_sz") == 20
+    assert lib.ffi.offsetof("QzSessionParamsDeflate_T", "data_fmt") == 52
+
+
+def test_defaults_deflate_are_the_observed_ones(lib):
+    p = lib.defaults_deflate()
+    c = p.common_params
+    assert (c.direction, c.comp_lvl, c.comp_algorithm, c.max_forks, c.sw_backup) == (2, 1, 8, 3, 1)
+    assert (c.hw_buff_sz, c.strm_buff_sz, c.input_sz_thrshold) == (65536, 65536, 1024)
+    assert (c.req_cnt_thrshold, c.wait_cnt_thrshold, c.polling_mode) == (32, 8, 0)
+    assert (p.huffman_hdr, p.data_fmt) == (0, 2)
+
+
+@pytest.mark.parametrize(("n", "bound"), [(0, 34), (1, 82), (1024, 1232), (65536, 73808),
+                                          (65537, 73810), (1 << 20, 1179728),
+                                          (100 << 20, 117964880)])
+def test_max_compressed_length_without_a_hw_session(lib, n, bound):
+    assert lib.max_compressed_length(n) == bound
+
+
+def test_info_names_the_library(lib):
+    info = lib.info()
+    assert info.loaded and info.path
+    assert info.test_double == (WHICH == "test-double")
+    assert json.dumps(info.to_json())
+    assert info.version_guess
+
+
+# ------------------------------------------------------------------------- sessions
+@pytest.mark.parametrize("level", range(1, 10))
+def test_roundtrip_every_level(lib, mixed, level):
+    with QzSession(lib, level=level) as s:
+        out = s.compress(mixed)
+        assert gzip.decompress(out) == mixed
+        assert s.decompress(out, len(mixed)) == mixed
+        assert sum(src for src, _ in gzip_ext_members(out)) == len(mixed)
+
+
+@pytest.mark.parametrize(("inp", "gold"), [
+    ("mixed_128pages.bin", "mixed_128pages.gzip_ext.L1.gz"),
+    ("mixed_128pages.bin", "mixed_128pages.gzip_ext.L9.gz"),
+    ("text_1mib.bin", "text_1mib.gzip_ext.L1.gz"),
+])
+def test_software_session_output_equals_the_golden_vectors(lib, inp, gold):
+    """Real library in software mode, or the double: libqatzip 1.3.1's software-path bytes."""
+    data = _vector(f"inputs/{inp}")
+    want = _vector(f"outputs/{gold}")
+    level = int(gold.split(".L")[1].split(".")[0])
+    with QzSession(lib, level=level, max_input=len(data)) as s:
+        if s.hardware:
+            pytest.skip("a QAT device is present: hardware deflate bytes differ by design")
+        assert hashlib.sha256(s.compress(data)).hexdigest() == hashlib.sha256(want).hexdigest()
+
+
+def test_session_reports_software_mode_without_a_device(lib):
+    with QzSession(lib) as s:
+        if s.hardware:
+            pytest.skip("a QAT device is present on this host")
+        assert s.hw_session_stat == Rc.QZ_NO_HW
+
+
+def test_hardware_mode_frames_one_member_per_hw_buff_sz(lib, double, mixed):
+    double.set(hw=1)
+    with QzSession(lib) as s:
+        assert s.hardware and s.hw_session_stat == Rc.QZ_OK
+        out = s.compress(mixed)
+    members = gzip_ext_members(out)
+    assert [src for src, _ in members] == [65536] * 8
+    assert out == _vector("outputs/mixed_128pages.synthetic_hw_layout_gzip_ext.L1.gz")
+
+
+def test_set_level_resets_up_the_session(lib, mixed):
+    with QzSession(lib, level=1) as s:
+        a = s.compress(mixed)
+        s.set_level(9)
+        b = s.compress(mixed)
+    assert a != b and gzip.decompress(b) == mixed
+
+
+def test_one_call_per_packet_and_never_last0(lib, double, mixed):
+    with QzSession(lib) as s:
+        for i in range(1, 6):
+            s.compress(mixed[: i * 4096 * 16])
+    assert double.get("compress_calls") == 5
+    assert double.get("last0_calls") == 0
+    assert double.get("max_compress_len") == 5 * 4096 * 16
+
+
+def test_teardown_and_close_release_the_session(lib, double):
+    s = QzSession(lib)
+    assert double.get("live_sessions") == 1
+    s.close()
+    s.close()  # idempotent
+    assert double.get("live_sessions") == 0
+    assert (double.get("teardown_calls"), double.get("close_calls")) == (1, 1)
+    with pytest.raises(QatError, match="closed"):
+        s.compress(b"x" * 4096)
+
+
+def test_buffers_are_pinned_then_common(lib, double, mixed):
+    with QzSession(lib) as s:
+        assert s.pinned is True
+    double.set(pinned_fail=1)
+    with QzSession(lib) as s:
+        assert s.pinned is False
+        assert gzip.decompress(s.compress(mixed)) == mixed
+    assert double.get("malloc_common") >= 2
+
+
+def test_session_is_owned_by_one_thread(lib):
+    s = QzSession(lib)
+    errors = []
+
+    def other():
+        try:
+            s.compress(b"a" * 4096)
+        except QatError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(timeout=30)
+    s.close()
+    assert errors and "one thread" in errors[0]
+
+
+def test_buffer_grows_for_a_larger_packet(lib, mixed):
+    with QzSession(lib, max_input=4096) as s:
+        out = s.compress(mixed)
+    assert gzip.decompress(out) == mixed
+
+
+def test_empty_input_is_refused(lib):
+    with QzSession(lib) as s, pytest.raises(QatError, match="empty"):
+        s.compress(b"")
+
+
+# ------------------------------------------------------------------------- error paths
+def test_init_without_sw_backup_and_no_device(lib, double):
+    with pytest.raises(QatLibraryError) as ei:
+        QzSession(lib, sw_backup=False)
+    assert (ei.value.call, ei.value.rc_name) == ("qzInit", "QZ_NOSW_NO_HW")
+
+
+@pytest.mark.parametrize("rc", [Rc.QZ_NOSW_NO_HW, Rc.QZ_PARAMS, Rc.QZ_NOSW_LOW_MEM])
+def test_setup_errors_name_the_code(lib, double, rc):
+    double.set(setup_rc=int(rc))
+    with pytest.raises(QatLibraryError) as ei:
+        QzSession(lib)
+    assert ei.value.call == "qzSetupSessionDeflate"
+    assert ei.value.rc_name == rc.name
+    assert rc.name in str(ei.value)
+
+
+def test_bad_params_are_qz_params(lib, double):
+    with pytest.raises(QatLibraryError, match="QZ_PARAMS"):
+        QzSession(lib, hw_buff_sz=3000)
+
+
+@pytest.mark.parametrize("rc", [Rc.QZ_FAIL, Rc.QZ_BUF_ERROR, Rc.QZ_TIMEOUT, Rc.QZ_NOSW_LOW_MEM])
+def test_compress_error_codes(lib, double, mixed, rc):
+    double.set(fail_after=1, fail_rc=int(rc))
+    with QzSession(lib) as s:
+        s.compress(mixed)
+        with pytest.raises(QatLibraryError) as ei:
+            s.compress(mixed)
+    assert (ei.value.call, ei.value.rc, ei.value.rc_name) == ("qzCompress", int(rc), rc.name)
+
+
+def test_ok_with_partial_consumption_is_an_error(lib, double, mixed):
+    double.set(short_consume_after=0)
+    with QzSession(lib) as s, pytest.raises(QatLibraryError, match="consumed 262144 of 524288"):
+        s.compress(mixed)
+
+
+def test_ok_with_partial_output_is_an_error(lib, double, mixed):
+    double.set(short_output_after=0)
+    with QzSession(lib) as s, pytest.raises(QatLibraryError, match="malformed output"):
+        s.compress(mixed)
+
+
+def test_decompress_truncated_input_is_an_error(lib, mixed):
+    with QzSession(lib) as s:
+        out = s.compress(mixed)
+        with pytest.raises(QatLibraryError, match="produced"):
+            s.decompress(out[: len(out) // 2], len(mixed))
+        with pytest.raises(QatLibraryError, match="produced"):
+            s.decompress(out, len(mixed) - 4096)
+
+
+def test_decompress_garbage_is_data_error(lib):
+    with QzSession(lib) as s, pytest.raises(QatLibraryError, match="QZ_DATA_ERROR"):
+        s.decompress(b"\x00" * 1000, 4096)
+
+
+def test_decompress_rc_override(lib, double, mixed):
+    double.set(decompress_rc=int(Rc.QZ_FAIL))
+    with QzSession(lib) as s:
+        out = s.compress(mixed)
+        with pytest.raises(QatLibraryError, match="QZ_FAIL"):
+            s.decompress(out, len(mixed))
+
+
+def test_gzip_ext_member_walk_rejects_bad_buffers(mixed):
+    good = _vector("outputs/mixed_128pages.gzip_ext.L1.gz")
+    assert gzip_ext_members(good) == [(524288, len(good) - 32)]
+    two_calls = _vector("outputs/mixed_128pages.gzip_ext.L1.two_calls_last0_last1.gz")
+    with pytest.raises(QatError):  # QZ size fields 0/0: the streamed-call fault
+        gzip_ext_members(two_calls)
+    for bad in (good[:-1], good[:20], b"\x1f\x8b\x08\x00" + good[4:], good + b"\x00"):
+        with pytest.raises(QatError):
+            gzip_ext_members(bad)
