@@ -753,8 +753,12 @@ class TapChecker:
         self.method = method
 
     def _synced(self) -> None:
-        low = min((c.syncs for c in self.conns.values()
-                   if isinstance(c, MultifdChannelChecker)), default=0)
+        # A round's ledger can go once every channel is past it; without the channel count
+        # (or before every channel connected) keep it: one entry per page sent.
+        mf = [c for c in self.conns.values() if isinstance(c, MultifdChannelChecker)]
+        if self.channels is None or len(mf) < self.channels:
+            return
+        low = min(c.syncs for c in mf)
         for k in [k for k in self._ledger if k < low]:
             del self._ledger[k]
 
@@ -826,6 +830,10 @@ class TapChecker:
             if c.state == "init":
                 self._error("multifd connection ended before its init packet", c.stats.connection,
                             fld="init")
+            elif not c.at_boundary() and not self.blocks_known:
+                self._error(f"{len(c.buf) - c.pos} bytes left unchecked: the main channel's "
+                            "RAM block list never arrived", c.stats.connection,
+                            channel=c.channel, fld="ramblock")
             elif not c.at_boundary():
                 pkt = c.packet
                 inside = "payload" if c.state == "payload" else "header"

@@ -1,0 +1,56 @@
+"""The recorded QEMU 7.2 multifd captures shipped in ``qatmig_fixtures/golden/qemu-7.2``.
+
+Each capture is one migration (2 channels, 8 MiB guest, none/zlib/zstd) recorded through the
+tap by ``tools/record_golden.py``: one xz file per connection in accept order (``conn-0`` is
+the main channel). ``manifest.json`` says how the source RAM was made and what QEMU reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+from pathlib import Path
+from typing import Any
+
+from qatmig_engine.errors import CorpusError
+
+GOLDEN_SUBDIR = ("golden", "qemu-7.2")
+
+
+def golden_dir() -> Path:
+    """Directory of the QEMU 7.2 captures (inside the ``qatmig_fixtures`` package data)."""
+    import qatmig_fixtures  # data-only package (a namespace package in editable installs)
+
+    for base in list(getattr(qatmig_fixtures, "__path__", [])):
+        p = Path(base).joinpath(*GOLDEN_SUBDIR)
+        if (p / "manifest.json").is_file():
+            return p
+    raise CorpusError("qatmig_fixtures/golden/qemu-7.2/manifest.json not found "
+                      "(run tools/record_golden.py, or reinstall the package)")
+
+
+def load_manifest() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((golden_dir() / "manifest.json").read_text())
+    return data
+
+
+def capture_entry(method: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    m = manifest or load_manifest()
+    for c in m["captures"]:
+        if c["multifd_compression"] == method:
+            return dict(c)
+    raise CorpusError(f"no golden capture for multifd-compression {method!r}")
+
+
+def load_connections(method: str, manifest: dict[str, Any] | None = None) -> list[bytes]:
+    """The capture's connections (decompressed, accept order), each checked by sha256."""
+    entry = capture_entry(method, manifest)
+    base = golden_dir()
+    out = []
+    for conn in sorted(entry["connections"], key=lambda c: c["connection"]):
+        raw = lzma.decompress((base / conn["file"]).read_bytes())
+        if hashlib.sha256(raw).hexdigest() != conn["sha256"] or len(raw) != conn["bytes"]:
+            raise CorpusError(f"{conn['file']}: sha256/size differ from manifest.json")
+        out.append(raw)
+    return out
