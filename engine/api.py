@@ -1,0 +1,279 @@
+"""Public entry points of the engine: a loopback migration, and each end on its own.
+
+* :func:`migrate_loopback` -- source and destination in one process over 127.0.0.1; returns
+  one :class:`~qatmig_engine.stats.MigrationStats` with both sides' counters, ``downtime_ms``
+  (guest stopped -> destination complete) and ``verified`` (destination RAM == source RAM,
+  compared byte for byte).
+* :func:`listen` -- serve one incoming migration (``qatmig listen``), RAM of the ``ramblock``
+  block in a file.
+* :func:`send` -- migrate a guest image to a listening destination (``qatmig send``).
+
+All three return stats whose ``status`` is ``completed`` or ``failed`` (with ``error``); they
+raise only for bad arguments (:class:`~qatmig_engine.errors.ParameterError`) before any
+connection is made. Nothing here waits longer than ``timeout`` seconds of silence.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import transport
+from .destination import Destination
+from .errors import ChannelClosed, ParameterError
+from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic
+from .mainstream import DEFAULT_MACHINE_TYPE
+from .params import MigrationParameters
+from .source import DEFAULT_MAX_ITERS, Source
+from .stats import MigrationStats
+from .workload import Workload
+
+__all__ = [
+    "DEFAULT_RAMBLOCK",
+    "default_guest",
+    "listen",
+    "migrate_loopback",
+    "send",
+]
+
+Progress = Callable[[int], None]
+
+
+def default_guest(
+    size: int, *, corpus: str = "stand-in", ramblock: str = DEFAULT_RAMBLOCK,
+    mode: str = "r",
+) -> tuple[GuestMemory, str]:
+    """The default source guest of ``size`` bytes and the name of its content.
+
+    Uses the Silesia stand-in guest image (``qatmig_engine.silesia.cached_guest_image``) when
+    that module provides it, else a deterministic mixed-content filler in anonymous memory.
+    """
+    try:
+        from .silesia import cached_guest_image  # type: ignore[attr-defined]
+    except ImportError:
+        cached_guest_image = None
+    if cached_guest_image is not None:
+        path = cached_guest_image(size, corpus=corpus)
+        return GuestMemory.from_image(path, size, name=ramblock, mode=mode), corpus
+    g = GuestMemory([RAMBlock.anonymous(ramblock, size)])
+    fill_deterministic(g.blocks[0])
+    return g, "filler"
+
+
+def _source_guest(
+    guest_image: str | os.PathLike[str] | None, guest_size: int | None, dirty_rate: int,
+    ramblock: str, corpus: str,
+) -> tuple[GuestMemory, str]:
+    # A workload writes to the source guest: map the image copy-on-write so the file is
+    # never modified; without one, read-only.
+    mode = "c" if dirty_rate else "r"
+    if guest_image is not None:
+        g = GuestMemory.from_image(guest_image, guest_size, name=ramblock, mode=mode)
+        return g, Path(guest_image).name
+    if guest_size is None:
+        raise ParameterError("give a guest size (--guest-size) or a guest image (--guest-image)")
+    return default_guest(guest_size, corpus=corpus, ramblock=ramblock, mode=mode)
+
+
+def migrate_loopback(
+    guest_size: int | None = None,
+    params: MigrationParameters | None = None,
+    *,
+    guest_image: str | os.PathLike[str] | None = None,
+    guest: GuestMemory | None = None,
+    destination_image: str | os.PathLike[str] | None = None,
+    dirty_rate: int = 0,
+    dirty_pattern: str = "random",
+    hot_pages: int | None = None,
+    timeout: float = transport.DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+    ramblock: str = DEFAULT_RAMBLOCK,
+    uuid: str | None = None,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    machine_type: str = DEFAULT_MACHINE_TYPE,
+    corpus: str = "stand-in",
+    verify: bool = True,
+) -> MigrationStats:
+    """Migrate a guest over 127.0.0.1 with source and destination in this process.
+
+    The source guest is ``guest`` (caller-owned), else ``guest_image`` (mapped read-only, or
+    copy-on-write under a workload), else the default guest of ``guest_size`` bytes. The
+    destination's RAM is anonymous memory, or ``destination_image`` for its first block.
+    ``dirty_rate`` pages/s are dirtied while the migration runs (``dirty_pattern`` random or
+    sequential over ``hot_pages``).
+    """
+    params = params or MigrationParameters()
+    params.validate()
+    own_guest = guest is None
+    if guest is None:
+        guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)
+    else:
+        corpus_name = "caller"
+    dst_blocks = []
+    for i, b in enumerate(guest.blocks):
+        if i == 0 and destination_image is not None:
+            dst_blocks.append(RAMBlock.from_file(b.name, destination_image, b.used_length,
+                                                 mode="w"))
+        else:
+            dst_blocks.append(RAMBlock.anonymous(b.name, b.used_length))
+    dst_guest = GuestMemory(dst_blocks)
+    workload = None
+    try:
+        if dirty_rate:
+            workload = Workload(guest, dirty_rate, pattern=dirty_pattern, hot_pages=hot_pages)
+        dst = Destination(dst_guest, params, host="127.0.0.1", port=0, uuid=uuid,
+                          timeout=timeout, progress=None)
+        host, port = dst.address
+        dst_stats: list[MigrationStats] = []
+        t = threading.Thread(target=lambda: dst_stats.append(dst.run()),
+                             name="qatmig-destination", daemon=True)
+        t.start()
+        src = Source(guest, params, host, port, uuid=uuid, timeout=timeout, workload=workload,
+                     machine_type=machine_type, max_iters=max_iters, progress=progress,
+                     wait_for_destination=0)
+        t0 = time.monotonic()
+        s = src.run()
+        # The destination ends on its own within the idle timeout; this bound is a backstop.
+        t.join(timeout + 10)
+        if workload is not None:
+            workload.stop()
+        d = dst_stats[0] if dst_stats else None
+        st = s
+        st.role = "both"
+        st.corpus = corpus_name
+        if d is None:
+            st.status = "failed"
+            st.error = st.error or "destination did not finish"
+            return st
+        st.destination = d.destination
+        st.wall_seconds_destination = d.wall_seconds_destination
+        st.device_state_bytes = d.device_state_bytes
+        st.peak_rss_bytes = d.peak_rss_bytes
+        if s.status != "completed" or d.status != "completed":
+            st.status = "failed"
+            st.error = _root_error(s, d)
+            st.verified = False
+            return st
+        end = dst.completed_at or time.monotonic()
+        st.total_time_ms = (end - t0) * 1000
+        st.wall_seconds_source = max(st.wall_seconds_source, 1e-9)
+        if src.stop_time is not None:
+            st.downtime_ms = (end - src.stop_time) * 1000
+        if verify:
+            st.verified = guest.same_content(dst_guest)
+        return st
+    finally:
+        if workload is not None:
+            workload.stop()
+        dst_guest.close()
+        if own_guest:
+            guest.close()
+
+
+def _root_error(s: MigrationStats, d: MigrationStats) -> str:
+    """The more telling of the two sides' errors (not the "peer closed" echo of the other)."""
+    errs = []
+    for side, st in (("destination", d), ("source", s)):
+        if st.status != "completed" and st.error:
+            errs.append((side, st.error))
+    if not errs:
+        return "migration failed"
+    echo = ("closed by peer", "cancelled", "reset the main channel")
+    primary = [e for e in errs if not any(k in e[1] for k in echo)] or errs
+    side, msg = primary[0]
+    others = [f"{sd}: {m}" for sd, m in errs if (sd, m) != (side, msg)]
+    return f"{side}: {msg}" + (f" (and {'; '.join(others)})" if others else "")
+
+
+def listen(
+    host: str,
+    port: int,
+    guest_image: str | os.PathLike[str] | None,
+    guest_size: int,
+    params: MigrationParameters | None = None,
+    *,
+    ramblock: str = DEFAULT_RAMBLOCK,
+    uuid: str | None = None,
+    timeout: float = transport.DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+    on_ready: Callable[[tuple[str, int]], None] | None = None,
+    digest: bool = True,
+) -> MigrationStats:
+    """Serve one incoming migration; the ``ramblock`` block's RAM lives in ``guest_image``
+    (created/truncated to ``guest_size``; anonymous memory if None). ``on_ready(address)`` is
+    called once the socket listens (port 0 picks a free port)."""
+    params = params or MigrationParameters()
+    params.validate()
+    if guest_image is not None:
+        blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w")
+    else:
+        blk = RAMBlock.anonymous(ramblock, guest_size)
+    guest = GuestMemory([blk])
+    try:
+        dst = Destination(guest, params, host=host, port=port, uuid=uuid, timeout=timeout,
+                          ramblock=ramblock, progress=progress)
+        if on_ready is not None:
+            on_ready(dst.address)
+        st = dst.run()
+        if st.status == "completed" and digest:
+            st.destination_digest = blk.digest()
+        if guest_image is not None:
+            blk._mm.flush()
+        return st
+    finally:
+        guest.close()
+
+
+def send(
+    host: str,
+    port: int,
+    guest_image: str | os.PathLike[str] | None = None,
+    params: MigrationParameters | None = None,
+    *,
+    guest_size: int | None = None,
+    guest: GuestMemory | None = None,
+    ramblock: str = DEFAULT_RAMBLOCK,
+    uuid: str | None = None,
+    dirty_rate: int = 0,
+    dirty_pattern: str = "random",
+    timeout: float = transport.DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+    machine_type: str = DEFAULT_MACHINE_TYPE,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    wait_for_destination: float | None = None,
+    digest: bool = True,
+    corpus: str = "stand-in",
+) -> MigrationStats:
+    """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
+    ``guest_size``) to ``host:port``. After EOF it waits up to ``wait_for_destination``
+    seconds (default: ``timeout``) for the destination to close the main channel: a reset
+    there means the destination failed, and ``send`` reports failed too."""
+    params = params or MigrationParameters()
+    params.validate()
+    own = guest is None
+    if guest is None:
+        guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)
+    else:
+        corpus_name = "caller"
+    workload = Workload(guest, dirty_rate, pattern=dirty_pattern) if dirty_rate else None
+    try:
+        src = Source(guest, params, host, port, uuid=uuid, timeout=timeout, workload=workload,
+                     machine_type=machine_type, max_iters=max_iters, progress=progress,
+                     wait_for_destination=wait_for_destination)
+        st = src.run()
+        st.corpus = corpus_name
+        if st.status == "completed" and src.stop_time is not None and src.end_time is not None:
+            st.downtime_ms = (src.end_time - src.stop_time) * 1000
+        if digest and st.status == "completed":
+            st.source_digest = guest.blocks[0].digest()
+        return st
+    except ChannelClosed:  # pragma: no cover - run() reports failures in stats
+        raise
+    finally:
+        if workload is not None:
+            workload.stop()
+        if own:
+            guest.close()

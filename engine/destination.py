@@ -1,0 +1,481 @@
+"""The migration destination: accept the channels, rebuild guest RAM in place, over TCP.
+
+* Channels: ``1 + multifd-channels`` connections. qemu-7.2 takes the first accepted as the
+  main channel; 9.x peeks 4 bytes (QEVM -> main, 0x11223344 -> multifd). Each multifd channel
+  starts with a MultiFDInit_t (magic, version, uuid, id): checked, ids must be unique and below
+  ``multifd-channels``. Extra connections during the migration fail it (no silent loss).
+* One receiver thread per channel decodes packets straight into guest memory (``none``:
+  ``recv_into`` the mapping at the page offsets; others: decompress one packet into a bounded
+  buffer, then copy each page into place -- never a full-image staging copy).
+* Barrier: a receiver that got a SYNC packet stops until the main thread has read the round's
+  end on the main channel (EOS in qemu-7.2, MULTIFD_FLUSH in 9.x) and released every channel,
+  so a later round's copy of a page always wins.
+* Completion: the RAM section's END footer, then the main channel closed by the source (device
+  state after RAM END, if any, is consumed as an opaque blob), every channel idle at a packet
+  boundary. Anything else is ``failed``: a partial image is never reported ``completed``.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import transport
+from .codecs import get_codec
+from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
+from .dialects import get_dialect
+from .errors import ChannelClosed, MigrationError, PeerTimeout, QatmigError, StreamError
+from .guest import GuestMemory, RAMBlock
+from .mainstream import (
+    Configuration,
+    DeviceState,
+    EndOfSection,
+    MainStreamDecoder,
+    MemSize,
+    MultifdFlush,
+    Page,
+    RamEnd,
+    ZeroPage,
+)
+from .params import MigrationParameters
+from .stats import MigrationStats, SideCounters, peak_rss_bytes
+from .transport import Activity, Cancelled
+from .wire import (
+    InitPacket,
+    PacketValidator,
+    decode_packet,
+    duplicate_channel_error,
+    identify_channel,
+    packet_len,
+    page_count,
+    parse_uuid,
+)
+
+#: Anonymous memory the destination may allocate for RAM blocks it has no image for (ROM
+#: blocks of a real QEMU source: pc.bios, pc.rom, /rom@etc/acpi/tables, ...).
+DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
+
+_MAIN_RECV = 256 << 10
+
+
+class _Receiver(threading.Thread):
+    def __init__(self, dst: Destination, channel: int, sock: Any) -> None:
+        super().__init__(name=f"qatmig-recv-{channel}", daemon=True)
+        self.dst = dst
+        self.channel = channel
+        self.sock = sock
+        self.counters = SideCounters(multifd_bytes=MULTIFD_INIT_PACKET_SIZE)
+        self.resume = threading.Semaphore(0)
+        self.in_sync = False
+        self.eof = False
+        self.error: BaseException | None = None
+        self.decompressor: Any = None
+
+    def run(self) -> None:
+        t0 = time.thread_time()
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+            self.dst._fail(exc)
+        finally:
+            self.counters.cpu_seconds += time.thread_time() - t0
+
+    def _readable(self) -> bool:
+        """Wait for the next header; False when the migration is over and we are idle."""
+        dst = self.dst
+        what = f"multifd channel {self.channel}"
+        while True:
+            try:
+                r, _, _ = select.select([self.sock], [], [], transport.TICK)
+            except (OSError, ValueError):
+                if dst.act.cancel.is_set():
+                    raise Cancelled(f"{what}: migration cancelled") from None
+                raise
+            if r:
+                return True
+            if dst.finishing.is_set():
+                return False
+            dst.act.check(what)
+
+    def _run(self) -> None:
+        dst = self.dst
+        ch = self.channel
+        what = f"multifd channel {ch}"
+        ps = dst.page_size
+        dialect = dst.dialect
+        act = dst.act
+        spec = get_codec(dst.method)
+        plen = packet_len(ps)
+        hdr = bytearray(plen)
+        hview = memoryview(hdr)
+        payload = bytearray(spec.max_payload(page_count(ps), ps))
+        pview = memoryview(payload)
+        is_none = dst.method == "none"
+        if not is_none:
+            self.decompressor = spec.new_decompressor(page_size=ps, channel=ch)
+        validator = PacketValidator(
+            dialect, dst.method, dst.ramblocks, ps, ch, max_payload=spec.max_payload
+        )
+        zero = dst.zero_page
+        sock = self.sock
+        c = self.counters
+        while True:
+            if not self._readable():
+                return
+            if not transport.recv_into_exact(sock, hview, act, what, eof_ok=True):
+                self.eof = True
+                return
+            c.multifd_bytes += plen
+            pkt = decode_packet(hview, dialect, ps, ch)
+            if (pkt.normal_pages or pkt.zero_pages) and not dst.blocks_ready.is_set():
+                act.wait(dst.blocks_ready, f"{what} (waiting for the RAM block list)")
+            validator.check(pkt)
+            c.packets += 1
+            n = pkt.normal_pages
+            if n or pkt.zero_pages:
+                blk = dst.guest.block(pkt.ramblock)
+                if blk is None:  # pragma: no cover - the validator checked the name
+                    raise StreamError(f"multifd: unknown ram block {pkt.ramblock}")
+                view = blk.view
+            if n:
+                offs = pkt.offsets[:n]
+                nps = pkt.next_packet_size
+                if is_none:
+                    # Straight into guest memory, one recv per contiguous run of pages.
+                    start = prev = offs[0]
+                    for o in offs[1:]:
+                        if o != prev + ps:
+                            transport.recv_into_exact(sock, view[start : prev + ps], act, what)
+                            start = o
+                        prev = o
+                    transport.recv_into_exact(sock, view[start : prev + ps], act, what)
+                else:
+                    transport.recv_into_exact(sock, pview[:nps], act, what)
+                    data = memoryview(self.decompressor.decompress(pview[:nps], n))
+                    pos = 0
+                    start = prev = offs[0]
+                    for o in offs[1:]:
+                        if o != prev + ps:
+                            ln = prev + ps - start
+                            view[start : start + ln] = data[pos : pos + ln]
+                            pos += ln
+                            start = o
+                        prev = o
+                    ln = prev + ps - start
+                    view[start : start + ln] = data[pos : pos + ln]
+                c.multifd_bytes += nps
+                c.payload_bytes += nps
+                c.normal_pages += n
+                if dst.progress is not None:
+                    dst.progress(n * ps)
+            if pkt.zero_pages:
+                for o in pkt.offsets[n : n + pkt.zero_pages]:
+                    if view[o : o + ps] != zero:
+                        view[o : o + ps] = zero
+                c.zero_pages += pkt.zero_pages
+            if pkt.sync:
+                c.sync_packets += 1
+                self.in_sync = True
+                dst.sync_arrived.release()
+                while not self.resume.acquire(timeout=transport.TICK):
+                    act.check(f"{what} (waiting for the end of the round on the main channel)")
+
+
+class Destination:
+    """Serve one incoming migration into ``guest``; :meth:`run` once.
+
+    ``guest`` holds the blocks the destination has memory for (e.g. ``pc.ram`` backed by the
+    ``--guest-image`` file); blocks the source lists beyond those get anonymous memory.
+    ``ramblock`` (if set) must be among the source's blocks.
+    """
+
+    def __init__(
+        self,
+        guest: GuestMemory,
+        params: MigrationParameters,
+        *,
+        listen_sock: Any = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        uuid: str | bytes | None = None,
+        timeout: float = transport.DEFAULT_TIMEOUT,
+        ramblock: str | None = None,
+        max_extra_block_bytes: int = DEFAULT_MAX_EXTRA_BLOCK_BYTES,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        params.validate()
+        self.guest = guest
+        self.params = params
+        self.dialect = get_dialect(params.dialect)
+        self.method = params.multifd_compression
+        self.dialect.method_flag(self.method)
+        get_codec(self.method)
+        self.channels = params.multifd_channels
+        self.uuid = parse_uuid(uuid)
+        self.page_size = TARGET_PAGE_SIZE
+        self.zero_page = bytes(self.page_size)
+        self.ramblock = ramblock
+        self.max_extra = max_extra_block_bytes
+        self.progress = progress
+        self.act = Activity(timeout)
+        self.lsock = listen_sock if listen_sock is not None else transport.listen_socket(
+            host, port
+        )
+        self.lsock.settimeout(transport.TICK)
+        self.main_sock: Any = None
+        self.receivers: list[_Receiver] = []
+        self.ramblocks: dict[str, int] = {}
+        self.blocks_ready = threading.Event()
+        self.finishing = threading.Event()
+        self.sync_arrived = threading.Semaphore(0)
+        self._error: BaseException | None = None
+        self._err_lock = threading.Lock()
+        self._acceptor: threading.Thread | None = None
+        self._done = threading.Event()
+        self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        self.main_counters = SideCounters()
+        self.completed_at: float | None = None
+        self.stats = MigrationStats(role="destination")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.lsock.getsockname()[:2]
+        return host, port
+
+    # ------------------------------------------------------------------ failure
+    def _fail(self, exc: BaseException) -> None:
+        with self._err_lock:
+            if self._error is None or (
+                isinstance(self._error, Cancelled) and not isinstance(exc, Cancelled)
+            ):
+                self._error = exc
+        self.act.cancel.set()
+
+    def _check(self, what: str) -> None:
+        if self._error is not None:
+            raise self._error
+        self.act.check(what)
+
+    # ------------------------------------------------------------------ channels
+    def _accept_all(self) -> None:
+        n = self.channels
+        chans: dict[int, Any] = {}
+        by_magic = self.dialect.channel_by_magic
+        while self.main_sock is None or len(chans) < n:
+            main_state = "connected" if self.main_sock is not None else "missing"
+            what = (
+                f"waiting for the source's channels (main {main_state}, {len(chans)} of {n} "
+                "multifd)"
+            )
+            try:
+                conn = transport.accept(self.lsock, self.act, what)
+            except PeerTimeout:
+                raise PeerTimeout(
+                    f"{what}: nothing new for {self.act.idle_timeout:g} s; does the source use "
+                    f"multifd-channels={n} and this --dialect ({self.dialect.name})?"
+                ) from None
+            try:
+                if by_magic:
+                    role = identify_channel(
+                        transport.peek_exact(conn, 4, self.act, "new connection")
+                    )
+                else:
+                    role = "main" if self.main_sock is None else "multifd"
+                if role == "main":
+                    if self.main_sock is not None:
+                        raise MigrationError("a second main channel (QEVM) connected")
+                    self.main_sock = conn
+                    continue
+                raw = transport.recv_exact(conn, MULTIFD_INIT_PACKET_SIZE, self.act,
+                                           f"multifd channel #{len(chans)} init packet")
+                init = InitPacket.decode(raw, expected_uuid=self.uuid, channels=n)
+                if init.channel_id in chans:
+                    raise duplicate_channel_error(init.channel_id)
+                chans[init.channel_id] = conn
+            except BaseException:
+                transport.abort(conn)
+                for s in chans.values():
+                    transport.abort(s)
+                raise
+        self.receivers = [_Receiver(self, i, chans[i]) for i in range(n)]
+
+    def _accept_extra(self) -> None:
+        """Any connection after the expected ones fails the migration (more channels than
+        multifd-channels on the source: their pages would otherwise be lost silently)."""
+        while not self._done.is_set():
+            try:
+                conn, _ = self.lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            transport.abort(conn)
+            self._fail(MigrationError(
+                f"the source opened more connections than 1 main + {self.channels} multifd "
+                f"channels: check multifd-channels on both sides"
+            ))
+            return
+
+    # ------------------------------------------------------------------ barrier
+    def _sync(self) -> None:
+        for _ in range(self.channels):
+            while not self.sync_arrived.acquire(timeout=transport.TICK):
+                for r in self.receivers:
+                    if not r.is_alive() and not r.in_sync and r.error is None:
+                        raise ChannelClosed(
+                            f"multifd channel {r.channel} closed by the source before its "
+                            f"SYNC (round {self.stats.dirty_sync_count + 1})"
+                        )
+                self._check("main channel (waiting for a SYNC packet on every channel)")
+        if self._error is not None:
+            raise self._error
+        self.stats.dirty_sync_count += 1
+        for r in self.receivers:
+            r.in_sync = False
+            r.resume.release()
+
+    # ------------------------------------------------------------------ main channel
+    def _mem_size(self, ev: MemSize) -> None:
+        extra = 0
+        for name, length in ev.blocks:
+            blk = self.guest.block(name)
+            if blk is None:
+                extra += length
+                if extra > self.max_extra:
+                    raise StreamError(
+                        f"the source's RAM blocks beyond this guest's need {extra} bytes, more "
+                        f"than the {self.max_extra} allowed (is --ramblock right?)"
+                    )
+                self.guest.add(RAMBlock.anonymous(name, length, page_size=self.page_size))
+            elif blk.used_length != length:
+                raise StreamError(
+                    f"Length mismatch: {name}: 0x{length:x} in != 0x{blk.used_length:x}: the "
+                    f"source's RAM block has {length} bytes, this destination {blk.used_length} "
+                    "(--guest-size)"
+                )
+        names = [b for b, _ in ev.blocks]
+        if self.ramblock is not None and self.ramblock not in names:
+            raise StreamError(
+                f"the source sent no RAM block named '{self.ramblock}' (it sent "
+                f"{', '.join(names)}): pass the right --ramblock"
+            )
+        self.ramblocks.update(dict(ev.blocks))
+        self.stats.total_ram_bytes = ev.total
+        self.blocks_ready.set()
+
+    def _handle(self, ev: Any) -> None:
+        t = type(ev)
+        ps = self.page_size
+        if t is ZeroPage:
+            view = self.guest.block(ev.block).view  # type: ignore[union-attr]
+            o = ev.offset
+            if ev.fill:
+                view[o : o + ps] = bytes([ev.fill]) * ps
+            elif view[o : o + ps] != self.zero_page:
+                view[o : o + ps] = self.zero_page
+            self.main_counters.zero_pages += 1
+        elif t is Page:
+            self.guest.block(ev.block).write_page(ev.offset, ev.data)  # type: ignore[union-attr]
+            self.main_counters.normal_pages += 1
+        elif t is EndOfSection:
+            if self.dialect.flush_after_each_section:
+                self._sync()
+        elif t is MultifdFlush:
+            self._sync()
+        elif t is MemSize:
+            self._mem_size(ev)
+        elif t is Configuration:
+            self.stats.machine_type = ev.machine_type
+        elif t is DeviceState:
+            self.stats.device_state_bytes += len(ev.data)
+        elif t is RamEnd:
+            pass
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> MigrationStats:
+        """Serve one migration; returns stats with ``status`` completed or failed."""
+        st = self.stats
+        p = self.params
+        st.multifd_channels = self.channels
+        st.multifd_compression = self.method
+        st.compression_level = p.compression_level
+        st.zero_page_detection = p.effective_zero_page_detection
+        st.dialect = self.dialect.name
+        cpu0 = time.thread_time()
+        t_start = time.monotonic()
+        t_first: float | None = None
+        try:
+            self._accept_all()
+            t_first = time.monotonic()
+            self._acceptor = threading.Thread(
+                target=self._accept_extra, name="qatmig-accept", daemon=True
+            )
+            self._acceptor.start()
+            for r in self.receivers:
+                r.start()
+            dec = self.decoder
+            sock = self.main_sock
+            while True:
+                data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
+                if self._error is not None:
+                    raise self._error
+                if not data:
+                    dec.close()
+                    break
+                self.main_counters.main_bytes += len(data)
+                for ev in dec.feed(data):
+                    self._handle(ev)
+            self.finishing.set()
+            for r in self.receivers:
+                while r.is_alive():
+                    r.join(timeout=transport.TICK)
+                    if r.is_alive():
+                        self._check(f"multifd channel {r.channel} (finishing)")
+                if r.error is not None:
+                    raise r.error
+            if self._error is not None:
+                raise self._error
+            self.completed_at = time.monotonic()
+            st.status = "completed"
+            self._done.set()
+            transport.close(sock)
+        except (QatmigError, OSError) as exc:
+            root = self._error if self._error is not None else exc
+            if isinstance(root, Cancelled) and not isinstance(exc, Cancelled):
+                root = exc
+            st.status = "failed"
+            st.error = str(root)
+            self.act.cancel.set()
+            transport.abort(self.main_sock)
+            for r in self.receivers:
+                transport.abort(r.sock)
+        finally:
+            self._done.set()
+            self.act.cancel.set()
+            for r in self.receivers:
+                if r.is_alive():
+                    r.join(timeout=5)
+                if r.decompressor is not None:
+                    r.decompressor.close()
+                transport.close(r.sock)
+            transport.close(self.main_sock)
+            transport.close(self.lsock)
+            if self._acceptor is not None:
+                self._acceptor.join(timeout=2)
+        end = self.completed_at or time.monotonic()
+        begin = t_first if t_first is not None else t_start
+        st.total_time_ms = (end - begin) * 1000
+        st.wall_seconds_destination = end - begin
+        side = SideCounters()
+        side.add(self.main_counters)
+        side.cpu_seconds += time.thread_time() - cpu0
+        for r in self.receivers:
+            side.add(r.counters)
+        st.destination = side
+        st.peak_rss_bytes = peak_rss_bytes()
+        st.guest_mapped_bytes = self.guest.total_bytes
+        return st

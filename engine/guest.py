@@ -1,0 +1,330 @@
+"""Guest RAM: named RAM blocks of 4 KiB pages, a dirty bitmap per block, and digests.
+
+A :class:`RAMBlock` is QEMU's unit of guest memory (``pc.ram``, ``pc.bios``, ...): a name, a
+used length and host memory. Here the memory is an ``mmap`` -- of a file (so a 1 GiB guest can
+live in ``/dev/shm`` and be compared byte for byte) or anonymous. Each block keeps a dirty
+bitmap (one byte per page, ``bytearray``) that the workload sets and the migration syncs, as
+QEMU's ``migration_bitmap_sync`` does with the KVM/TCG dirty log.
+
+The migration never writes to a source guest: a source image is mapped read-only
+(``ACCESS_READ``) unless a workload runs, and then copy-on-write (``ACCESS_COPY``), so the file
+itself is never modified either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .constants import TARGET_PAGE_SIZE
+from .errors import ParameterError
+
+#: QEMU's name of the main RAM block of a ``pc`` machine started with plain ``-m``.
+DEFAULT_RAMBLOCK = "pc.ram"
+
+_DIRTY_RUN = re.compile(rb"\x01+")
+
+
+class RAMBlock:
+    """One named block of guest RAM (QEMU's ``RAMBlock``: idstr + used_length + host memory)."""
+
+    def __init__(
+        self,
+        name: str,
+        mm: mmap.mmap,
+        used_length: int,
+        *,
+        page_size: int = TARGET_PAGE_SIZE,
+        path: str | None = None,
+        writable: bool = True,
+    ) -> None:
+        raw = name.encode()
+        if not raw or len(raw) > 255:
+            raise ParameterError(f"RAM block name must be 1..255 bytes, not {name!r}")
+        if used_length <= 0 or used_length % page_size:
+            raise ParameterError(
+                f"RAM block {name!r}: length {used_length} is not a positive multiple of the "
+                f"page size {page_size}"
+            )
+        self.name = name
+        self.idstr = raw
+        self.used_length = used_length
+        self.page_size = page_size
+        self.pages = used_length // page_size
+        self.path = path
+        self.writable = writable
+        self._mm = mm
+        self.view = memoryview(mm)[:used_length]
+        #: One byte per page, 1 = dirty. Set by the workload, taken by :meth:`sync_dirty`.
+        self.dirty = bytearray(self.pages)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def anonymous(cls, name: str, size: int, *, page_size: int = TARGET_PAGE_SIZE) -> RAMBlock:
+        """A block in anonymous memory (zero-filled, allocated lazily by the kernel)."""
+        _check_size(name, size, page_size)
+        return cls(name, mmap.mmap(-1, size), size, page_size=page_size)
+
+    @classmethod
+    def from_file(
+        cls,
+        name: str,
+        path: str | os.PathLike[str],
+        size: int | None = None,
+        *,
+        mode: str = "r",
+        page_size: int = TARGET_PAGE_SIZE,
+    ) -> RAMBlock:
+        """Map ``path`` as a block.
+
+        ``mode``: ``"r"`` read-only (a source that nobody writes), ``"c"`` copy-on-write (a
+        source under a workload: the file is never modified), ``"w"`` shared writable (a
+        destination whose RAM lives in the file; created or resized to ``size``).
+        """
+        path = os.fspath(path)
+        if mode == "w":
+            if size is None:
+                raise ParameterError("a destination guest image needs a size (--guest-size)")
+            _check_size(name, size, page_size)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                # Truncate first so the destination starts as a sparse file of zeros.
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, size)
+                mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+            finally:
+                os.close(fd)
+            return cls(name, mm, size, page_size=page_size, path=path, writable=True)
+        if mode not in ("r", "c"):
+            raise ParameterError(f"unknown guest image mode {mode!r}")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise ParameterError(f"cannot open guest image {path}: {exc.strerror}") from None
+        try:
+            file_size = os.fstat(fd).st_size
+            if size is None:
+                size = file_size
+            _check_size(name, size, page_size)
+            if file_size < size:
+                raise ParameterError(
+                    f"guest image {path} has {file_size} bytes, fewer than the guest size {size}"
+                )
+            access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_COPY
+            mm = mmap.mmap(fd, size, access=access)
+        finally:
+            os.close(fd)
+        return cls(name, mm, size, page_size=page_size, path=path, writable=(mode == "c"))
+
+    # ------------------------------------------------------------------ pages
+    def page(self, index: int) -> memoryview:
+        o = index * self.page_size
+        return self.view[o : o + self.page_size]
+
+    def write_page(self, offset: int, data: bytes | memoryview) -> None:
+        """Write one page at byte ``offset`` (no dirty tracking: used by the destination)."""
+        self.view[offset : offset + self.page_size] = data
+
+    # ------------------------------------------------------------------ dirty bitmap
+    def mark_dirty(self, index: int) -> None:
+        with self._lock:
+            self.dirty[index] = 1
+
+    def mark_dirty_many(self, indices: list[int]) -> None:
+        """Set several dirty bits at once (the lock keeps a concurrent sync from losing one)."""
+        with self._lock:
+            d = self.dirty
+            for i in indices:
+                d[i] = 1
+
+    def mark_all_dirty(self) -> None:
+        with self._lock:
+            self.dirty[:] = b"\x01" * self.pages
+
+    def sync_dirty(self) -> bytearray:
+        """Take the dirty bitmap and clear it (QEMU's bitmap sync): returns the taken copy."""
+        with self._lock:
+            taken = self.dirty
+            self.dirty = bytearray(self.pages)
+        return taken
+
+    def dirty_count(self) -> int:
+        return self.dirty.count(1)
+
+    # ------------------------------------------------------------------ digests
+    def digest(self, algorithm: str = "sha256") -> str:
+        """Hex digest of the block's bytes (deterministic: depends on content only)."""
+        h = hashlib.new(algorithm)
+        step = 16 << 20
+        for o in range(0, self.used_length, step):
+            h.update(self.view[o : o + step])
+        return h.hexdigest()
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self._mm.close()
+        except BufferError:  # a view still exported somewhere: let GC release it
+            pass
+
+    def __repr__(self) -> str:
+        where = self.path or "anonymous"
+        return f"RAMBlock({self.name!r}, {self.used_length}, {where})"
+
+
+def dirty_runs(bitmap: bytes | bytearray) -> Iterator[tuple[int, int]]:
+    """``(first_page, page_count)`` for each run of dirty pages in a taken bitmap."""
+    for m in _DIRTY_RUN.finditer(bitmap):
+        yield m.start(), m.end() - m.start()
+
+
+def _check_size(name: str, size: int, page_size: int) -> None:
+    if not isinstance(size, int) or size <= 0 or size % page_size:
+        raise ParameterError(
+            f"RAM block {name!r}: size {size} must be a positive multiple of {page_size} bytes"
+        )
+
+
+@dataclass(frozen=True)
+class GuestDigest:
+    """Digests of a guest: per block and over all blocks in order (name, length, bytes)."""
+
+    algorithm: str
+    blocks: dict[str, str]
+    whole: str
+
+
+class GuestMemory:
+    """The RAM blocks of one guest, in QEMU's order (the order of the migration block list)."""
+
+    def __init__(self, blocks: list[RAMBlock] | None = None) -> None:
+        self.blocks: list[RAMBlock] = []
+        self._by_name: dict[str, RAMBlock] = {}
+        for b in blocks or []:
+            self.add(b)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def anonymous(cls, size: int, name: str = DEFAULT_RAMBLOCK) -> GuestMemory:
+        return cls([RAMBlock.anonymous(name, size)])
+
+    @classmethod
+    def from_image(
+        cls, path: str | os.PathLike[str], size: int | None = None, *,
+        name: str = DEFAULT_RAMBLOCK, mode: str = "r",
+    ) -> GuestMemory:
+        return cls([RAMBlock.from_file(name, path, size, mode=mode)])
+
+    def add(self, block: RAMBlock) -> RAMBlock:
+        if block.name in self._by_name:
+            raise ParameterError(f"duplicate RAM block name {block.name!r}")
+        self.blocks.append(block)
+        self._by_name[block.name] = block
+        return block
+
+    # ------------------------------------------------------------------ queries
+    def block(self, name: str) -> RAMBlock | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.used_length for b in self.blocks)
+
+    @property
+    def total_pages(self) -> int:
+        return sum(b.pages for b in self.blocks)
+
+    def block_list(self) -> list[tuple[str, int]]:
+        """``[(idstr, used_length)]`` as sent in the RAM section's MEM_SIZE record."""
+        return [(b.name, b.used_length) for b in self.blocks]
+
+    def mark_all_dirty(self) -> None:
+        for b in self.blocks:
+            b.mark_all_dirty()
+
+    def dirty_pages(self) -> int:
+        return sum(b.dirty_count() for b in self.blocks)
+
+    def digest(self, algorithm: str = "sha256") -> GuestDigest:
+        per = {b.name: b.digest(algorithm) for b in self.blocks}
+        h = hashlib.new(algorithm)
+        for b in self.blocks:
+            h.update(len(b.idstr).to_bytes(1, "big") + b.idstr)
+            h.update(b.used_length.to_bytes(8, "big"))
+            h.update(bytes.fromhex(per[b.name]))
+        return GuestDigest(algorithm, per, h.hexdigest())
+
+    def same_content(self, other: GuestMemory, blocks: list[str] | None = None) -> bool:
+        """Byte-for-byte comparison (memcmp) of the named blocks (default: all of ours)."""
+        names = blocks if blocks is not None else [b.name for b in self.blocks]
+        step = 64 << 20
+        for name in names:
+            a, b = self.block(name), other.block(name)
+            if a is None or b is None or a.used_length != b.used_length:
+                return False
+            for o in range(0, a.used_length, step):
+                if a.view[o : o + step] != b.view[o : o + step]:
+                    return False
+        return True
+
+    def close(self) -> None:
+        for b in self.blocks:
+            b.close()
+
+
+# ---------------------------------------------------------------------- deterministic filler
+def fill_deterministic(block: RAMBlock, seed: int = 0) -> None:
+    """Fill ``block`` with deterministic, Silesia-like mixed content (fallback filler).
+
+    Per 4 KiB page: about 20% zero pages, 45% text-like, 25% binary with structure, 10%
+    random -- compressible about 2-3x by zstd-1. Only used when the Silesia stand-in
+    generator (``qatmig_engine.silesia``) is unavailable.
+    """
+    import random
+
+    rng = random.Random(seed)
+    ps = block.page_size
+    words = [
+        bytes(rng.choice(b"etaoinshrdlucmfwypvbgkjqxz") for _ in range(rng.randint(2, 9)))
+        for _ in range(600)
+    ]
+    # A 4 MiB pattern of pages, tiled over the block with a per-page tag so pages differ.
+    pat_pages = 1024
+    pattern = bytearray(pat_pages * ps)
+    for i in range(pat_pages):
+        kind = rng.random()
+        o = i * ps
+        if kind < 0.20:
+            continue
+        if kind < 0.65:
+            text = bytearray()
+            while len(text) < ps:
+                text += rng.choice(words) + (b"\n" if rng.random() < 0.1 else b" ")
+            pattern[o : o + ps] = text[:ps]
+        elif kind < 0.90:
+            rec = rng.randbytes(32) + bytes(32)
+            pattern[o : o + ps] = (rec * (ps // 64))[:ps]
+        else:
+            pattern[o : o + ps] = rng.randbytes(ps)
+    zero = bytes(ps)
+    nonzero = [p for p in range(0, len(pattern), ps) if pattern[p : p + ps] != zero]
+    view = block.view
+    n = block.used_length
+    step = len(pattern)
+    for base in range(0, n, step):
+        chunk = min(step, n - base)
+        view[base : base + chunk] = pattern[:chunk]
+        # Tag each non-zero page with its page number so no two pages are identical.
+        for p in nonzero:
+            if p >= chunk:
+                break
+            view[base + p : base + p + 8] = ((base + p) // ps).to_bytes(8, "little")

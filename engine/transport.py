@@ -1,0 +1,260 @@
+"""Socket helpers with deadlines: nothing here waits without a bound.
+
+Every blocking call polls in short ticks so it can notice cancellation (another channel
+failed) and an *idle* timeout: the peer is "silent" when no byte moved on **any** channel of
+the migration for ``idle_timeout`` seconds (:class:`Activity`), since one channel may
+legitimately stay quiet while another carries the bulk of a round.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import threading
+import time
+from collections.abc import Sequence
+
+from .errors import ChannelClosed, MigrationError, PeerTimeout
+
+#: How often a blocked call wakes to check for cancellation and the idle deadline (s).
+TICK = 0.2
+
+#: Default idle timeout (s): a peer silent this long on every channel fails the migration.
+DEFAULT_TIMEOUT = 30.0
+
+
+class Cancelled(MigrationError):
+    """The migration was cancelled because another part of it failed."""
+
+
+class Activity:
+    """Last time any byte moved on any channel of one migration (shared by all threads)."""
+
+    def __init__(self, idle_timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.idle_timeout = float(idle_timeout)
+        self.cancel = threading.Event()
+        self._last = time.monotonic()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self._last
+
+    def check(self, what: str) -> None:
+        """Raise if cancelled or idle for longer than the timeout."""
+        if self.cancel.is_set():
+            raise Cancelled(f"{what}: migration cancelled")
+        if self.idle_for() > self.idle_timeout:
+            raise PeerTimeout(
+                f"{what}: peer silent for {self.idle_timeout:g} s (no data on any channel); "
+                "raise --timeout if the link is really that slow"
+            )
+
+    def wait(self, event: threading.Event, what: str) -> None:
+        """Wait for ``event`` under the same cancellation/idle rules."""
+        while not event.wait(TICK):
+            self.check(what)
+
+
+def prepare(sock: socket.socket) -> socket.socket:
+    """Configure a migration socket: ticking timeout, no Nagle, large buffers."""
+    sock.settimeout(TICK)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    return sock
+
+
+def _closed(what: str, exc: BaseException | None = None) -> ChannelClosed:
+    detail = f" ({exc})" if exc is not None else ""
+    return ChannelClosed(f"{what}: connection closed by peer{detail}")
+
+
+def recv_into_exact(
+    sock: socket.socket, view: memoryview, act: Activity, what: str, *, eof_ok: bool = False
+) -> bool:
+    """Fill ``view`` completely. Returns False on a clean EOF before the first byte if
+    ``eof_ok``; raises ChannelClosed on EOF elsewhere, PeerTimeout/Cancelled as per ``act``."""
+    got = 0
+    n = len(view)
+    while got < n:
+        try:
+            r = sock.recv_into(view[got:], n - got)
+        except TimeoutError:
+            act.check(what)
+            continue
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            if act.cancel.is_set():
+                raise Cancelled(f"{what}: migration cancelled") from None
+            raise _closed(what, exc) from None
+        if r == 0:
+            if got == 0 and eof_ok:
+                return False
+            raise ChannelClosed(
+                f"{what}: connection closed by peer after {got} of {n} bytes"
+            )
+        got += r
+        act.touch()
+    return True
+
+
+def recv_exact(sock: socket.socket, n: int, act: Activity, what: str) -> bytes:
+    buf = bytearray(n)
+    recv_into_exact(sock, memoryview(buf), act, what)
+    return bytes(buf)
+
+
+def recv_some(sock: socket.socket, bufsize: int, act: Activity, what: str) -> bytes:
+    """Up to ``bufsize`` bytes; b"" on clean EOF."""
+    while True:
+        try:
+            data = sock.recv(bufsize)
+        except TimeoutError:
+            act.check(what)
+            continue
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            if act.cancel.is_set():
+                raise Cancelled(f"{what}: migration cancelled") from None
+            raise _closed(what, exc) from None
+        if data:
+            act.touch()
+        return data
+
+
+def peek_exact(sock: socket.socket, n: int, act: Activity, what: str) -> bytes:
+    """The first ``n`` bytes without consuming them (MSG_PEEK), as QEMU 8.0+ does."""
+    while True:
+        try:
+            data = sock.recv(n, socket.MSG_PEEK)
+        except TimeoutError:
+            act.check(what)
+            continue
+        except OSError as exc:
+            raise _closed(what, exc) from None
+        if not data:
+            raise ChannelClosed(f"{what}: connection closed by peer before its first bytes")
+        if len(data) >= n:
+            return data
+        act.check(what)
+        time.sleep(0.005)
+
+
+def send_all(sock: socket.socket, data: bytes | memoryview, act: Activity, what: str) -> int:
+    return sendmsg_all(sock, [data], act, what)
+
+
+def sendmsg_all(
+    sock: socket.socket, buffers: Sequence[bytes | memoryview], act: Activity, what: str
+) -> int:
+    """Send every buffer (one ``sendmsg`` gather write, continued after partial sends)."""
+    bufs = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
+    bufs = [b for b in bufs if len(b)]
+    total = sum(len(b) for b in bufs)
+    i = 0
+    while i < len(bufs):
+        try:
+            sent = sock.sendmsg(bufs[i : i + 512])
+        except TimeoutError:
+            act.check(what)
+            continue
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            if act.cancel.is_set():
+                raise Cancelled(f"{what}: migration cancelled") from None
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+                raise _closed(what, exc) from None
+            raise _closed(what, exc) from None
+        act.touch()
+        while sent:
+            n = len(bufs[i])
+            if sent >= n:
+                sent -= n
+                i += 1
+            else:
+                bufs[i] = memoryview(bufs[i])[sent:]
+                sent = 0
+    return total
+
+
+def connect(host: str, port: int, act: Activity, what: str) -> socket.socket:
+    """TCP connect with the idle timeout as the connect timeout."""
+    try:
+        sock = socket.create_connection((host, port), timeout=act.idle_timeout)
+    except OSError as exc:
+        raise MigrationError(
+            f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
+            "(is `qatmig listen` running there?)"
+        ) from None
+    return prepare(sock)
+
+
+def listen_socket(host: str, port: int, backlog: int = 256) -> socket.socket:
+    """A listening TCP socket (port 0 = any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MigrationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(backlog)
+    sock.settimeout(TICK)
+    return sock
+
+
+def accept(lsock: socket.socket, act: Activity, what: str) -> socket.socket:
+    while True:
+        try:
+            conn, _ = lsock.accept()
+        except TimeoutError:
+            act.check(what)
+            continue
+        except OSError as exc:
+            if act.cancel.is_set():
+                raise Cancelled(f"{what}: migration cancelled") from None
+            raise MigrationError(f"{what}: accept failed: {exc}") from None
+        act.touch()
+        return prepare(conn)
+
+
+def abort(sock: socket.socket | None) -> None:
+    """Close with RST (SO_LINGER 0): tells the peer this end failed, not finished."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def close(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
+    from .errors import ParameterError
+
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ParameterError(f"expected HOST:PORT, got '{text}' (example: 127.0.0.1:4444)")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
