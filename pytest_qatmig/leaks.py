@@ -86,7 +86,7 @@ class Snapshot:
         return out
 
 
-def leaks_after(before: Snapshot, grace: float = 2.0) -> list[str]:
+def leaks_after(before: Snapshot, grace: float = 1.0) -> list[str]:
     """Leaks relative to ``before``, re-checking for up to ``grace`` seconds (threads and
     processes that are already exiting get that long to go)."""
     deadline = time.monotonic() + grace

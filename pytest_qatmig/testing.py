@@ -33,6 +33,7 @@ def make_sysfs_tree(root: str | os.PathLike[str], ready: int = 2, down: int = 0)
     whose state is down; returns the sysfs root to pass as ``--qatmig-sysfs-root``."""
     sys_root = Path(root) / "sys"
     devices = sys_root / "bus" / "pci" / "devices"
+    devices.mkdir(parents=True, exist_ok=True)
     for i in range(ready + down):
         bdf = f"0000:{0x6b + i:02x}:00.0"
         d = devices / bdf

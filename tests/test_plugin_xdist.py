@@ -1,0 +1,130 @@
+"""xdist: one device per worker from the lock-file free list, -n auto, worker restarts, the
+per-device performance lock, and the perf summary aggregated on the controller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_qatmig.testing import make_sysfs_tree
+
+pytest_plugins = ["pytester"]
+pytest.importorskip("xdist", reason="pip install pytest-xdist to test the xdist integration")
+
+RECORD = """
+import json, os, time
+import pytest
+
+OUT = {out!r}
+
+def record(qat_device, name):
+    with open(os.path.join(OUT, name + ".json"), "w") as f:
+        json.dump({{"worker": os.environ.get("PYTEST_XDIST_WORKER"), "device": qat_device.bdf,
+                   "backend": qat_device.backend}}, f)
+
+@pytest.mark.parametrize("i", range({n}))
+def test_record(qat_device, i):
+    record(qat_device, f"t{{i}}")
+    time.sleep(0.2)  # let every worker get some of the tests
+"""
+
+
+def _records(out: Path) -> list[dict[str, str]]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+
+
+def test_each_worker_owns_a_distinct_device(pytester: pytest.Pytester) -> None:
+    root = make_sysfs_tree(pytester.path / "host", ready=2, down=1)
+    out = pytester.mkdir("out")
+    pytester.makepyfile(RECORD.format(out=str(out), n=6))
+    result = pytester.runpytest_subprocess("-n", "2", f"--qatmig-sysfs-root={root}")
+    result.assert_outcomes(passed=6)
+    by_worker: dict[str, set[str]] = {}
+    for rec in _records(out):
+        assert rec["backend"] == "hw"
+        by_worker.setdefault(rec["worker"], set()).add(rec["device"])
+    assert all(len(devs) == 1 for devs in by_worker.values()), by_worker
+    owned = [next(iter(d)) for d in by_worker.values()]
+    assert len(owned) == len(set(owned)), f"two workers shared a device: {by_worker}"
+    assert set(owned) <= {"0000:6b:00.0", "0000:6c:00.0"}
+
+
+def test_n_auto_starts_one_worker_per_ready_device(pytester: pytest.Pytester) -> None:
+    root = make_sysfs_tree(pytester.path / "host", ready=3, down=2)
+    out = pytester.mkdir("out")
+    pytester.makepyfile(RECORD.format(out=str(out), n=3))
+    result = pytester.runpytest_subprocess("-n", "auto", f"--qatmig-sysfs-root={root}")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*3 workers [[]3 items[]]*"])
+
+
+def test_restarted_worker_gets_a_device(pytester: pytest.Pytester) -> None:
+    """A crashed worker comes back with a *new* gw id and still gets a hardware device."""
+    root = make_sysfs_tree(pytester.path / "host", ready=2)
+    out = pytester.mkdir("out")
+    pytester.makepyfile(RECORD.format(out=str(out), n=4) + f"""
+def test_crash_once(qat_device):
+    flag = os.path.join({str(out)!r}, "crashed")
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(1)
+""")
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--max-worker-restart=2", "-p", "no:randomly", f"--qatmig-sysfs-root={root}"
+    )
+    result.stdout.fnmatch_lines(["*replacing crashed worker*"])
+    records = _records(out)
+    workers = {r["worker"] for r in records}
+    assert len(records) == 4
+    assert all(r["backend"] == "hw" for r in records), records
+    # Any worker that started after the crash (gw2...) owns a real device too.
+    late = [r for r in records if r["worker"] not in ("gw0", "gw1")]
+    assert all(r["device"].startswith("0000:") for r in late)
+    assert workers
+
+
+PERF = """
+import os, time
+import pytest
+
+OUT = {out!r}
+
+@pytest.mark.qatmig_perf(min_mbps=0.001)
+@pytest.mark.parametrize("i", range(4))
+def test_perf(multifd_pair, i, tmp_path):
+    guest = tmp_path / "guest.img"
+    guest.write_bytes(os.urandom(256 * 1024))
+    start = time.time()
+    result = multifd_pair(channels=1).migrate(guest)
+    assert result.verified
+    time.sleep(0.3)
+    with open(os.path.join(OUT, f"{{i}}.txt"), "w") as f:
+        f.write(f"{{start}} {{time.time()}}")
+"""
+
+
+def test_perf_tests_never_share_a_device_and_summary_is_aggregated(
+    pytester: pytest.Pytester,
+) -> None:
+    # No hardware: both workers run on the software device, whose perf lock keeps their
+    # performance tests apart (the CPUs are the shared resource then).
+    out = pytester.mkdir("out")
+    root = make_sysfs_tree(pytester.path / "host", ready=0)
+    pytester.makepyfile(PERF.format(out=str(out)))
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--qatmig-impl=pytest_qatmig.testing:loopback_copy",
+        f"--qatmig-sysfs-root={root}",
+    )
+    result.assert_outcomes(passed=4)
+    spans = sorted(tuple(map(float, p.read_text().split())) for p in out.glob("*.txt"))
+    assert len(spans) == 4
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two perf tests ran at the same time on the sw device: {spans}"
+    result.stdout.fnmatch_lines([
+        "*= qatmig performance =*",
+        "test*impl*method*ch*device*total ms*downtime ms*Mbps*pages/s*send %*recv %*check",
+    ])
+    rows = [line for line in result.outlines if "test_perf[" in line and " ok" in line]
+    assert len(rows) == 4, result.outlines
