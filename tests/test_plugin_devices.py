@@ -53,8 +53,8 @@ def test_a_dead_owner_frees_its_device(tmp_path: Path) -> None:
     root = make_sysfs_tree(tmp_path / "t", ready=1)
     lock_dir = tmp_path / "locks"
     code = (
-        "import sys; from pytest_qatmig import devices as d; "
-        f"lease = d.acquire_device(d.discover({str(root)!r}), __import__('pathlib').Path({str(lock_dir)!r})); "
+        "import sys, pathlib; from pytest_qatmig import devices as d; "
+        f"lease = d.acquire_device(d.discover({str(root)!r}), pathlib.Path({str(lock_dir)!r})); "
         "print(lease.device.bdf); sys.stdout.flush(); import os; os._exit(3)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -93,7 +93,9 @@ def test_qat_device_owns_a_ready_device(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(QAT_DEVICE_TEST.format(expected=("0000:6b:00.0", "hw", True)))
     result = pytester.runpytest(f"--qatmig-sysfs-root={root}")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["qatmig: *devices auto: 2 of 3 ready (0000:6b:00.0, 0000:6c:00.0)*"])
+    result.stdout.fnmatch_lines(
+        ["qatmig: *devices auto: 2 of 3 ready (0000:6b:00.0, 0000:6c:00.0)*"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,8 @@ def test_migrate(multifd_pair, guest, qatmig_impl, record_property):
 
 def test_multifd_pair_migrates_and_records(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(MIGRATE)
-    result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw", f"--junitxml={pytester.path}/j.xml")
+    junit = f"--junitxml={pytester.path}/j.xml"
+    result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw", junit)
     result.assert_outcomes(passed=1)
     xml = (pytester.path / "j.xml").read_text()
     assert 'name="qatmig_migration"' in xml and "loopback-copy" in xml

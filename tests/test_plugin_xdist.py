@@ -3,6 +3,7 @@ per-device performance lock, and the perf summary aggregated on the controller."
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_perf_tests_never_share_a_device_and_summary_is_aggregated(
     result.assert_outcomes(passed=4)
     spans = sorted(tuple(map(float, p.read_text().split())) for p in out.glob("*.txt"))
     assert len(spans) == 4
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two perf tests ran at the same time on the sw device: {spans}"
     result.stdout.fnmatch_lines([
         "*= qatmig performance =*",
