@@ -1,0 +1,275 @@
+"""``qatmig migrate`` (both ends over loopback), ``qatmig listen`` and ``qatmig send``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Any
+
+from ..errors import ParameterError
+from ..params import MigrationParameters
+from ..stats import MigrationStats
+from ._common import add_json_flag, format_table, print_json, progress, size_arg
+
+EPILOG_MIGRATE = """\
+examples:
+  qatmig migrate --guest-size 256M --multifd-channels 2 --multifd-compression zstd
+  qatmig migrate --guest-size 1G --multifd-compression zlib --multifd-zlib-level 1 --json
+  qatmig migrate --guest-size 256M --dirty-rate 20000 --downtime-limit 100   # live guest
+  qatmig migrate --guest-size 256M --max-bandwidth 40M                     # 40 MiB/s cap
+  qatmig migrate --multifd-compression qatzip --qat-backend auto --json
+
+Source and destination run in this process over 127.0.0.1; "verified" means the destination's
+RAM equals the source's byte for byte. Exit status 0 only when the migration completed and
+verified. Parameter names are QEMU's (migrate-set-parameters).
+"""
+
+EPILOG_LISTEN = """\
+examples:
+  qatmig listen --listen 127.0.0.1:4444 --guest-image /dev/shm/dst.img --guest-size 1G
+  qatmig listen --listen 127.0.0.1:4444 --guest-image dst.img --guest-size 256M \\
+      --ramblock pc.ram --dialect qemu-7.2 --multifd-compression zstd   # a QEMU 7.2 source
+
+Serves one incoming migration and exits: 0 when it completed, 1 when it failed. The RAM of the
+block named by --ramblock lives in --guest-image (created as a sparse file of zeros), so it can
+be compared with the source's; other blocks (ROMs of a real QEMU) live in anonymous memory.
+Both sides need the same --multifd-channels, --multifd-compression, --dialect and --uuid.
+"""
+
+EPILOG_SEND = """\
+examples:
+  qatmig send 127.0.0.1:4444 --guest-image /dev/shm/src.img
+  qatmig send 127.0.0.1:4444 --guest-image src.img --dialect qemu-7.2 --multifd-compression zstd
+
+Migrates the guest image (never modified: mapped read-only, or copy-on-write with
+--dirty-rate) to a destination started with `qatmig listen` or a QEMU with -incoming.
+"""
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got '{text}'")
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("migration parameters (QEMU's names and defaults)")
+    g.add_argument("--multifd-channels", type=int, default=2, metavar="N",
+                   help="multifd channels, 1..255 (default 2)")
+    g.add_argument("--multifd-compression", default="none",
+                   choices=("none", "zlib", "zstd", "qatzip", "qpl", "uadk"),
+                   help="compression method (default none)")
+    g.add_argument("--multifd-zlib-level", type=int, default=1, metavar="L", help="0..9 (1)")
+    g.add_argument("--multifd-zstd-level", type=int, default=1, metavar="L", help="0..20 (1)")
+    g.add_argument("--multifd-qatzip-level", type=int, default=1, metavar="L", help="1..9 (1)")
+    g.add_argument("--max-bandwidth", type=size_arg, default=0, metavar="BYTES",
+                   help="bytes/s on the wire, all channels, headers included; suffixes K/M/G "
+                   "are binary; 0 = unlimited (default 0; QEMU's default is 128M)")
+    g.add_argument("--downtime-limit", type=int, default=300, metavar="MS",
+                   help="switch over once the rest fits in this many ms (default 300)")
+    g.add_argument("--zero-page-detection", choices=("none", "legacy", "multifd"),
+                   help="default: the dialect's (legacy for qemu-7.2, multifd for 9.x)")
+    g.add_argument("--dialect", default="qemu-9.2", choices=("qemu-7.2", "qemu-9.0", "qemu-9.2"),
+                   help="which QEMU release's wire to speak (default qemu-9.2)")
+    g.add_argument("--qat-backend", default="auto", choices=("auto", "hw", "sw"),
+                   help="qatzip only: hardware when a ready device exists (auto)")
+    g.add_argument("--qat-fallback", type=_on_off, default=True, metavar="on|off",
+                   help="qatzip only: fall back to software when QAT is unusable (on)")
+    g.add_argument("--uuid", default=None,
+                   help="VM uuid carried in every channel's init packet (default all zeros, as "
+                   "QEMU without -uuid); both sides must agree")
+    g.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="fail when no byte moves on any channel for S seconds (default 30)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_flag(p)
+
+
+def _params(args: argparse.Namespace) -> MigrationParameters:
+    return MigrationParameters(
+        multifd_channels=args.multifd_channels,
+        multifd_compression=args.multifd_compression,
+        multifd_zlib_level=args.multifd_zlib_level,
+        multifd_zstd_level=args.multifd_zstd_level,
+        multifd_qatzip_level=args.multifd_qatzip_level,
+        zero_page_detection=args.zero_page_detection,
+        max_bandwidth=args.max_bandwidth,
+        downtime_limit=args.downtime_limit,
+        dialect=args.dialect,
+        qat_backend=args.qat_backend,
+        qat_fallback=args.qat_fallback,
+    )
+
+
+class _LazyProgress:
+    """A progress bar that appears only once a run has lasted more than a second."""
+
+    def __init__(self, total: int | None, desc: str, quiet: bool) -> None:
+        self.total = total
+        self.desc = desc
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+        self.pending = 0
+        self.bar: Any = None
+        self.lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        if self.quiet:
+            return
+        with self.lock:
+            if self.bar is None:
+                self.pending += n
+                if time.monotonic() - self.t0 < 1.0:
+                    return
+                self.bar = progress(self.total, self.desc, quiet=self.quiet)
+                n, self.pending = self.pending, 0
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report(st: MigrationStats, args: argparse.Namespace) -> int:
+    if args.json:
+        print_json(st.to_json())
+    else:
+        print(format_table(MigrationStats.TABLE_HEADERS, [st.table_row()]))
+    if st.converged is False:
+        print(
+            f"qatmig: warning: did not converge within {st.rounds - 1} rounds (dirty rate "
+            f"{st.dirty_pages_rate:.0f} pages/s; expected downtime "
+            f"{st.expected_downtime_ms or 0:.0f} ms > downtime-limit {st.downtime_limit_ms} ms);"
+            " the guest was stopped anyway: raise --downtime-limit or lower --dirty-rate",
+            file=sys.stderr,
+        )
+    if st.status != "completed":
+        print(f"qatmig: error: migration failed: {st.error}", file=sys.stderr)
+        return 1
+    if st.verified is False:
+        print("qatmig: error: destination RAM differs from the source", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from ..api import migrate_loopback
+
+    params = _params(args)
+    size = args.guest_size
+    if args.guest_image is None and size is None:
+        size = 256 << 20
+    bar = _LazyProgress(size, "migrate", args.quiet)
+    try:
+        st = migrate_loopback(
+            size, params, guest_image=args.guest_image, dirty_rate=args.dirty_rate,
+            dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
+            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus,
+            destination_image=args.destination_image,
+        )
+    finally:
+        bar.close()
+    return _report(st, args)
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    from ..transport import parse_hostport
+
+    try:
+        return parse_hostport(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from ..api import listen
+
+    host, port = args.listen
+    if args.guest_size is None:
+        raise ParameterError("listen needs --guest-size (the size of the --ramblock block)")
+    bar = _LazyProgress(args.guest_size, "receive", args.quiet)
+
+    def ready(addr: tuple[str, int]) -> None:
+        if not args.quiet and not args.json:
+            print(f"qatmig: listening on {addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
+
+    try:
+        st = listen(host, port, args.guest_image, args.guest_size, _params(args),
+                    ramblock=args.ramblock, uuid=args.uuid, timeout=args.timeout,
+                    progress=bar, on_ready=ready)
+    finally:
+        bar.close()
+    return _report(st, args)
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from ..api import send
+
+    host, port = args.target
+    if args.guest_image is None and args.guest_size is None:
+        raise ParameterError("give --guest-image FILE (or --guest-size for the default guest)")
+    bar = _LazyProgress(args.guest_size, "send", args.quiet)
+    try:
+        st = send(host, port, args.guest_image, _params(args), guest_size=args.guest_size,
+                  ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
+                  timeout=args.timeout, progress=bar, machine_type=args.machine_type,
+                  max_iters=args.max_iters)
+    finally:
+        bar.close()
+    return _report(st, args)
+
+
+def _add_guest(p: argparse.ArgumentParser, *, dirty: bool = True) -> None:
+    g = p.add_argument_group("guest")
+    g.add_argument("--guest-size", type=size_arg, default=None, metavar="SIZE",
+                   help="guest RAM size, e.g. 256M, 1G")
+    g.add_argument("--guest-image", default=None, metavar="FILE",
+                   help="file holding guest RAM (e.g. in /dev/shm)")
+    g.add_argument("--ramblock", default="pc.ram", metavar="NAME",
+                   help="RAM block name of that RAM (default pc.ram, QEMU's with plain -m)")
+    if dirty:
+        g.add_argument("--dirty-rate", type=int, default=0, metavar="PAGES/S",
+                       help="pages/s a workload dirties during the migration (default 0)")
+        g.add_argument("--dirty-pattern", default="random", choices=("random", "sequential"))
+        g.add_argument("--max-iters", type=int, default=30, metavar="N",
+                       help="rounds before a forced switchover (reported as not converged)")
+
+
+def register(subparsers: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "migrate", help="migrate a guest over loopback (source + destination) and report",
+        description="Run a multifd live migration of a guest over 127.0.0.1 and print one "
+        "seed-style table row (or --json).", epilog=EPILOG_MIGRATE, formatter_class=fmt)
+    _add_guest(p)
+    p.add_argument("--destination-image", default=None, metavar="FILE",
+                   help="keep the destination's RAM in FILE (default anonymous memory)")
+    p.add_argument("--corpus", default="stand-in",
+                   help="content of the default guest (default stand-in: Silesia-like)")
+    _add_params(p)
+    p.set_defaults(func=_cmd_migrate)
+
+    p = subparsers.add_parser(
+        "listen", help="serve one incoming migration (destination)",
+        description="Destination: accept one migration, put the RAM in --guest-image.",
+        epilog=EPILOG_LISTEN, formatter_class=fmt)
+    p.add_argument("--listen", required=True, type=_hostport, metavar="HOST:PORT",
+                   help="address to listen on (port 0 = any free port)")
+    _add_guest(p, dirty=False)
+    _add_params(p)
+    p.set_defaults(func=_cmd_listen)
+
+    p = subparsers.add_parser(
+        "send", help="migrate a guest image to a listening destination (source)",
+        description="Source: migrate --guest-image to HOST:PORT.", epilog=EPILOG_SEND,
+        formatter_class=fmt)
+    p.add_argument("target", type=_hostport, metavar="HOST:PORT")
+    _add_guest(p)
+    p.add_argument("--machine-type", default="pc-i440fx-7.2",
+                   help="machine type in the CONFIGURATION section (the destination's "
+                   "exact -machine type name for a real QEMU destination)")
+    _add_params(p)
+    p.set_defaults(func=_cmd_send)
