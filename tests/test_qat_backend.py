@@ -385,3 +385,32 @@ def test_isal_engine_refuses_bad_levels():
     pytest.importorskip("isal", reason="pip install isal to test the ISA-L engine")
     with pytest.raises(ParameterError):
         IsalQzEngine().compress(b"a" * PAGE, 10)
+
+
+# ------------------------------------------------------------------------- end to end
+def test_end_to_end_fault_at_packet_k_keeps_every_page(double):
+    """A loopback migration on simulated hardware whose channel 1 fails from its packet 3."""
+    from qatmig_engine.api import migrate_loopback
+
+    lib, ctl = double
+    s, d = fixture_tree("4xxx_pf_dc")
+    p = params(multifd_channels=2, extra={
+        "qat_sysfs_root": str(s), "qat_dev_root": str(d), "qat_library": str(lib),
+        "qat_fault_injection": "after_packets=3,channel=1",
+    })
+    j = migrate_loopback(8 << 20, p, timeout=60).to_json()
+    assert (j["status"], j["verified"], j["qat_backend"]) == ("completed", True, "hw")
+    assert j["qat_fallback_reasons"] == []
+    (event,) = j["qat_fallback_events"]
+    assert (event["channel"], event["packet_num"]) == (1, 3)
+    assert ctl.get("live_sessions") == 0
+
+
+def test_end_to_end_auto_without_hardware_migrates_in_software():
+    from qatmig_engine.api import migrate_loopback
+
+    s, d = fixture_tree("no_device")
+    p = params(extra={"qat_sysfs_root": str(s), "qat_dev_root": str(d), "qat_library": NO_LIB})
+    j = migrate_loopback(4 << 20, p, timeout=60).to_json()
+    assert (j["status"], j["verified"], j["qat_backend"]) == ("completed", True, "sw")
+    assert any(r.startswith("no QAT device") for r in j["qat_fallback_reasons"])
