@@ -587,10 +587,11 @@ class MultifdChannelChecker:
                                   "same channel", channel=ch, packet_num=pkt.packet_num,
                                   field="packet_num")
             if pkt.packet_num == last.packet_num:
-                if last.sync and last.normal_pages and not pkt.normal_pages and not pkt.flags:
-                    tap.notes.add("sync-merged-repeat",
-                                  "SYNC merged into a data packet, followed by an empty "
-                                  "packet with the same packet_num (7.2 sender)", where)
+                if last.sync and not pkt.normal_pages and not pkt.flags:
+                    tap.notes.add("sync-then-empty-repeat",
+                                  "SYNC packet (often carrying pages) followed by an empty "
+                                  "packet with flags 0 and the same packet_num (7.2 sender)",
+                                  where)
                 else:
                     tap.notes.add("repeated-packet-num", "repeated packet_num on a channel",
                                   where)

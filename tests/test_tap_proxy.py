@@ -1,0 +1,234 @@
+"""The tap's socket edge on loopback: forwarding order, byte identity, timeouts, the CLI.
+
+A recorded QEMU 7.2 migration is replayed by a plain-socket "source" into the tap, which
+forwards to a plain-socket "destination" that records what it receives. Nothing may hang.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from qatmig_engine.qemu.golden import load_connections
+from qatmig_engine.tap import TapChecker, TapProxy
+
+#: The ``qatmig`` command line, run by the test's interpreter.
+QATMIG = [sys.executable, "-c", "import sys; from qatmig_engine.cli import main; "
+          "sys.exit(main(sys.argv[1:]))"]
+
+
+class Sink:
+    """A destination that accepts connections in order and records their bytes."""
+
+    def __init__(self, close_after: int | None = None) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytearray] = []
+        self.close_after = close_after
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            buf = bytearray()
+            self.received.append(buf)
+            t = threading.Thread(target=self._read, args=(c, buf), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _read(self, c: socket.socket, buf: bytearray) -> None:
+        c.settimeout(10)
+        with c:
+            while True:
+                try:
+                    d = c.recv(1 << 20)
+                except OSError:
+                    return
+                if not d:
+                    return
+                buf += d
+                if self.close_after is not None and len(buf) >= self.close_after:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.t.join(5)
+        for t in self._threads:
+            t.join(5)
+        self.sock.close()
+
+
+def replay(port: int, conns: list[bytes], *, stagger: float = 0.02, pause: float = 0) -> None:
+    """Connect main first, then the channels (as QEMU 7.2 does), and send concurrently."""
+    socks = []
+    for _c in conns:
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(stagger)
+
+    def send(s: socket.socket, data: bytes) -> None:
+        with s:
+            for i in range(0, len(data), 100_000):
+                try:
+                    s.sendall(data[i : i + 100_000])
+                except OSError:
+                    return
+                time.sleep(pause)
+
+    ts = [threading.Thread(target=send, args=(s, d)) for s, d in zip(socks, conns, strict=True)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+
+
+@pytest.fixture(scope="module")
+def zstd_capture():
+    return load_connections("zstd")
+
+
+def test_forwards_byte_identical_in_accept_order(zstd_capture):
+    sink = Sink()
+    try:
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port),
+                       TapChecker(method="zstd", channels=2), timeout=10)
+        port = tap.start()
+        replay(port, zstd_capture)
+        report = tap.wait(30)
+    finally:
+        sink.close()
+    assert report.ok, [str(e) for e in report.errors]
+    assert [bytes(b) for b in sink.received] == zstd_capture
+    assert report.totals()["wire_bytes"] == sum(map(len, zstd_capture))
+
+
+def test_deviation_is_reported_but_bytes_still_forwarded(zstd_capture):
+    conns = list(zstd_capture)
+    bad = bytearray(conns[1])
+    bad[64 + 8 : 64 + 12] = b"\0\0\0\x02"  # first packet claims zlib
+    conns[1] = bytes(bad)
+    sink = Sink()
+    try:
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port),
+                       TapChecker(method="zstd"), timeout=10)
+        port = tap.start()
+        replay(port, conns)
+        report = tap.wait(30)
+    finally:
+        sink.close()
+    assert not report.ok
+    assert [bytes(b) for b in sink.received] == conns
+
+
+def test_unreachable_destination_fails_fast():
+    free = socket.create_server(("127.0.0.1", 0))
+    dead_port = free.getsockname()[1]
+    free.close()
+    tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", dead_port), TapChecker(), timeout=5,
+                   connect_timeout=2)
+    port = tap.start()
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.settimeout(5)
+        try:
+            assert s.recv(1) == b""  # the tap closes our side
+        except ConnectionResetError:
+            pass
+    report = tap.wait(15)
+    assert time.monotonic() - t0 < 10
+    assert any("cannot connect" in e.message for e in report.errors)
+
+
+def test_silent_source_times_out_instead_of_hanging():
+    sink = Sink()
+    try:
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port), TapChecker(), timeout=1.0)
+        port = tap.start()
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"QEVM")
+            report = tap.wait(15)
+        elapsed = time.monotonic() - t0
+    finally:
+        sink.close()
+    assert elapsed < 8
+    assert any(e.field == "timeout" for e in report.errors)
+
+
+def test_no_source_at_all_times_out():
+    tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", 9), TapChecker(), timeout=0.5)
+    tap.start()
+    report = tap.wait(10)
+    assert any("no connection arrived" in e.message for e in report.errors)
+
+
+def test_destination_dropping_the_connection_does_not_hang(zstd_capture):
+    sink = Sink(close_after=1)  # resets each connection after its first bytes
+    try:
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port),
+                       TapChecker(method="zstd"), timeout=3)
+        port = tap.start()
+        t0 = time.monotonic()
+        replay(port, zstd_capture, pause=0.1)
+        report = tap.wait(30)
+    finally:
+        sink.close()
+    assert time.monotonic() - t0 < 20
+    assert not report.ok
+    assert any("sending to the destination failed" in e.message for e in report.errors)
+
+
+def test_cli_forwards_and_prints_json(zstd_capture, tmp_path):
+    sink = Sink()
+    proc = subprocess.Popen(
+        [*QATMIG, "tap", "--listen", "127.0.0.1:0",
+         "--forward", f"127.0.0.1:{sink.port}", "--json", "--timeout", "10",
+         "--multifd-channels", "2", "--record", str(tmp_path / "rec")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        assert "listening on 127.0.0.1:" in line, line
+        port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
+        replay(port, zstd_capture)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        sink.close()
+    assert proc.returncode == 0, err
+    js = json.loads(out)
+    assert js["ok"] and js["multifd_compression"] == "zstd"
+    assert js["totals"]["multifd_channels"] == 2
+    assert (tmp_path / "rec" / "conn-0.bin").read_bytes() == zstd_capture[0]
+    # the recording checks again offline, and a deviation exits 1
+    files = [str(tmp_path / "rec" / f"conn-{i}.bin") for i in range(3)]
+    ok = subprocess.run([*QATMIG, "tap", "--replay", *files],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "tap: OK" in ok.stdout
+    bad = subprocess.run([*QATMIG, "tap", "--replay",
+                          files[1], files[0], files[2]], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and "field magic" in bad.stdout
+
+
+def test_cli_usage_errors():
+    r = subprocess.run([*QATMIG, "tap", "--listen", "nope"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr
+    r = subprocess.run([*QATMIG, "tap",
+                        "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--forward" in r.stderr
