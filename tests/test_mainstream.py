@@ -1,0 +1,229 @@
+"""Main channel: encoder/decoder round trips per dialect, a QEMU-7.2-shaped stream with device
+state after RAM END, and fuzzing (only StreamError may come out)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from qatmig_engine.errors import StreamError
+from qatmig_engine.mainstream import (
+    Configuration,
+    DeviceState,
+    EndOfSection,
+    FileHeader,
+    Footer,
+    MainStreamDecoder,
+    MainStreamEncoder,
+    MemSize,
+    MultifdFlush,
+    Page,
+    RamEnd,
+    SectionHeader,
+    ZeroPage,
+)
+
+BLOCKS = [("pc.ram", 64 * 4096), ("pc.bios", 4 * 4096), ("/rom@etc/acpi/tables", 2 * 4096)]
+
+
+def build(dialect, records, *, trailer=None):
+    """A full RAM-only stream; ``records`` is a list of rounds of (kind, block, offset, data)."""
+    enc = MainStreamEncoder(dialect)
+    out = bytearray(enc.header() + enc.section_start(BLOCKS) + enc.end_of_round())
+    for i, rnd in enumerate(records):
+        last = i == len(records) - 1
+        out += enc.section_end() if last else enc.section_part()
+        for kind, blk, off, data in rnd:
+            if kind == "zero":
+                out += enc.zero_page(blk, off)
+            else:
+                out += enc.page(blk, off, data)
+        out += enc.end_of_round()
+    out += trailer if trailer is not None else enc.eof()
+    return bytes(out)
+
+
+def decode(dialect, data, chunk=None):
+    dec = MainStreamDecoder(dialect)
+    events = []
+    if chunk is None:
+        events += dec.feed(data)
+    else:
+        for i in range(0, len(data), chunk):
+            events += dec.feed(data[i : i + chunk])
+    dec.close()
+    return dec, events
+
+
+ROUNDS = [
+    [("zero", "pc.ram", 0), ("page", "pc.ram", 4096), ("zero", "pc.ram", 8192),
+     ("zero", "pc.bios", 0), ("page", "pc.ram", 63 * 4096)],
+    [("page", "/rom@etc/acpi/tables", 4096), ("zero", "pc.ram", 0)],
+]
+
+
+def rounds():
+    return [[(k, b, o, bytes([o // 4096 % 251 + 1]) * 4096) for k, b, o in r] for r in ROUNDS]
+
+
+@pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.0", "qemu-9.2"])
+@pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
+def test_round_trip(dialect, chunk):
+    data = build(dialect, rounds())
+    dec, events = decode(dialect, data, chunk)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is FileHeader
+    assert events[1] == Configuration("pc-i440fx-7.2")
+    assert events[2] == SectionHeader(1, 2, "ram", 0, 4)
+    assert events[3] == MemSize(sum(n for _, n in BLOCKS), tuple(BLOCKS))
+    flushes = kinds.count(MultifdFlush)
+    eos = kinds.count(EndOfSection)
+    assert eos == 3  # setup + 2 rounds
+    assert flushes == (0 if dialect == "qemu-7.2" else 3)
+    zeros = [e for e in events if isinstance(e, ZeroPage)]
+    pages = [e for e in events if isinstance(e, Page)]
+    assert [(z.block, z.offset) for z in zeros] == [
+        ("pc.ram", 0), ("pc.ram", 8192), ("pc.bios", 0), ("pc.ram", 0)]
+    assert [(p.block, p.offset) for p in pages] == [
+        ("pc.ram", 4096), ("pc.ram", 63 * 4096), ("/rom@etc/acpi/tables", 4096)]
+    assert pages[0].data == b"\x02" * 4096
+    assert kinds.count(RamEnd) == 1 and kinds.count(Footer) == 3
+    assert dec.complete
+    assert dec.device_state_bytes == 1  # the EOF byte, passed on opaquely
+
+
+def test_zero_records_use_continue_and_are_nine_bytes():
+    enc = MainStreamEncoder("qemu-7.2")
+    first = enc.zero_page("pc.ram", 0)
+    assert first == struct.pack(">Q", 0x02) + b"\x06pc.ram" + b"\x00"
+    nxt = enc.zero_page("pc.ram", 4096)
+    assert nxt == struct.pack(">Q", 4096 | 0x22) + b"\x00"
+    buf = bytearray()
+    enc.zero_pages("pc.ram", [8192, 12288], buf)
+    assert bytes(buf) == struct.pack(">Q", 8192 | 0x22) + b"\x00" + struct.pack(
+        ">Q", 12288 | 0x22) + b"\x00"
+
+
+def test_start_section_bytes_match_qemu_layout():
+    enc = MainStreamEncoder("qemu-7.2")
+    hdr = enc.header()
+    assert hdr == b"QEVM\x00\x00\x00\x03\x07\x00\x00\x00\x0dpc-i440fx-7.2"
+    s = enc.section_start([("pc.ram", 1 << 20)])
+    assert s[:13] == b"\x01\x00\x00\x00\x02\x03ram\x00\x00\x00\x00"
+    assert s[13:17] == b"\x00\x00\x00\x04"
+    assert s[17:25] == struct.pack(">Q", (1 << 20) | 0x04)
+    assert s[25:] == b"\x06pc.ram" + struct.pack(">Q", 1 << 20)
+    assert enc.end_of_round() == struct.pack(">Q", 0x10) + b"\x7e\x00\x00\x00\x02"
+    assert MainStreamEncoder("qemu-9.2").end_of_round() == struct.pack(
+        ">QQ", 0x200, 0x10) + b"\x7e\x00\x00\x00\x02"
+    with pytest.raises(StreamError):
+        enc.multifd_flush()
+
+
+def test_device_state_after_ram_end_is_an_opaque_blob():
+    # What a real QEMU 7.2 sends after RAM END: SECTION_FULL device sections, EOF,
+    # VMDESCRIPTION -- none of it length-prefixed. Consumed until the peer closes.
+    blob = b"\x04\x00\x00\x00\x03\x05timer\x00\x00\x00\x00\x00\x00\x00\x02" + b"\x11" * 50
+    blob += b"\x00\x06\x00\x00\x00\x0b{\"page\":1}"
+    data = build("qemu-7.2", rounds(), trailer=blob)
+    dec, events = decode("qemu-7.2", data, 13)
+    got = b"".join(e.data for e in events if isinstance(e, DeviceState))
+    assert got == blob
+    assert dec.device_state_bytes == len(blob)
+
+
+def test_flush_rejected_in_72_dialect():
+    data = build("qemu-9.2", rounds())
+    with pytest.raises(StreamError, match="0x200"):
+        decode("qemu-7.2", data)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: b"QEVX" + d[4:], "magic"),
+        (lambda d: d[:4] + b"\x00\x00\x00\x02" + d[8:], "version"),
+        (lambda d: d[:-30], "closed mid-stream"),
+        (lambda d: b"", "closed mid-stream"),
+    ],
+)
+def test_malformed_streams(mutate, match):
+    data = mutate(build("qemu-7.2", rounds()))
+    with pytest.raises(StreamError, match=match):
+        decode("qemu-7.2", data)
+
+
+def test_page_beyond_block_and_unknown_block():
+    enc = MainStreamEncoder("qemu-7.2")
+    head = enc.header() + enc.section_start(BLOCKS) + enc.end_of_round() + enc.section_part()
+    with pytest.raises(StreamError, match="beyond"):
+        decode("qemu-7.2", head + enc.zero_page("pc.bios", 4 * 4096))
+    enc2 = MainStreamEncoder("qemu-7.2")
+    with pytest.raises(StreamError, match="unknown RAM block"):
+        decode("qemu-7.2", head + enc2.zero_page("pc.nope", 0))
+
+
+def test_mem_size_inconsistent():
+    enc = MainStreamEncoder("qemu-7.2")
+    s = bytearray(enc.section_start([("pc.ram", 8192)]))
+    s[17:25] = struct.pack(">Q", 4096 | 0x04)  # total smaller than the block
+    with pytest.raises(StreamError, match="inconsistent"):
+        decode("qemu-7.2", enc.header() + bytes(s))
+
+
+_VALID = {d: build(d, rounds()) for d in ("qemu-7.2", "qemu-9.2")}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dialect=st.sampled_from(sorted(_VALID)),
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from("fid")),
+        min_size=1, max_size=4,
+    ),
+    chunk=st.integers(1, 600),
+)
+def test_mutations_raise_only_stream_error(dialect, edits, chunk):
+    data = bytearray(_VALID[dialect])
+    for pos, val, op in edits:
+        i = pos % (len(data) + 1)
+        if op == "f" and i < len(data):
+            data[i] ^= val or 1
+        elif op == "i":
+            data[i:i] = bytes([val])
+        elif op == "d" and i < len(data):
+            del data[i]
+    dec = MainStreamDecoder(dialect)
+    try:
+        for i in range(0, len(data), chunk):
+            dec.feed(bytes(data[i : i + chunk]))
+        dec.close()
+    except StreamError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    dialect=st.sampled_from(["qemu-7.2", "qemu-9.0", "qemu-9.2"]),
+    rnds=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["zero", "page"]), st.sampled_from([b for b, _ in BLOCKS]),
+                      st.integers(0, 63)),
+            max_size=12,
+        ),
+        min_size=1, max_size=4,
+    ),
+    chunk=st.integers(1, 5000),
+)
+def test_round_trip_property(dialect, rnds, chunk):
+    sizes = dict(BLOCKS)
+    recs = [
+        [(k, b, (p * 4096) % sizes[b], bytes([p + 1]) * 4096) for k, b, p in r] for r in rnds
+    ]
+    _, events = decode(dialect, build(dialect, recs), chunk)
+    got = [(type(e).__name__, e.block, e.offset) for e in events
+           if isinstance(e, ZeroPage | Page)]
+    want = [("ZeroPage" if k == "zero" else "Page", b, o) for r in recs for k, b, o, _ in r]
+    assert got == want
