@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Silesia stand-in: generation speed and ratio table (stand-in vs published).
+
+    python benchmarks/bench_standin.py                 # full corpus: MB/s + ratio table
+    python benchmarks/bench_standin.py --limit 2M      # first 2 MiB of each file (quick)
+    python benchmarks/bench_standin.py --write-docs    # also rewrite the tables in docs/
+    python benchmarks/bench_standin.py --calibrate     # re-fit KNOBS (zlib-9 = gzip --best)
+
+Ratios are one-shot over whole files (as lzbench and the per-file table do); the corpus ratio
+is total size / sum of compressed sizes. Generation speed is wall time of
+``standin.generate_file`` for every file, in 10**6 bytes per second, with the pools built
+beforehand (first use builds them once per process; that time is reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from qatmig_engine.cli._common import parse_size
+from qatmig_engine.silesia import standin
+from qatmig_engine.silesia.manifest import PUBLISHED_TOTALS, RATIO_CODECS, SILESIA_FILES
+from qatmig_engine.silesia.ratios import compressed_size, sizes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Per-file knob search ranges and direction (+1: ratio grows with the knob).
+KNOB_RANGE = {
+    "dickens": (0, 62000), "webster": (0, 62000), "reymont": (0, 62000), "samba": (0, 62000),
+    "xml": (0, 62000), "mozilla": (0, 62000), "ooffice": (0, 62000), "nci": (0, 65535),
+    "osdb": (0, 65535), "sao": (0, 65535), "mr": (16, 8000), "x-ray": (1, 4000),
+}
+
+
+def calibrate(names: list[str], sample: int) -> dict[str, int]:
+    out = {}
+    for f in SILESIA_FILES:
+        if f.name not in names:
+            continue
+        lo, hi = KNOB_RANGE[f.name]
+
+        def ratio(k: int, name: str = f.name) -> float:
+            data = standin.generate_file(name, sample, knob=k)
+            return len(data) / compressed_size(data, "zlib-9")
+
+        r_lo, r_hi = ratio(lo), ratio(hi)
+        up = r_hi > r_lo
+        a, b = lo, hi
+        while b - a > 1:
+            mid = (a + b) // 2
+            r = ratio(mid)
+            if (r < f.gzip_best) == up:
+                a = mid
+            else:
+                b = mid
+        best = min((a, b), key=lambda k: abs(ratio(k) - f.gzip_best))
+        out[f.name] = best
+        print(f"{f.name:8} knob {best:6d}  zlib-9 {ratio(best):.4f}  target {f.gzip_best}  "
+              f"(range {r_lo:.3f}..{r_hi:.3f})", flush=True)
+    return out
+
+
+def measure(limit: int | None, reps: int) -> dict:
+    t0 = time.perf_counter()
+    for f in SILESIA_FILES:
+        standin.segment(f.name, 0)  # builds the word/instruction pools once
+    warm = time.perf_counter() - t0
+    times = []
+    data = {}
+    for _ in range(reps):
+        t = time.perf_counter()
+        for f in SILESIA_FILES:
+            data[f.name] = standin.generate_file(f.name, limit)
+        times.append(time.perf_counter() - t)
+    total = sum(len(d) for d in data.values())
+    rows = []
+    sums = dict.fromkeys(RATIO_CODECS, 0)
+    for f in SILESIA_FILES:
+        d = data.pop(f.name)
+        s = sizes(d, RATIO_CODECS)
+        for c in RATIO_CODECS:
+            sums[c] += s[c]
+        rows.append({"file": f.name, "bytes": len(d), "gzip_best_published": f.gzip_best,
+                     **{c: len(d) / s[c] for c in RATIO_CODECS}})
+    # whole-corpus ratio: sum of sizes / sum of compressed sizes; on a sample each file is
+    # weighted by its real size (size / sample ratio), so the estimate has Silesia's mix
+    full = sum(f.size for f in SILESIA_FILES)
+    totals = {c: full / sum(f.size / r[c] for f, r in zip(SILESIA_FILES, rows, strict=True))
+              for c in RATIO_CODECS}
+    return {"bytes": total, "limit": limit, "pool_build_s": warm, "gen_s": times,
+            "gen_mbps": total / statistics.median(times) / 1e6, "files": rows, "totals": totals,
+            "python": platform.python_version(), "generator": standin.CORPUS_NAME}
+
+
+def ratio_markdown(res: dict) -> str:
+    lines = ["| file | MB | zlib-9 stand-in | gzip --best published | diff | zlib-1 | zstd-1 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["files"]:
+        diff = r["zlib-9"] / r["gzip_best_published"] - 1
+        lines.append(f"| {r['file']} | {r['bytes'] / 1e6:.2f} | {r['zlib-9']:.3f} | "
+                     f"{r['gzip_best_published']:.3f} | {diff:+.1%} | {r['zlib-1']:.3f} | "
+                     f"{r['zstd-1']:.3f} |")
+    lines += ["", "| codec | stand-in (whole corpus) | published (lzbench, silesia.tar) | diff |",
+              "|---|---|---|---|"]
+    for c in RATIO_CODECS:
+        t = res["totals"][c]
+        lines.append(f"| {c} | {t:.3f} | {PUBLISHED_TOTALS[c]:.3f} | "
+                     f"{t / PUBLISHED_TOTALS[c] - 1:+.1%} |")
+    scope = ("whole files" if res["limit"] is None else
+             f"first {res['limit']:,} B of each file; totals weight each file by its real size")
+    lines += ["", f"Measured by `benchmarks/bench_standin.py` on {scope} "
+              f"({res['bytes']:,} B), {res['generator']}, Python {res['python']}."]
+    return "\n".join(lines)
+
+
+def perf_markdown(res: dict) -> str:
+    gen = ", ".join(f"{t:.2f}" for t in res["gen_s"])
+    return "\n".join([
+        f"Generating the stand-in ({res['generator']}, {res['bytes']:,} B, all 12 files) with "
+        "`standin.generate_file`, on the shared 2-vCPU machine (other agents were running):",
+        "",
+        "| what | value |", "|---|---|",
+        f"| generation speed (median of {len(res['gen_s'])}) | **{res['gen_mbps']:.0f} MB/s** |",
+        f"| wall times (s) | {gen} |",
+        f"| one-off pool build (words, instruction tables; first use per process) | "
+        f"{res['pool_build_s']:.2f} s |",
+        "",
+        "Target: 50 MB/s or more. Ratios of the same run: see `docs/guest-memory.md`.",
+    ])
+
+
+def replace_between(path: Path, begin: str, end: str, body: str) -> None:
+    text = path.read_text()
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"markers {begin!r}..{end!r} not found in {path}")
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text))
+
+
+def replace_section(path: Path, heading: str, body: str) -> None:
+    text = path.read_text()
+    i = text.index(heading) + len(heading)
+    j = text.find("\n## ", i)
+    j = len(text) if j < 0 else j
+    path.write_text(text[:i] + "\n\n" + body + "\n" + text[j:])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", help="only the first SIZE bytes of each file (e.g. 2M)")
+    ap.add_argument("--reps", type=int, default=3, help="generation repetitions (median)")
+    ap.add_argument("--calibrate", action="store_true", help="fit KNOBS and print them")
+    ap.add_argument("--sample", default="3M", help="calibration sample per file")
+    ap.add_argument("--files", nargs="*", default=[f.name for f in SILESIA_FILES])
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.calibrate:
+        knobs = calibrate(args.files, parse_size(args.sample))
+        print(json.dumps(knobs, indent=4))
+        return 0
+    res = measure(parse_size(args.limit) if args.limit else None, args.reps)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(perf_markdown(res))
+        print()
+        print(ratio_markdown(res))
+    if args.write_docs:
+        replace_between(ROOT / "docs" / "guest-memory.md", "<!-- standin-ratios:begin -->",
+                        "<!-- standin-ratios:end -->", ratio_markdown(res))
+        replace_section(ROOT / "docs" / "performance.md",
+                        "## Silesia stand-in generation (`benchmarks/bench_standin.py`)",
+                        perf_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
