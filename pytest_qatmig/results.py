@@ -110,9 +110,9 @@ def check_thresholds(result: Mapping[str, Any], thresholds: Mapping[str, float])
         if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
             failures.append(f"{field_name} is {value!r}, cannot check {key}={limit}")
         elif kind == "min" and value < limit:
-            failures.append(f"{field_name} {value:.1f} < {key} {limit}")
+            failures.append(f"{field_name} {value:.1f} < {key} {limit:g}")
         elif kind == "max" and value > limit:
-            failures.append(f"{field_name} {value:.1f} > {key} {limit}")
+            failures.append(f"{field_name} {value:.1f} > {key} {limit:g}")
     return PerfVerdict(dict(thresholds), tuple(failures))
 
 

@@ -1,0 +1,133 @@
+"""qatmig_requires and qatmig_perf (with host-profile precedence)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+LOOPBACK = "--qatmig-impl=pytest_qatmig.testing:loopback_copy"
+
+REQUIRES = """
+import pytest
+
+@pytest.mark.qatmig_requires("none")
+def test_has():
+    pass
+
+@pytest.mark.qatmig_requires("none", "zstd", "tls")
+def test_lacks():
+    pass
+
+@pytest.mark.qatmig_requires("dialect:qemu-9.2")
+def test_dialect():
+    pass
+"""
+
+
+def test_requires_skips_what_the_implementation_lacks(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(REQUIRES)
+    result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines([
+        "SKIPPED*UNIMPLEMENTED: implementation 'loopback-copy' lacks zstd, tls "
+        "(has: dialect:qemu-9.2, none)"
+    ])
+
+
+def test_requires_against_the_reference_engine(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.qatmig_requires("zstd", "qatzip", "dialect:qemu-7.2")
+        def test_has():
+            pass
+
+        @pytest.mark.qatmig_requires("tls")
+        def test_tls():
+            pass
+    """)
+    result = pytester.runpytest("--qatmig-devices=sw")
+    result.assert_outcomes(passed=1, skipped=1)
+
+
+PERF = """
+import os
+import pytest
+
+@pytest.fixture
+def guest(tmp_path):
+    path = tmp_path / "guest.img"
+    path.write_bytes(os.urandom(128 * 1024))
+    return path
+
+@pytest.mark.qatmig_perf({kwargs})
+def test_perf(multifd_pair, guest):
+    assert multifd_pair(channels=1).migrate(guest).verified
+"""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "outcome", "message"),
+    [
+        ("min_mbps=0.001, max_downtime_ms=600000", "passed", None),
+        ("min_mbps=1e12", "failed", "*qatmig_perf: throughput_mbps * < min_mbps 1e+12*"),
+        ("max_send_cpu=-1", "failed", "*qatmig_perf: send_cpu_percent * > max_send_cpu -1*"),
+        ("max_total_ms=0", "failed", "*qatmig_perf: total_time_ms * > max_total_ms 0*"),
+    ],
+)
+def test_perf_thresholds(
+    pytester: pytest.Pytester, kwargs: str, outcome: str, message: str | None
+) -> None:
+    pytester.makepyfile(PERF.format(kwargs=kwargs))
+    result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw")
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(["*= qatmig performance =*"])
+    if message:
+        result.stdout.fnmatch_lines([message])
+
+
+def test_perf_marker_rejects_unknown_keys(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PERF.format(kwargs="min_speed=3"))
+    result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*unknown threshold(s) min_speed*"])
+
+
+PROFILE = """
+name: precedence
+perf:
+  defaults: {min_mbps: 1.0e+12, max_send_cpu: -1}
+  tests:
+    "*test_overridden*": {min_mbps: 0.001}
+"""
+
+
+def test_profile_precedence(pytester: pytest.Pytester) -> None:
+    """profile per-test override > marker kwargs > profile defaults."""
+    (pytester.path / "host.yaml").write_text(PROFILE)
+    pytester.makepyfile("""
+        import os
+        import pytest
+
+        @pytest.fixture
+        def guest(tmp_path):
+            path = tmp_path / "guest.img"
+            path.write_bytes(os.urandom(64 * 1024))
+            return path
+
+        @pytest.mark.qatmig_perf()
+        def test_defaults_apply(multifd_pair, guest):
+            multifd_pair().migrate(guest)
+
+        @pytest.mark.qatmig_perf(min_mbps=0.001, max_send_cpu=100000)
+        def test_marker_beats_defaults(multifd_pair, guest):
+            multifd_pair().migrate(guest)
+
+        @pytest.mark.qatmig_perf(min_mbps=1e15, max_send_cpu=100000)
+        def test_overridden(multifd_pair, guest):
+            multifd_pair().migrate(guest)
+    """)
+    result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw", "--qatmig-profile=host.yaml")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAIL*test_defaults_apply: throughput_mbps * < min_mbps 1e+12"])
