@@ -114,3 +114,16 @@ def test_bad_profiles_are_usage_errors(pytester: pytest.Pytester, text: str, mes
     result = pytester.runpytest(f"--qatmig-profile={prof}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_shipped_host_profiles_load() -> None:
+    from pathlib import Path
+
+    from pytest_qatmig.profile import load_profile
+
+    hosts = Path(__file__).resolve().parents[1] / "fixtures" / "hosts"
+    profiles = sorted(hosts.glob("*.yaml"))
+    assert profiles, f"no host profiles in {hosts}"
+    for path in profiles:
+        profile = load_profile(path)
+        assert profile.name == path.stem
