@@ -414,3 +414,19 @@ def test_end_to_end_auto_without_hardware_migrates_in_software():
     j = migrate_loopback(4 << 20, p, timeout=60).to_json()
     assert (j["status"], j["verified"], j["qat_backend"]) == ("completed", True, "sw")
     assert any(r.startswith("no QAT device") for r in j["qat_fallback_reasons"])
+
+
+# ------------------------------------------------------------------------- qatmig devices --probe
+@pytest.mark.parametrize(("hw", "rc", "words"), [
+    (1, 0, "session probe landed on a device"),
+    (0, 3, "no hardware session (hw_session_stat QZ_NO_HW)"),
+])
+def test_cli_devices_probe(double, capsys, hw, rc, words):
+    from qatmig_engine.cli import main
+
+    lib, ctl = double
+    ctl.set(hw=hw)
+    assert main(["devices", "--fake-host", "4xxx_pf_dc", "--library", str(lib), "--probe"]) == rc
+    out = capsys.readouterr().out
+    assert words in out and "TEST DOUBLE" in out
+    assert ctl.get("live_sessions") == 0

@@ -334,3 +334,21 @@ def test_gzip_ext_member_walk_rejects_bad_buffers(mixed):
     for bad in (good[:-1], good[:20], b"\x1f\x8b\x08\x00" + good[4:], good + b"\x00"):
         with pytest.raises(QatError):
             gzip_ext_members(bad)
+
+
+# ------------------------------------------------------------------------- fuzz
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 60), st.binary(max_size=4))
+def test_member_walk_raises_only_qat_error(prefix_noise, cut, patch):
+    good = bytes.fromhex("1f8b08040000000000ff0c00515a0800") + (5).to_bytes(4, "little") + \
+        (7).to_bytes(4, "little") + b"\x03" * 7 + b"\x00" * 4 + (5).to_bytes(4, "little")
+    for buf in (prefix_noise, good[:cut] + patch + good[cut + len(patch):], good + prefix_noise):
+        try:
+            members = gzip_ext_members(buf)
+        except QatError:
+            continue
+        assert all(src >= 0 and dst >= 0 for src, dst in members)

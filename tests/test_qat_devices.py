@@ -234,3 +234,29 @@ def test_cli_devices_sysfs_root_option(capsys, monkeypatch):
 def test_cli_devices_rejects_both_roots(capsys):
     assert main(["devices", "--fake-host", "no_device", "--sysfs-root", "/sys"]) == 1
     assert "either --fake-host or --sysfs-root" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- fuzz
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.one_of(st.none(), st.text(max_size=40), st.sampled_from(
+    ["0x8086", "0x4940", "0x4941", "up", "down", "dc", "sym;asym", "-1", "0", "\n", ";;"]))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vendor=_text, device=_text, state=_text, services=_text, numa=_text, driver=_text,
+       group=_text)
+def test_discovery_survives_any_attribute_content(tmp_path_factory, vendor, device, state,
+                                                  services, numa, driver, group):
+    root = tmp_path_factory.mktemp("fuzz")
+    d = root / "sys/bus/pci/devices/0000:01:00.0"
+    (d / "qat").mkdir(parents=True)
+    for name, value in (("vendor", vendor), ("device", device), ("qat/state", state),
+                        ("qat/cfg_services", services), ("numa_node", numa),
+                        ("driver", driver), ("iommu_group", group), ("physfn", group)):
+        if value is not None:
+            (d / name).write_text(value, encoding="utf-8")
+    for dev in discover(root / "sys", root / "dev"):
+        assert dev.ready == (not dev.reason)

@@ -15,6 +15,7 @@ examples:
   qatmig devices --json
   qatmig devices --fake-host 4xxx_vfs_vfio   # a fake sysfs tree shipped with qatmig
   qatmig devices --sysfs-root /tmp/sys --dev-root /tmp/dev
+  qatmig devices --probe                 # also set up one session: does it reach a device?
   QATMIG_LIBQATZIP=/opt/qatzip/lib/libqatzip.so.3 qatmig devices --library-only
 
 A device is READY when QATzip can compress on it: a QAT driver is bound, qat/state is up and
@@ -44,6 +45,9 @@ def register(subparsers: Any) -> None:
                    help="libqatzip to load (default: $QATMIG_LIBQATZIP, else libqatzip.so.3)")
     p.add_argument("--library-only", action="store_true",
                    help="only report whether libqatzip loads")
+    p.add_argument("--probe", action="store_true",
+                   help="also set up one QATzip session to see whether it lands on a device "
+                   "(only when an endpoint is ready and the library loads)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -64,12 +68,20 @@ def run(args: argparse.Namespace) -> int:
     devices = [] if args.library_only else discover(sysfs_root, dev_root)
     problem = "" if args.library_only else hardware_problem(devices, sysfs_root)
     usable = lib.loaded and (args.library_only or not problem)
+    probe: str | None = None  # None = not run; "" = hardware session; else why not
+    if args.probe and usable and not args.library_only:
+        from ..qat.backend import probe_hardware
+        from ..qat.binding import load_library
+
+        probe = probe_hardware(load_library(args.library))
+        usable = not probe
 
     if args.json:
         out: dict[str, Any] = {"library": lib.to_json(), "usable": usable}
         if not args.library_only:
             out.update(sysfs_root=sysfs_root, dev_root=dev_root,
-                       devices=[d.to_json() for d in devices], problem=problem)
+                       devices=[d.to_json() for d in devices], problem=problem,
+                       session_probe=probe)
         print_json(out, sys.stdout)  # _common binds its default stdout at import
         return 0 if usable else 3
 
@@ -99,10 +111,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"qatzip hardware: not usable: {problem}")
         elif not lib.loaded:
             print("qatzip hardware: device ready, but libqatzip is missing")
-        else:
+        elif probe is None:
             print("qatzip hardware: a ready endpoint and libqatzip are present "
-                  "(the migration probes a session before using it)")
-        print("--qat-backend auto would use: "
-              + ("hardware (after the session probe)" if usable else "software (fallback)"),
-              file=sys.stdout)
+                  "(the migration probes a session before using it; see --probe)")
+        elif probe:
+            print(f"qatzip hardware: session probe failed: {probe}")
+        else:
+            print("qatzip hardware: session probe landed on a device (hw_session_stat QZ_OK)")
+        verdict = "software (fallback)"
+        if usable:
+            verdict = "hardware" if probe == "" else "hardware (after the session probe)"
+        print(f"--qat-backend auto would use: {verdict}")
     return 0 if usable else 3

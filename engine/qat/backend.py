@@ -373,11 +373,15 @@ class QatSelection:
         }
 
 
-def _probe_hardware(lib: QatzipLibrary, level: int) -> str:
-    """Empty string when a session lands on a device, else why not (names the rc)."""
+def probe_hardware(lib: QatzipLibrary, level: int = 1) -> str:
+    """Set up and tear down one session: "" when it lands on a device, else why not.
+
+    In software mode each probe costs the library one leaked pthread key: call it once per
+    migration, and only when discovery found a ready endpoint.
+    """
     try:
         sess = QzSession(lib, level=level, max_input=4096)
-    except QatLibraryError as exc:
+    except QatError as exc:
         return f"libqatzip ({lib.path or lib.requested}): {exc}"
     try:
         if not sess.hardware:
@@ -447,7 +451,7 @@ def select_backend(
         problems.append(str(exc))
     if lib is not None and not dev_problem:
         # only with a ready device: in software mode every probe costs a leaked pthread key
-        lib_problem = _probe_hardware(lib, level)
+        lib_problem = probe_hardware(lib, level)
         if lib_problem:
             problems.append(lib_problem)
 

@@ -375,7 +375,11 @@ class QzSession:
         self._src_cap = 0
         self._dest_cap = 0
         self.pinned: bool | None = None
-        self._ensure_buffers(max_input)
+        try:
+            self._ensure_buffers(max_input)
+        except QatError:
+            self.close()
+            raise
 
     def _setup(self) -> None:
         params = self._lib.defaults_deflate()

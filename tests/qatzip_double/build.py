@@ -30,8 +30,11 @@ def real_library() -> str | None:
     import ctypes
 
     try:
-        ctypes.CDLL("libqatzip.so.3")
+        handle = ctypes.CDLL("libqatzip.so.3")
     except OSError:
+        return None
+    # once the double is loaded, the loader answers the soname with it: not the real one
+    if hasattr(handle, "qzdouble_set"):
         return None
     return "libqatzip.so.3"
 
