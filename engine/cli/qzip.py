@@ -30,7 +30,7 @@ examples:
   qatmig qzip guest.ram                 # -> guest.ram.gz (gzip-ext, level 1), removes guest.ram
   qatmig qzip -k -L 9 guest.ram         # keep the input, level 9
   qatmig qzip -d guest.ram.gz           # -> guest.ram
-  qatmig qzip -d -o out.bin payload.gz  # choose the output name
+  qatmig qzip -d -o out.bin payload.gz  # choose the output name (keeps payload.gz)
   cat data | qatmig qzip > data.gz      # stdin -> stdout
   qatmig qzip -d -c data.gz | sha256sum
   qatmig qzip -k --json a b c           # per-file sizes as JSON
@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-L", "--level", type=int, default=1, metavar="LEVEL",
                    help="compression level 1..9 (default 1, QEMU's multifd-qatzip-level default)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file (one input only; '-' = stdout)")
+                   help="output file (one input only; '-' = stdout); the input is kept")
     p.add_argument("-k", "--keep", action="store_true", help="keep the input file")
     p.add_argument("-c", "--stdout", action="store_true",
                    help="write to stdout, keep input files")
@@ -182,7 +182,7 @@ def _do_file(path: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if src_ctx is not sys.stdin.buffer:
             src_ctx.close()
-    if path != "-" and not args.keep:
+    if path != "-" and not args.keep and not args.output:  # -o implies -k
         os.unlink(path)
     return _report(path, target, n_in, n_out, members, args)
 
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             kind = "corrupt input" if isinstance(exc, CodecError) else "error"
             print(f"qatmig qzip: {where}: {kind}: {msg}", file=sys.stderr)
     if args.json:
-        print_json({"files": results, "failed": failed})
+        print_json({"files": results, "failed": failed}, sys.stdout)
     elif results and not to_stdout and not args.quiet and len(files) > 1:
         rows = [(r["input"], r["output"], r["input_bytes"], r["output_bytes"], r["ratio"])
                 for r in results]
