@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qatmig_engine.errors import QemuError, QemuTimeout
-from qatmig_engine.qemu.qmp import QMPClient
+from qatmig_engine.qemu.qmp import QMPClient, QMPError
 
 #: Effectively unlimited: QEMU's default max-bandwidth (128 MiB/s) throttles multifd too.
 UNLIMITED_BANDWIDTH = 100 << 30
@@ -181,8 +181,11 @@ class QemuProcess:
                 alive=lambda: self.proc is not None and self.proc.poll() is None,
             )
         except QemuError as exc:
+            if self.proc.poll() is None:
+                time.sleep(0.05)  # let a dying QEMU finish writing its error
+            tail = self._log_tail()
             self.stop()
-            raise type(exc)(f"{self.name}: QEMU did not start: {exc}{self._log_tail()}") from None
+            raise type(exc)(f"{self.name}: QEMU did not start: {exc}{tail}") from None
         return self
 
     @property
@@ -244,6 +247,8 @@ class QemuProcess:
             raise QemuError(f"{self.name}: not started")
         try:
             return self.qmp.execute(command, arguments, timeout=timeout)
+        except QMPError as exc:
+            raise QMPError(command, exc.error_class, f"{exc.desc} ({self.name})") from None
         except QemuError as exc:
             raise type(exc)(f"{self.name}: {exc}{self._log_tail()}") from None
 
@@ -309,9 +314,10 @@ class QemuProcess:
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                status = info.get("status", "not reported (still waiting for the stream)")
                 raise QemuTimeout(
                     f"{self.name}: migration not completed within {timeout:g} s "
-                    f"(status {info.get('status', '?')}){self._log_tail()}"
+                    f"(query-migrate status: {status}){self._log_tail()}"
                 )
             info = self.query_migrate(timeout=min(self.qmp_timeout, max(0.1, remaining)))
             status = info.get("status")
