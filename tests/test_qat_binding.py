@@ -352,3 +352,22 @@ def test_member_walk_raises_only_qat_error(prefix_noise, cut, patch):
         except QatError:
             continue
         assert all(src >= 0 and dst >= 0 for src, dst in members)
+
+
+def test_library_resolution_order(monkeypatch, tmp_path):
+    from qatmig_engine.qat.binding import ENV_LIBRARY, SONAME, _resolve_request
+
+    monkeypatch.delenv(ENV_LIBRARY, raising=False)
+    assert _resolve_request(None) == SONAME
+    monkeypatch.setenv(ENV_LIBRARY, str(tmp_path / "env.so"))
+    assert _resolve_request(None) == str(tmp_path / "env.so")
+    assert _resolve_request(tmp_path / "explicit.so") == str(tmp_path / "explicit.so")
+    info = probe_library()
+    assert not info.loaded and str(tmp_path / "env.so") in info.error
+
+
+def test_env_variable_loads_the_same_library(lib, monkeypatch):
+    if WHICH != "test-double":
+        pytest.skip("the real library is resolved by the system loader, not by path")
+    monkeypatch.setenv("QATMIG_LIBQATZIP", lib.requested)
+    assert load_library() is lib
