@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Per-file knob search ranges and direction (+1: ratio grows with the knob).
 KNOB_RANGE = {
     "dickens": (0, 62000), "webster": (0, 62000), "reymont": (0, 62000), "samba": (0, 62000),
-    "xml": (0, 62000), "mozilla": (0, 62000), "ooffice": (0, 62000), "nci": (0, 65535),
+    "xml": (0, 62000), "mozilla": (0, 65535), "ooffice": (0, 65535), "nci": (0, 65535),
     "osdb": (0, 65535), "sao": (0, 65535), "mr": (16, 8000), "x-ray": (1, 4000),
 }
 

@@ -45,10 +45,10 @@ _PR = 1 << 16  # probabilities and knobs are integers over 65536
 #: One calibrated knob per file (integer, model-specific meaning; see each model).
 KNOBS: dict[str, int] = {
     "dickens": 21410,
-    "mozilla": 58402,
+    "mozilla": 30274,
     "mr": 214,
     "nci": 29329,
-    "ooffice": 34018,
+    "ooffice": 6439,
     "osdb": 3044,
     "reymont": 35711,
     "samba": 36573,
@@ -88,20 +88,21 @@ class _Rand:
 
     def pick(self, n: int, table: np.ndarray) -> np.ndarray:
         """Indices drawn from a ``_table`` (an inverse-CDF lookup of 2**20 entries)."""
-        return table[self.raw(n) >> _U64(64 - _TABLE_BITS)]
+        return table[self.raw(n) >> _U64(65 - table.size.bit_length())]
 
     def bytes(self, n: int) -> np.ndarray:
         return self.raw((n + 7) // 8).view(np.uint8)[:n]
 
 
-_TABLE_BITS = 20
-
-
 def _table(weights: np.ndarray) -> np.ndarray:
-    """Inverse-CDF lookup table (2**20 entries) for integer ``weights``: draws are one index."""
+    """Inverse-CDF lookup table for integer ``weights``: a draw is one index into it.
+
+    2**20 entries for large distributions, 2**12 for small ones (stays in cache).
+    """
     cdf = np.cumsum(np.asarray(weights, dtype=np.uint64), dtype=np.uint64)
-    step = cdf[-1] >> _U64(_TABLE_BITS)
-    points = np.arange(1 << _TABLE_BITS, dtype=np.uint64) * step + (step >> _U64(1))
+    bits = 20 if len(cdf) > 256 else 12
+    step = cdf[-1] >> _U64(bits)
+    points = np.arange(1 << bits, dtype=np.uint64) * step + (step >> _U64(1))
     return np.minimum(np.searchsorted(cdf, points, side="right"), len(cdf) - 1).astype(np.int32)
 
 
@@ -147,7 +148,7 @@ class _Pool:
 
     def freeze(self) -> _Pool:
         self.flat = np.frombuffer(b"".join(self._tokens), dtype=np.uint8)
-        self.lens = np.asarray([len(t) for t in self._tokens], dtype=np.int64)
+        self.lens = np.asarray([len(t) for t in self._tokens], dtype=np.int32)
         self.starts = np.cumsum(self.lens) - self.lens
         return self
 
@@ -155,7 +156,7 @@ class _Pool:
         lens = self.lens[ids]
         ends = np.cumsum(lens)
         total = int(ends[-1]) if len(ends) else 0
-        idx = np.repeat(self.starts[ids] - (ends - lens), lens) + np.arange(total, dtype=np.int64)
+        idx = np.repeat(self.starts[ids] - (ends - lens), lens) + np.arange(total, dtype=np.int32)
         return self.flat[idx]
 
 
@@ -170,22 +171,25 @@ def _reuse(rand: _Rand, ids: np.ndarray, share: int, lo: int, hi: int, dmax: int
     if share <= 0 or n < 2 * hi:
         return ids
     m = max(1, (n * share) // (_PR * ((lo + hi) // 2)))
-    starts = np.sort(rand.below(m, n - hi))
-    lens = rand.between(m, lo, hi)
-    dist = rand.between(m, hi, dmax)
-    src = starts - dist
-    ok = src >= 0
+    starts = np.sort(rand.below(m, n - hi)).astype(np.int32)
+    lens = rand.between(m, lo, hi).astype(np.int32)
+    lens = np.minimum(lens, np.diff(starts, append=np.int32(n)))  # runs never overlap
+    src = starts - rand.between(m, hi, dmax).astype(np.int32)
+    ok = (src >= 0) & (lens > 0)
     starts, lens, src = starts[ok], lens[ok], src[ok]
     if not len(starts):
         return ids
-    off = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-    idx = np.arange(n, dtype=np.int64)
-    idx[np.repeat(starts, lens) + off] = np.repeat(src, lens) + off
+    off = np.arange(int(lens.sum()), dtype=np.int32) - np.repeat(np.cumsum(lens) - lens, lens)
+    tgt = np.repeat(starts, lens) + off
+    cur = np.repeat(src, lens) + off
+    idx = np.arange(n, dtype=np.int32)
+    idx[tgt] = cur
     while True:
-        nxt = idx[idx]
-        if np.array_equal(nxt, idx):
+        nxt = idx[cur]
+        if np.array_equal(nxt, cur):
             break
-        idx = nxt
+        idx[tgt] = nxt
+        cur = nxt
     return ids[idx]
 
 
@@ -265,7 +269,7 @@ def _english() -> _Prose:
 def _gen_dickens(rand: _Rand, need: int, knob: int) -> bytes:
     """Prose: Zipf words, punctuation, capitals; knob = share of recent-phrase reuse."""
     prose = _english()
-    ids = prose.stream(rand, need // 4 + 64)
+    ids = prose.stream(rand, need * 5 // 24 + 64)
     ids = _reuse(rand, ids, knob, 4, 24, 4000)
     return prose.pool.assemble(ids).tobytes()
 
@@ -285,7 +289,7 @@ def _gen_webster(rand: _Rand, need: int, knob: int) -> bytes:
     """HTML dictionary entries ``<p><hw>..</hw> <pr>..</pr>, <pos>..</pos> <def>..``."""
     p = _webster_prose()
     e = p.extra
-    body = p.stream(rand, need // 4 + 64)
+    body = p.stream(rand, need * 5 // 24 + 64)
     n_entries = max(1, len(body) // 40)
     pos = np.sort(rand.below(n_entries, len(body) // 2)) * 2
     hw = p.words[rand.pick(n_entries, p.word_cdf)]
@@ -313,7 +317,7 @@ def _polish_prose() -> _Prose:
 def _gen_reymont(rand: _Rand, need: int, knob: int) -> bytes:
     """Uncompressed PDF content streams of Polish text (octal escapes for diacritics)."""
     p = _polish_prose()
-    body = p.stream(rand, need // 4 + 64)
+    body = p.stream(rand, need * 5 // 24 + 64)
     n_lines = len(body) // 22
     pos = np.sort(rand.below(n_lines, len(body) // 2)) * 2
     brk = np.asarray([p.extra[b") Tj\n0 -12.5 TD\n("], p.extra[b") Tj\nT*\n("]])
@@ -389,7 +393,7 @@ def _c_pool() -> tuple[_Pool, np.ndarray, np.ndarray, list[bytes]]:
 def _gen_samba(rand: _Rand, need: int, knob: int) -> bytes:
     """Tar of generated C source; knob = share of recent-phrase reuse."""
     pool, tok, cdf, names = _c_pool()
-    ids = tok[rand.pick(need // 4 + 64, cdf)]
+    ids = tok[rand.pick(need * 5 // 26 + 64, cdf)]
     ids = _reuse(rand, ids, knob, 3, 40, 6000)
     code = pool.assemble(ids).tobytes()
     out = []
@@ -675,29 +679,46 @@ def _x86_instructions(rng: random.Random, n: int) -> tuple[list[bytes], list[int
 
 
 @functools.cache
-def _code_pool(kind: str) -> tuple[_Pool, np.ndarray, np.ndarray, dict[str, int]]:
+def _code_pool(kind: str) -> tuple[_Pool, np.ndarray, np.ndarray, dict[str, int], np.ndarray,
+                                   np.ndarray]:
+    """Instructions (Zipf), plus a pool of idioms: instruction runs of 12-160 bytes that recur
+    in the stream (at near and far distances, by their own Zipf rank)."""
     rng = random.Random(f"code-{kind}")
     ins, holes = _x86_instructions(rng, 2500)
     pool = _Pool()
-    pool.add_all(ins)
+    ins_ids = pool.add_all(ins)
     special = {
         "prologue": pool.add(b"\x55\x8b\xec\x83\xec\x10\x53\x56\x57"),
         "epilogue": pool.add(b"\x5f\x5e\x5b\x8b\xe5\x5d\xc3"),
         "pad": pool.add(b"\xcc" * 9),
         "nop_pad": pool.add(b"\x8d\x49\x00\x8d\xa4\x24\x00\x00\x00\x00"),
     }
+    ins_cdf = _zipf_cdf(len(ins), 12)
+    rand = _Rand(f"idioms-{kind}", 0)
+    n_idioms = 3000
+    lengths = rand.between(n_idioms, 4, 40)
+    flat = ins_ids[rand.pick(int(lengths.sum()), ins_cdf)]
+    ends = np.cumsum(lengths)
+    idioms = []
+    for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True):
+        body = bytearray(b"".join(ins[i] for i in flat[a:b].tolist()))
+        idioms.append(bytes(body))
+    idiom_ids = np.asarray([pool.add(x) for x in idioms], dtype=np.int64)
     hole = np.full(pool.freeze().lens.shape, -1, dtype=np.int64)
     hole[: len(holes)] = holes
-    return pool, _zipf_cdf(len(ins), 12), hole, special
+    return pool, ins_cdf, hole, special, idiom_ids, _zipf_cdf(n_idioms, 8)
 
 
 def _code(rand: _Rand, kind: str, need: int, knob: int) -> np.ndarray:
-    """x86-like code: Zipf instructions, half the rel32/imm32 operands fresh, function
-    prologues/epilogues and padding; knob = share of bytes that repeat an earlier idiom
-    (copies of 12-160 bytes from up to 20 KB back)."""
-    pool, cdf, hole, special = _code_pool(kind)
-    ids = rand.pick(need // 3 + 64, cdf)
-    n_funcs = max(1, len(ids) // 60)
+    """x86-like code: Zipf instructions (half the rel32/imm32 operands fresh), recurring
+    idioms, function prologues/epilogues and padding; knob = chance (/65536) that a token is
+    an idiom rather than a single instruction."""
+    pool, cdf, hole, special, idiom_ids, idiom_cdf = _code_pool(kind)
+    n = need // 12 + 64
+    ids = rand.pick(n, cdf)
+    is_idiom = rand.chance(n, knob)
+    ids[is_idiom] = idiom_ids[rand.pick(int(is_idiom.sum()), idiom_cdf)]
+    n_funcs = max(1, len(ids) // 30)
     cut = np.sort(rand.below(n_funcs, len(ids)))
     fn = _interleave(np.full(n_funcs, special["epilogue"]),
                      np.where(rand.chance(n_funcs, 32768), special["pad"], special["nop_pad"]),
@@ -711,7 +732,7 @@ def _code(rand: _Rand, kind: str, need: int, knob: int) -> np.ndarray:
     at = starts[fresh] + h[fresh]
     if len(at):
         out[(at[:, None] + np.arange(4)).ravel()] = rand.bytes(4 * len(at))
-    return _reuse(rand, out, knob, 12, 160, 20000)
+    return out
 
 
 @functools.cache
@@ -722,7 +743,7 @@ def _symbol_prose() -> _Prose:
 def _symbols(rand: _Rand, need: int, knob: int) -> bytes:
     """String/symbol tables: names and messages separated by NULs; knob = reuse share."""
     p = _symbol_prose()
-    ids = p.stream(rand, need // 4 + 16)
+    ids = p.stream(rand, need * 5 // 24 + 16)
     ids[1::2] = np.where(rand.chance(len(ids) // 2, 20000), p.seps[0], p.seps[4])
     ids = _reuse(rand, ids, knob, 4, 24, 4000)
     text = p.pool.assemble(ids).tobytes()
@@ -737,7 +758,7 @@ def _gen_mozilla(rand: _Rand, need: int, knob: int) -> bytes:
     sizes = rand.between(32, 20000, 200000).tolist()
     texts = rand.chance(32, 16384).tolist()
     while size < need:
-        n = sizes[i % 32]
+        n = max(1024, min(sizes[i % 32], need - size))
         if texts[i % 32]:
             data = _symbols(rand, n, knob)[:n]
         else:
@@ -755,7 +776,7 @@ def _gen_ooffice(rand: _Rand, need: int, knob: int) -> bytes:
     out = []
     size = 0
     while size < need:
-        code = _code(rand, "ooffice", 200000, knob).tobytes()
+        code = _code(rand, "ooffice", max(4096, min(200000, need - size)), knob).tobytes()
         strings = _symbols(rand, 12000, knob)[:12000]
         part = code + strings + bytes(int(rand.below(1, 2048)[0]))
         out.append(part)
