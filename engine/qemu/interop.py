@@ -1,0 +1,335 @@
+"""One migration between real QEMU 7.2 and/or this engine, measured the same way on both ends.
+
+Each driver migrates ``src_img`` (a RAM file) into ``dst_img`` over loopback and returns an
+:class:`InteropRun`: who completed, whether the destination RAM equals the source RAM byte for
+byte, wall time, CPU seconds of each end's process (utime+stime: /proc for QEMU, wait4() rusage
+for a ``qatmig listen``/``send`` process) and, when a tap sat in between, its report (bytes on
+the wire, every multifd byte checked). The engine ends run as the ``qatmig`` command line, as a
+user would run them. Used by tests/test_qemu_*.py and benchmarks/bench_side_by_side.py.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qatmig_engine.errors import MigrationError, QemuError, QemuTimeout
+from qatmig_engine.qemu.process import QemuProcess, proc_cpu_seconds
+from qatmig_engine.tap import TapChecker, TapProxy, TapReport
+
+#: The ``qatmig`` command line run by this interpreter (no dependency on PATH).
+QATMIG = [sys.executable, "-c",
+          "import sys; from qatmig_engine.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+@dataclass
+class InteropRun:
+    """The outcome of one migration (``direction`` e.g. ``qemu->engine``)."""
+
+    direction: str
+    method: str
+    channels: int
+    size: int
+    completed: bool = False
+    ram_equal: bool = False
+    wall_s: float = 0.0
+    src_cpu_s: float | None = None
+    dst_cpu_s: float | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    destination: dict[str, Any] = field(default_factory=dict)
+    tap: TapReport | None = None
+    log: str = ""
+
+    @property
+    def wire_bytes(self) -> int | None:
+        return self.tap.totals()["wire_bytes"] if self.tap is not None else None
+
+    def summary(self) -> str:
+        tap = ""
+        if self.tap is not None:
+            tap = f", tap {'OK' if self.tap.ok else 'FAILED'} ({self.wire_bytes} B on the wire)"
+        return (f"{self.direction} {self.method} x{self.channels}: "
+                f"{'completed' if self.completed else 'NOT completed'}, RAM "
+                f"{'equal' if self.ram_equal else 'DIFFERS'}, {self.wall_s:.2f} s{tap}")
+
+
+# ------------------------------------------------------------------------------ helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_rusage(proc: subprocess.Popen[str], timeout: float) -> float:
+    """Wait for ``proc`` (killing it at the deadline); return its utime+stime."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return float(ru.ru_utime + ru.ru_stime)
+        if time.monotonic() > deadline:
+            proc.kill()
+            _pid, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            raise MigrationError(f"{' '.join(proc.args[3:6])}... did not finish in {timeout:g} s;"
+                                 " killed")
+        time.sleep(0.01)
+
+
+def _engine_json(out: str) -> dict[str, Any]:
+    start = out.find("{")
+    if start < 0:
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(out[start:])
+    except ValueError:
+        return {}
+    return data
+
+
+def _params(method: str, channels: int, dialect: str = "qemu-7.2") -> list[str]:
+    return ["--dialect", dialect, "--multifd-channels", str(channels),
+            "--multifd-compression", method]
+
+
+def _start_listen(dst_img: str, size: int, method: str, channels: int, port: int,
+                  timeout: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*QATMIG, "listen", "--listen", f"127.0.0.1:{port}", "--guest-image", dst_img,
+         "--guest-size", str(size), "--ramblock", "pc.ram", *_params(method, channels),
+         "--timeout", str(timeout), "--json", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    """Until ``qatmig listen`` accepts on ``port`` (it prints nothing with --json)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MigrationError(f"qatmig listen exited early: {proc.stderr.read()[-2000:]}"
+                                 if proc.stderr else "qatmig listen exited early")
+        # Probing with a connect would be taken as the main channel: look at the socket table.
+        if _tcp_listening(port):
+            return
+        time.sleep(0.02)
+    raise MigrationError(f"qatmig listen did not listen on port {port} within {timeout:g} s")
+
+
+def _tcp_listening(port: int) -> bool:
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1].endswith(want) and parts[3] == "0A":  # 0A = LISTEN
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _communicate(proc: subprocess.Popen[str], timeout: float) -> tuple[float, str, str]:
+    """Read stdout/stderr until exit (bounded); return (cpu seconds, stdout, stderr)."""
+    out: list[str] = []
+    err: list[str] = []
+    streams = {proc.stdout: out, proc.stderr: err}
+    deadline = time.monotonic() + timeout
+    open_streams = [s for s in streams if s is not None]
+    while open_streams and time.monotonic() < deadline:
+        ready, _w, _x = select.select(open_streams, [], [], 0.1)
+        for s in ready:
+            chunk = os.read(s.fileno(), 65536)
+            if not chunk:
+                open_streams.remove(s)
+            else:
+                streams[s].append(chunk.decode(errors="replace"))
+    cpu = _wait_rusage(proc, max(0.1, deadline - time.monotonic()))
+    return cpu, "".join(out), "".join(err)
+
+
+def _equal(a: str, b: str) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def _tap(port: int, method: str, channels: int, check: bool,
+         timeout: float) -> TapProxy:
+    checker = TapChecker(method=method, channels=channels) if check else None
+    return TapProxy(("127.0.0.1", 0), ("127.0.0.1", port), checker, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------ directions
+def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
+                 workdir: str, tap: bool = False, check: bool = True,
+                 timeout: float = 120.0) -> InteropRun:
+    """QEMU 7.2 -> QEMU 7.2 (optionally through the tap)."""
+    run = InteropRun("qemu->qemu", method, channels, size)
+    with QemuProcess(ram_file=src_img, ram_size=size, name="src",
+                     workdir=f"{workdir}/qsrc") as src, \
+         QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
+                     workdir=f"{workdir}/qdst") as dst:
+        for q in (src, dst):
+            q.setup_migration(channels=channels, compression=method)
+        port = dst.migrate_incoming()
+        proxy = _tap(port, method, channels, check, timeout) if tap else None
+        target = proxy.start() if proxy else port
+        cpu0 = (src.cpu_seconds(), dst.cpu_seconds())
+        t0 = time.monotonic()
+        src.migrate(f"tcp:127.0.0.1:{target}")
+        run.source = src.wait_migration(timeout)
+        run.destination = dst.wait_migration(timeout)
+        run.wall_s = time.monotonic() - t0
+        run.src_cpu_s = src.cpu_seconds() - cpu0[0]
+        run.dst_cpu_s = dst.cpu_seconds() - cpu0[1]
+        run.completed = (run.source.get("status") == "completed"
+                         and run.destination.get("status") == "completed")
+        if proxy is not None:
+            run.tap = proxy.wait(timeout)
+    run.ram_equal = _equal(src_img, dst_img)
+    return run
+
+
+def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
+                   workdir: str, tap: bool = False, timeout: float = 120.0) -> InteropRun:
+    """QEMU 7.2 source -> ``qatmig listen --dialect qemu-7.2`` (optionally through the tap)."""
+    run = InteropRun("qemu->engine", method, channels, size)
+    port = free_port()
+    listen = _start_listen(dst_img, size, method, channels, port, timeout)
+    try:
+        _wait_listening(port, listen)
+        with QemuProcess(ram_file=src_img, ram_size=size, name="src",
+                         workdir=f"{workdir}/qsrc") as src:
+            src.setup_migration(channels=channels, compression=method)
+            proxy = _tap(port, method, channels, True, timeout) if tap else None
+            target = proxy.start() if proxy else port
+            cpu0 = src.cpu_seconds()
+            t0 = time.monotonic()
+            src.migrate(f"tcp:127.0.0.1:{target}")
+            try:
+                run.source = src.wait_migration(timeout)
+            finally:
+                run.src_cpu_s = src.cpu_seconds() - cpu0
+                run.dst_cpu_s, out, err = _communicate(listen, timeout)
+            run.wall_s = time.monotonic() - t0
+            run.destination = _engine_json(out)
+            run.log = err
+            if proxy is not None:
+                run.tap = proxy.wait(timeout)
+    finally:
+        if listen.poll() is None and listen.returncode is None:
+            listen.kill()
+            _wait_rusage(listen, 10)
+    run.completed = (run.source.get("status") == "completed"
+                     and run.destination.get("status") == "completed")
+    run.ram_equal = _equal(src_img, dst_img)
+    return run
+
+
+def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
+                   workdir: str, tap: bool = False, extra_args: tuple[str, ...] = (),
+                   timeout: float = 120.0) -> InteropRun:
+    """``qatmig send --dialect qemu-7.2`` -> QEMU 7.2 destination (optionally through the tap)."""
+    run = InteropRun("engine->qemu", method, channels, size)
+    with QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
+                     workdir=f"{workdir}/qdst") as dst:
+        dst.setup_migration(channels=channels, compression=method)
+        port = dst.migrate_incoming()
+        proxy = _tap(port, method, channels, True, timeout) if tap else None
+        target = proxy.start() if proxy else port
+        cpu0 = dst.cpu_seconds()
+        t0 = time.monotonic()
+        send = subprocess.Popen(
+            [*QATMIG, "send", f"127.0.0.1:{target}", "--guest-image", src_img,
+             "--ramblock", "pc.ram", *_params(method, channels), "--timeout", str(timeout),
+             "--json", "--quiet", *extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        run.src_cpu_s, out, err = _communicate(send, timeout)
+        run.source = _engine_json(out)
+        run.log = err
+        try:
+            run.destination = dst.wait_migration(timeout if run.source else 5)
+        except (QemuTimeout, QemuError) as exc:
+            run.destination = {"status": "failed", "error": str(exc)}
+        run.wall_s = time.monotonic() - t0
+        run.dst_cpu_s = dst.cpu_seconds() - cpu0
+        run.destination["runstate"] = dst.status() if dst.alive() else "exited"
+        if proxy is not None:
+            run.tap = proxy.wait(timeout)
+    run.completed = (run.source.get("status") == "completed"
+                     and run.destination.get("status") == "completed")
+    run.ram_equal = _equal(src_img, dst_img)
+    return run
+
+
+def engine_to_engine(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
+                     workdir: str, tap: bool = False, dialect: str = "qemu-7.2",
+                     timeout: float = 120.0) -> InteropRun:
+    """``qatmig send`` -> ``qatmig listen``, two processes, as the QEMU pair runs."""
+    run = InteropRun("engine->engine", method, channels, size)
+    port = free_port()
+    listen = _start_listen(dst_img, size, method, channels, port, timeout)
+    try:
+        _wait_listening(port, listen)
+        proxy = _tap(port, method, channels, True, timeout) if tap else None
+        target = proxy.start() if proxy else port
+        t0 = time.monotonic()
+        send = subprocess.Popen(
+            [*QATMIG, "send", f"127.0.0.1:{target}", "--guest-image", src_img,
+             "--ramblock", "pc.ram", *_params(method, channels, dialect),
+             "--timeout", str(timeout), "--json", "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        run.src_cpu_s, out, err = _communicate(send, timeout)
+        run.source = _engine_json(out)
+        run.dst_cpu_s, dout, derr = _communicate(listen, timeout)
+        run.wall_s = time.monotonic() - t0
+        run.destination = _engine_json(dout)
+        run.log = err + derr
+        if proxy is not None:
+            run.tap = proxy.wait(timeout)
+    finally:
+        if listen.returncode is None:
+            listen.kill()
+            _wait_rusage(listen, 10)
+    run.completed = (run.source.get("status") == "completed"
+                     and run.destination.get("status") == "completed")
+    run.ram_equal = _equal(src_img, dst_img)
+    return run
+
+
+__all__ = ["QATMIG", "InteropRun", "engine_to_engine", "engine_to_qemu", "free_port",
+           "proc_cpu_seconds", "qemu_to_engine", "qemu_to_qemu"]
+
+
+def _main() -> None:  # pragma: no cover - manual smoke run
+    import tempfile
+
+    from qatmig_engine.qemu.image import write_image
+
+    size = 64 << 20
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        write_image(f"{d}/src.img", size)
+        for fn in (qemu_to_qemu, qemu_to_engine, engine_to_qemu, engine_to_engine):
+            Path(f"{d}/dst.img").unlink(missing_ok=True)
+            print(fn(f"{d}/src.img", f"{d}/dst.img", size, "zstd", 2, workdir=d,
+                     tap=True).summary())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()
