@@ -267,8 +267,12 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
         except (QemuTimeout, QemuError) as exc:
             run.destination = {"status": "failed", "error": str(exc)}
         run.wall_s = time.monotonic() - t0
-        run.dst_cpu_s = dst.cpu_seconds() - cpu0
-        run.destination["runstate"] = dst.status() if dst.alive() else "exited"
+        if dst.alive():
+            run.dst_cpu_s = dst.cpu_seconds() - cpu0
+            run.destination["runstate"] = dst.status()
+        else:
+            run.destination["runstate"] = f"exited ({dst.proc.returncode if dst.proc else '?'})"
+            run.log += dst.stderr_text()
         if proxy is not None:
             run.tap = proxy.wait(timeout)
     run.completed = (run.source.get("status") == "completed"
