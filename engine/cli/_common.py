@@ -40,7 +40,9 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def print_json(obj: Any, out: TextIO = sys.stdout) -> None:
+def print_json(obj: Any, out: TextIO | None = None) -> None:
+    """Pretty JSON on ``out`` (sys.stdout looked up at call time, so capture works)."""
+    out = out or sys.stdout
     json.dump(obj, out, indent=2, sort_keys=False, default=str)
     out.write("\n")
 
