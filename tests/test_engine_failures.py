@@ -274,7 +274,9 @@ def test_dropped_channel_at_the_source(tmp_path):
     t0 = time.monotonic()
     t.start()
     r.accept(3)
-    transport.abort(r.conns[2])  # reset one multifd channel
+    r.conns[2].settimeout(5)
+    assert len(r.conns[2].recv(64, socket.MSG_WAITALL)) == 64  # its init packet: connected
+    transport.abort(r.conns[2])  # then reset that multifd channel mid-migration
     t.join(BOUND + 5)
     assert not t.is_alive()
     st = out[0]
