@@ -112,13 +112,34 @@ def _start_listen(dst_img: str, size: int, method: str, channels: int, port: int
     )
 
 
+def _listen_on_free_port(dst_img: str, size: int, method: str, channels: int,
+                         timeout: float) -> tuple[subprocess.Popen[str], int]:
+    """Start ``qatmig listen`` on a free port; retry when another process took the port
+    between picking and binding (parallel test workers)."""
+    last = ""
+    for _attempt in range(5):
+        port = free_port()
+        proc = _start_listen(dst_img, size, method, channels, port, timeout)
+        try:
+            _wait_listening(port, proc)
+            return proc, port
+        except MigrationError as exc:
+            last = str(exc)
+            if proc.returncode is None:
+                proc.kill()
+                _wait_rusage(proc, 10)
+            if "in use" not in last:
+                raise
+    raise MigrationError(f"qatmig listen could not get a port: {last}")
+
+
 def _wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
     """Until ``qatmig listen`` accepts on ``port`` (it prints nothing with --json)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise MigrationError(f"qatmig listen exited early: {proc.stderr.read()[-2000:]}"
-                                 if proc.stderr else "qatmig listen exited early")
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            raise MigrationError(f"qatmig listen exited early: {err}")
         # Probing with a connect would be taken as the main channel: look at the socket table.
         if _tcp_listening(port):
             return
@@ -208,10 +229,8 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
                    workdir: str, tap: bool = False, timeout: float = 120.0) -> InteropRun:
     """QEMU 7.2 source -> ``qatmig listen --dialect qemu-7.2`` (optionally through the tap)."""
     run = InteropRun("qemu->engine", method, channels, size)
-    port = free_port()
-    listen = _start_listen(dst_img, size, method, channels, port, timeout)
+    listen, port = _listen_on_free_port(dst_img, size, method, channels, timeout)
     try:
-        _wait_listening(port, listen)
         with QemuProcess(ram_file=src_img, ram_size=size, name="src",
                          workdir=f"{workdir}/qsrc") as src:
             src.setup_migration(channels=channels, compression=method)
@@ -286,10 +305,8 @@ def engine_to_engine(src_img: str, dst_img: str, size: int, method: str, channel
                      timeout: float = 120.0) -> InteropRun:
     """``qatmig send`` -> ``qatmig listen``, two processes, as the QEMU pair runs."""
     run = InteropRun("engine->engine", method, channels, size)
-    port = free_port()
-    listen = _start_listen(dst_img, size, method, channels, port, timeout)
+    listen, port = _listen_on_free_port(dst_img, size, method, channels, timeout)
     try:
-        _wait_listening(port, listen)
         proxy = _tap(port, method, channels, True, timeout) if tap else None
         target = proxy.start() if proxy else port
         t0 = time.monotonic()
