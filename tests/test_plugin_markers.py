@@ -61,34 +61,56 @@ def guest(tmp_path):
     path.write_bytes(os.urandom(128 * 1024))
     return path
 
-@pytest.mark.qatmig_perf({kwargs})
-def test_perf(multifd_pair, guest):
+@pytest.mark.qatmig_perf(min_mbps=0.001, max_downtime_ms=600000)
+def test_lenient(multifd_pair, guest):
     assert multifd_pair(channels=1).migrate(guest).verified
+
+@pytest.mark.qatmig_perf(min_mbps=1e12)
+def test_too_slow(multifd_pair, guest):
+    multifd_pair(channels=1).migrate(guest)
+
+@pytest.mark.qatmig_perf(max_send_cpu=-1)
+def test_too_much_cpu(multifd_pair, guest):
+    multifd_pair(channels=1).migrate(guest)
+
+@pytest.mark.qatmig_perf(max_total_ms=0)
+def test_too_long(multifd_pair, guest):
+    multifd_pair(channels=1).migrate(guest)
+
+def test_not_perf(multifd_pair, guest):
+    multifd_pair(channels=1).migrate(guest)
 """
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "outcome", "message"),
-    [
-        ("min_mbps=0.001, max_downtime_ms=600000", "passed", None),
-        ("min_mbps=1e12", "failed", "*qatmig_perf: throughput_mbps * < min_mbps 1e+12*"),
-        ("max_send_cpu=-1", "failed", "*qatmig_perf: send_cpu_percent * > max_send_cpu -1*"),
-        ("max_total_ms=0", "failed", "*qatmig_perf: total_time_ms * > max_total_ms 0*"),
-    ],
-)
-def test_perf_thresholds(
-    pytester: pytest.Pytester, kwargs: str, outcome: str, message: str | None
-) -> None:
-    pytester.makepyfile(PERF.format(kwargs=kwargs))
+def test_perf_thresholds(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PERF)
     result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw")
-    result.assert_outcomes(**{outcome: 1})
-    result.stdout.fnmatch_lines(["*= qatmig performance =*"])
-    if message:
+    result.assert_outcomes(passed=2, failed=3)
+    result.stdout.fnmatch_lines([
+        "*= qatmig performance =*",
+        "test*impl*method*ch*device*total ms*downtime ms*Mbps*pages/s*send %*recv %*check",
+    ])
+    out = result.stdout.str()
+    assert "test_not_perf" not in out.split("qatmig performance")[1]  # only perf tests listed
+    for message in (
+        "*test_lenient*loopback-copy*none*1*sw*ok",
+        "*test_too_slow*FAIL",
+        "FAIL*test_too_slow: throughput_mbps * < min_mbps 1e+12",
+        "FAIL*test_too_much_cpu: send_cpu_percent * > max_send_cpu -1",
+        "FAIL*test_too_long: total_time_ms * > max_total_ms 0",
+    ):
         result.stdout.fnmatch_lines([message])
 
 
 def test_perf_marker_rejects_unknown_keys(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(PERF.format(kwargs="min_speed=3"))
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.qatmig_perf(min_speed=3)
+        def test_perf(multifd_pair, tmp_path):
+            (tmp_path / "g").write_bytes(bytes(4096))
+            multifd_pair().migrate(tmp_path / "g")
+    """)
     result = pytester.runpytest(LOOPBACK, "--qatmig-devices=sw")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*unknown threshold(s) min_speed*"])

@@ -7,17 +7,18 @@ import pytest
 pytest_plugins = ["pytester"]
 
 CHECK = """
+import pytest
 from pytest_qatmig.fixtures import get_state
 
-def test_setting(request):
+@pytest.mark.parametrize(("attr", "expected"), {cases!r})
+def test_setting(request, attr, expected):
     settings = get_state(request.config).settings
-    assert getattr(settings, {attr!r}) == {expected!r}
+    assert getattr(settings, attr) == expected
 """
 
 # (option name, value given, Settings attribute, expected resolved value)
 CASES = [
     ("impl", "pytest_qatmig.testing:loopback_copy", "impl", "pytest_qatmig.testing:loopback_copy"),
-    ("devices", "sw", "devices", "sw"),
     ("devices", "0000:6b:00.0,0000:70:00.0", "devices", "0000:6b:00.0,0000:70:00.0"),
     ("guest_size", "16M", "guest_size", 16 << 20),
     ("corpus", "silesia", "corpus", "silesia"),
@@ -26,18 +27,18 @@ CASES = [
 
 
 @pytest.mark.parametrize("form", ["cli", "ini"])
-@pytest.mark.parametrize(("name", "value", "attr", "expected"), CASES)
-def test_option_cli_and_ini(
-    pytester: pytest.Pytester, form: str, name: str, value: str, attr: str, expected: object
-) -> None:
-    pytester.makepyfile(CHECK.format(attr=attr, expected=expected))
+def test_every_option_cli_and_ini(pytester: pytest.Pytester, form: str) -> None:
+    """Each option, given on the command line or as its ini key, reaches the settings."""
+    pytester.makepyfile(CHECK.format(cases=[(attr, exp) for _, _, attr, exp in CASES]))
     (pytester.path / "fake" / "sys").mkdir(parents=True)
     if form == "cli":
-        result = pytester.runpytest("-p", "qatmig", f"--qatmig-{name.replace('_', '-')}={value}")
+        args = [f"--qatmig-{name.replace('_', '-')}={value}" for name, value, _, _ in CASES]
+        result = pytester.runpytest("-p", "qatmig", *args)
     else:
-        pytester.makeini(f"[pytest]\nqatmig_{name} = {value}\n")
+        lines = "".join(f"qatmig_{name} = {value}\n" for name, value, _, _ in CASES)
+        pytester.makeini(f"[pytest]\n{lines}")
         result = pytester.runpytest("-p", "qatmig")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=len(CASES))
 
 
 @pytest.mark.parametrize("form", ["cli", "ini"])

@@ -36,12 +36,16 @@ def _records(out: Path) -> list[dict[str, str]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
 
-def test_each_worker_owns_a_distinct_device(pytester: pytest.Pytester) -> None:
-    root = make_sysfs_tree(pytester.path / "host", ready=2, down=1)
+def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
+    pytester: pytest.Pytester,
+) -> None:
+    # 3 ready devices on a 2-CPU machine: 3 workers means the count came from the devices.
+    root = make_sysfs_tree(pytester.path / "host", ready=3, down=2)
     out = pytester.mkdir("out")
-    pytester.makepyfile(RECORD.format(out=str(out), n=6))
-    result = pytester.runpytest_subprocess("-n", "2", f"--qatmig-sysfs-root={root}")
-    result.assert_outcomes(passed=6)
+    pytester.makepyfile(RECORD.format(out=str(out), n=9))
+    result = pytester.runpytest_subprocess("-n", "auto", f"--qatmig-sysfs-root={root}")
+    result.assert_outcomes(passed=9)
+    result.stdout.fnmatch_lines(["*3 workers [[]9 items[]]*"])
     by_worker: dict[str, set[str]] = {}
     for rec in _records(out):
         assert rec["backend"] == "hw"
@@ -49,16 +53,7 @@ def test_each_worker_owns_a_distinct_device(pytester: pytest.Pytester) -> None:
     assert all(len(devs) == 1 for devs in by_worker.values()), by_worker
     owned = [next(iter(d)) for d in by_worker.values()]
     assert len(owned) == len(set(owned)), f"two workers shared a device: {by_worker}"
-    assert set(owned) <= {"0000:6b:00.0", "0000:6c:00.0"}
-
-
-def test_n_auto_starts_one_worker_per_ready_device(pytester: pytest.Pytester) -> None:
-    root = make_sysfs_tree(pytester.path / "host", ready=3, down=2)
-    out = pytester.mkdir("out")
-    pytester.makepyfile(RECORD.format(out=str(out), n=3))
-    result = pytester.runpytest_subprocess("-n", "auto", f"--qatmig-sysfs-root={root}")
-    result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*3 workers [[]3 items[]]*"])
+    assert set(owned) <= {"0000:6b:00.0", "0000:6c:00.0", "0000:6d:00.0"}
 
 
 def test_restarted_worker_gets_a_device(pytester: pytest.Pytester) -> None:
