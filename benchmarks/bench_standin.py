@@ -5,6 +5,7 @@
     python benchmarks/bench_standin.py --limit 2M      # first 2 MiB of each file (quick)
     python benchmarks/bench_standin.py --write-docs    # also rewrite the tables in docs/
     python benchmarks/bench_standin.py --calibrate     # re-fit KNOBS (zlib-9 = gzip --best)
+    python benchmarks/bench_standin.py --pin           # rewrite fixtures/silesia/manifest.json
 
 Ratios are one-shot over whole files (as lzbench and the per-file table do); the corpus ratio
 is total size / sum of compressed sizes. Generation speed is wall time of
@@ -15,7 +16,9 @@ beforehand (first use builds them once per process; that time is reported separa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
 import re
 import statistics
@@ -72,12 +75,14 @@ def measure(limit: int | None, reps: int) -> dict:
         standin.segment(f.name, 0)  # builds the word/instruction pools once
     warm = time.perf_counter() - t0
     times = []
+    cpu = []
     data = {}
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for f in SILESIA_FILES:
             data[f.name] = standin.generate_file(f.name, limit)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     total = sum(len(d) for d in data.values())
     rows = []
     sums = dict.fromkeys(RATIO_CODECS, 0)
@@ -94,8 +99,27 @@ def measure(limit: int | None, reps: int) -> dict:
     totals = {c: full / sum(f.size / r[c] for f, r in zip(SILESIA_FILES, rows, strict=True))
               for c in RATIO_CODECS}
     return {"bytes": total, "limit": limit, "pool_build_s": warm, "gen_s": times,
-            "gen_mbps": total / statistics.median(times) / 1e6, "files": rows, "totals": totals,
+            "gen_mbps": total / statistics.median(times) / 1e6, "cpu_s": cpu,
+            "cpu_mbps": total / statistics.median(cpu) / 1e6, "load_avg": os.getloadavg(),
+            "files": rows, "totals": totals,
             "python": platform.python_version(), "generator": standin.CORPUS_NAME}
+
+
+def pin() -> dict:
+    """sha256 of every stand-in file, its first and last segment (the determinism pin)."""
+    files = {}
+    for f in SILESIA_FILES:
+        data = standin.generate_file(f.name)
+        last = (f.size - 1) // standin.SEGMENT
+        files[f.name] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "first_segment_sha256": hashlib.sha256(data[: standin.SEGMENT]).hexdigest(),
+            "last_segment": last,
+            "last_segment_sha256": hashlib.sha256(data[last * standin.SEGMENT:]).hexdigest(),
+        }
+    return {"generator": standin.CORPUS_NAME, "segment": standin.SEGMENT,
+            "knobs": standin.KNOBS, "files": files}
 
 
 def ratio_markdown(res: dict) -> str:
@@ -121,13 +145,20 @@ def ratio_markdown(res: dict) -> str:
 
 def perf_markdown(res: dict) -> str:
     gen = ", ".join(f"{t:.2f}" for t in res["gen_s"])
+    cpu = ", ".join(f"{t:.2f}" for t in res["cpu_s"])
+    load = ", ".join(f"{x:.1f}" for x in res["load_avg"])
     return "\n".join([
         f"Generating the stand-in ({res['generator']}, {res['bytes']:,} B, all 12 files) with "
-        "`standin.generate_file`, on the shared 2-vCPU machine (other agents were running):",
+        "`standin.generate_file`, one thread, on the shared 2-vCPU machine (other agents were "
+        f"running: load average {load} at the end of the run):",
         "",
         "| what | value |", "|---|---|",
-        f"| generation speed (median of {len(res['gen_s'])}) | **{res['gen_mbps']:.0f} MB/s** |",
+        f"| generation speed, wall clock (median of {len(res['gen_s'])}) | "
+        f"**{res['gen_mbps']:.0f} MB/s** |",
+        f"| generation speed per CPU-second of this process (median) | "
+        f"**{res['cpu_mbps']:.0f} MB/s** |",
         f"| wall times (s) | {gen} |",
+        f"| CPU times (s) | {cpu} |",
         f"| one-off pool build (words, instruction tables; first use per process) | "
         f"{res['pool_build_s']:.2f} s |",
         "",
@@ -160,8 +191,15 @@ def main() -> int:
     ap.add_argument("--sample", default="3M", help="calibration sample per file")
     ap.add_argument("--files", nargs="*", default=[f.name for f in SILESIA_FILES])
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--pin", action="store_true", help="write the sha256 pin manifest")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.pin:
+        out = ROOT / "fixtures" / "silesia" / "manifest.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(pin(), indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     if args.calibrate:
         knobs = calibrate(args.files, parse_size(args.sample))
         print(json.dumps(knobs, indent=4))

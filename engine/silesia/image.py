@@ -269,6 +269,7 @@ def build_guest_image(path: str | os.PathLike[str], size: int,
 def guest_image_bytes(size: int, corpus: str | os.PathLike[str] | Corpus | None = "stand-in",
                       zero_ratio: float = 0.0, seed: int = 0) -> bytearray:
     """The image in memory (for small guests; large ones: :func:`map_guest_image`)."""
+    _check(size, zero_ratio, seed)
     buf = bytearray(size)
     view = np.frombuffer(buf, dtype=np.uint8).reshape(-1, PAGE_SIZE)
     for p0, block, _ in iter_guest_runs(size, corpus, zero_ratio, seed):
