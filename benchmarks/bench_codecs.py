@@ -287,7 +287,8 @@ def run(reps: int, max_packets: int | None, levels: dict[str, list[int | None]]
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                    f"{platform.python_version()}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
-                   f"zstandard {zstandard.__version__} (libzstd {zstandard.ZSTD_VERSION})",
+                   f"zstandard {zstandard.__version__} (libzstd "
+                   f"{'.'.join(map(str, zstandard.ZSTD_VERSION))})",
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "data": {"packets": len(packets), "packet_bytes": PACKET, "sources": sources},
         "reps": reps,
@@ -307,10 +308,11 @@ def markdown(res: dict[str, Any]) -> str:
         return f"{r[key]:+.1f}%" if key in r else "–"
 
     for r in res["rows"]:
+        cm, dm = _speeds(r)
         lines.append(
-            f"| {r['codec']} | {r['ratio']} | {r['compress_mbps']} | "
+            f"| {r['codec']} | {r['ratio']} | {cm} | "
             f"{r.get('raw_compress_mbps', '–')} | {ov(r, 'compress_overhead_pct')} | "
-            f"{r['decompress_mbps']} | {r.get('raw_decompress_mbps', '–')} | "
+            f"{dm} | {r.get('raw_decompress_mbps', '–')} | "
             f"{ov(r, 'decompress_overhead_pct')} |"
         )
     d = res["data"]
@@ -329,15 +331,22 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _speeds(r: dict[str, Any]) -> tuple[str, str]:
+    if r["method"] == "none":  # returns its input / checks a length: nothing to measure
+        return "no-op", "no-op"
+    return str(r["compress_mbps"]), str(r["decompress_mbps"])
+
+
 def table(res: dict[str, Any]) -> str:
     from qatmig_engine.cli._common import format_table
 
     rows = []
     for r in res["rows"]:
+        cm, dm = _speeds(r)
         rows.append([
-            r["codec"], r["ratio"], r["compress_mbps"], r.get("raw_compress_mbps", "-"),
+            r["codec"], r["ratio"], cm, r.get("raw_compress_mbps", "-"),
             f"{r['compress_overhead_pct']:+.1f}%" if "compress_overhead_pct" in r else "-",
-            r["decompress_mbps"], r.get("raw_decompress_mbps", "-"),
+            dm, r.get("raw_decompress_mbps", "-"),
             f"{r['decompress_overhead_pct']:+.1f}%" if "decompress_overhead_pct" in r else "-",
         ])
     return format_table(["codec", "ratio", "comp MB/s", "raw", "overhead", "decomp MB/s",

@@ -124,8 +124,12 @@ class QatzipSpec(CodecSpec):
         return QatzipDecompressor(_shared.check_page_size(page_size), channel)
 
     def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
-        """min(QEMU's 1 MiB receive buffer, qzMaxCompressedLength(n) = ceil(9n/8)+80)."""
-        return min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(normal_pages * page_size))
+        """QEMU's receive buffer, 1 MiB (its only check); 0 when there are no normal pages.
+
+        No tighter compress bound here: a QAT device's output bound (cpaDcDeflateCompressBound
+        per 64 KiB member) is not the software formula, and QEMU accepts anything up to 1 MiB.
+        """
+        return MULTIFD_RECV_BUFFER_SIZE if normal_pages > 0 else 0
 
 
 SPEC = QatzipSpec(

@@ -23,6 +23,8 @@ from ..errors import CodecError
 from . import _shared
 from .base import CodecSpec, Compressor, Decompressor
 
+_SYNC_FLUSH_MARKER = b"\x00\x00\xff\xff"
+
 
 class ZlibCompressor(Compressor):
     """Per-channel deflate stream; one ``compress`` + one ``Z_SYNC_FLUSH`` per packet."""
@@ -67,6 +69,15 @@ class ZlibDecompressor(Decompressor):
         bound = min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(expected))
         if n > bound:
             raise _shared.too_large(ch, n, bound)
+        if payload[-4:] != _SYNC_FLUSH_MARKER:
+            # Every Z_SYNC_FLUSH ends with this empty stored block; without it the payload is
+            # cut short or has bytes after the flush that inflate would take for the next packet.
+            self._broken = "bad packet end"
+            raise CodecError(
+                f"multifd {ch}: payload does not end with the Z_SYNC_FLUSH marker 00 00 ff ff "
+                f"(ends {bytes(payload[-4:]).hex(' ')})",
+                channel=ch,
+            )
         z = self._z
         try:
             out = z.decompress(payload, expected + 1)

@@ -40,6 +40,8 @@ except ImportError:  # pragma: no cover - exercised only without the cffi backen
 #: unknown size). Bounds the decoder's memory whatever a frame header claims.
 ZSTD_WINDOWLOG_MAX = 25
 _FLUSH_BLOCK = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+#: ZSTD_decompressStream's input hint at a block boundary (ZSTD_blockHeaderSize); 0 = frame end.
+_ZSTD_BLOCK_HEADER_SIZE = 3
 
 
 class ZstdCompressor(Compressor):
@@ -134,8 +136,12 @@ class ZstdDecompressor(Decompressor):
         # Output is full: anything the rest of the input (or libzstd's buffer) still yields
         # makes the packet too big. Probe with a 1-byte buffer so nothing more is allocated.
         outb.dst, outb.size, outb.pos = self._spare, 1, 0
+        hint = ret  # input hint after the last call that still had input
         while True:
+            had_input = inb.pos < n
             ret = lib.ZSTD_decompressStream(ds, outb, inb)
+            if had_input:
+                hint = ret
             if lib.ZSTD_isError(ret):
                 raise self._fail("decompress error", CodecError(
                     f"multifd {ch}: decompressStream returned {_zstd_error(ret)}", channel=ch))
@@ -149,6 +155,12 @@ class ZstdDecompressor(Decompressor):
             raise self._fail("trailing data", CodecError(
                 f"multifd {ch}: {n - inb.pos} bytes of the payload left over after the "
                 f"packet's {expected} bytes", channel=ch))
+        if hint not in (0, _ZSTD_BLOCK_HEADER_SIZE):
+            # libzstd consumed bytes of a next block: the payload does not end where a flush
+            # ends (QEMU flushes every packet to a block boundary).
+            raise self._fail("trailing data", CodecError(
+                f"multifd {ch}: payload ends inside a zstd block (libzstd expects {hint} more "
+                f"bytes); a packet must end at a ZSTD_e_flush boundary", channel=ch))
         del src, dst  # held until here: libzstd had raw pointers into both buffers
         return memoryview(out)
 
