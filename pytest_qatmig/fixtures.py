@@ -72,19 +72,27 @@ def silesia_guest_memory(
     ``--qatmig-guest-size``; built once per run (and cached across runs by the Silesia layer)."""
     state = get_state(request.config)
     s = state.settings
-    try:
-        from qatmig_engine.silesia import cached_guest_image
-    except ImportError as exc:
-        pytest.fail(
-            f"silesia_guest_memory needs qatmig_engine.silesia.cached_guest_image ({exc})",
-            pytrace=False,
-        )
+    cached_guest_image = _cached_guest_image()
     # Under xdist every worker has its own basetemp; their parent is shared by the run.
     base = tmp_path_factory.getbasetemp()
     lock_root = base.parent if is_worker(request.config) else base
     with file_lock(lock_root / "qatmig-guest-image.lock", GUEST_BUILD_TIMEOUT):
         path = cached_guest_image(s.guest_size, corpus=s.corpus)
     return GuestImage(path=Path(path), size=s.guest_size, corpus=s.corpus)
+
+
+def _cached_guest_image() -> Callable[..., Any]:
+    try:
+        from qatmig_engine.silesia import cached_guest_image  # type: ignore[attr-defined]
+    except ImportError:
+        try:
+            from qatmig_engine.silesia.image import cached_guest_image
+        except ImportError as exc:
+            pytest.fail(
+                f"silesia_guest_memory needs qatmig_engine.silesia.cached_guest_image ({exc})",
+                pytrace=False,
+            )
+    return cached_guest_image  # type: ignore[no-any-return]
 
 
 def _jsonable(obj: Any) -> Any:
