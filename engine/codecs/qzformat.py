@@ -441,7 +441,9 @@ class GzipExtDecoder:
                 if out:
                     self._member_out += len(out)
                     yield out
-                while d.unconsumed_tail and not d.eof:
+                # More input left, or the output filled up exactly (zlib may still hold some
+                # of a long match): keep pulling until neither holds.
+                while not d.eof and (d.unconsumed_tail or len(out) == self._out_chunk):
                     tail = d.unconsumed_tail
                     out = d.decompress(tail, self._out_chunk)
                     self._member_in += len(tail) - len(d.unconsumed_tail) - len(d.unused_data)
