@@ -274,3 +274,14 @@ def test_control_ratios_match_the_published_measurement(control: Path) -> None:
     for codec, published in (("zlib-1", 2.84), ("zstd-1", 3.18)):
         ratio = len(data) / sum(compressed_size(c, codec) for c in chunks)
         assert abs(ratio / published - 1) < 0.03, (codec, ratio)
+
+
+def test_a_file_changed_after_verification_is_caught(tmp_path: Path) -> None:
+    files = _files()
+    m = _manifest(files)
+    d = _write_dir(tmp_path / "s", files)
+    assert open_corpus(d, manifest=m).name == REAL_NAME
+    assert open_corpus(d, manifest=m).name == REAL_NAME  # remembered, not re-hashed
+    (d / "alpha").write_bytes(files["alpha"].replace(b"fox", b"cat"))
+    with pytest.raises(CorpusError, match="'alpha'"):
+        open_corpus(d, manifest=m)

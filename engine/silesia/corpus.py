@@ -259,11 +259,30 @@ def find_silesia() -> Path | None:
     return cached if cached.is_file() else None
 
 
+_VERIFIED: dict[tuple[Any, ...], dict[str, str] | None] = {}
+
+
+def _stamp(path: Path, manifest: Sequence[SilesiaFile]) -> tuple[Any, ...]:
+    """What must not change for an earlier verification to still hold (this process only)."""
+    files = [path / f.name for f in manifest] if path.is_dir() else [path]
+    stats = tuple((str(p), st.st_size, st.st_mtime_ns, st.st_ino) for p in files
+                  if p.exists() for st in [p.stat()])
+    return (str(path.resolve()), tuple(f.sha256 for f in manifest), stats)
+
+
 def _open_real(path: Path, manifest: Sequence[SilesiaFile]) -> Corpus:
-    if path.is_dir():
-        verify_directory(path, manifest)
+    stamp = _stamp(path, manifest)
+    if stamp in _VERIFIED:  # hashing 212 MB once per process is enough
+        members = _VERIFIED[stamp]
+    else:
+        if path.is_dir():
+            verify_directory(path, manifest)
+            members = None
+        else:
+            members = verify_zip(path, manifest)
+        _VERIFIED[stamp] = members
+    if members is None:
         return DirectoryCorpus(path, [f.name for f in manifest], REAL_NAME)
-    members = verify_zip(path, manifest)
     return ZipCorpus(path, members)
 
 
