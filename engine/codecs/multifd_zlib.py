@@ -94,6 +94,13 @@ class ZlibDecompressor(Decompressor):
                     "payload inflates to more than the packet; stopped at the bound",
                 )
             raise _shared.size_mismatch(ch, len(out), expected, "inflate generated too few output")
+        if z.unconsumed_tail:  # not reachable with max_length = expected + 1; kept as a guard
+            self._broken = "leftover input"
+            raise CodecError(
+                f"multifd {ch}: {len(z.unconsumed_tail)} payload bytes left after the packet's "
+                f"{expected} bytes",
+                channel=ch,
+            )
         if z.eof:
             self._broken = "stream finished"
             raise CodecError(
