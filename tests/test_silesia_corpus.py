@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qatmig_engine.errors import CorpusError
 from qatmig_engine.silesia import corpus as corpus_mod
 from qatmig_engine.silesia.corpus import (
@@ -285,3 +287,31 @@ def test_a_file_changed_after_verification_is_caught(tmp_path: Path) -> None:
     (d / "alpha").write_bytes(files["alpha"].replace(b"fox", b"cat"))
     with pytest.raises(CorpusError, match="'alpha'"):
         open_corpus(d, manifest=m)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_damaged_zip_is_only_ever_a_corpus_error(data) -> None:
+    """A download can arrive damaged anywhere: verification fails cleanly, never otherwise."""
+    import io
+    import tempfile
+
+    files = _files()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+    raw = bytearray(buf.getvalue())
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    if data.draw(st.booleans()):
+        raw = raw[:cut]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "s.zip"
+        p.write_bytes(bytes(raw))
+        try:
+            verify_zip(p, _manifest(files))
+        except CorpusError:
+            pass

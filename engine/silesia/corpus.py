@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,9 @@ def verify_zip(path: str | Path, manifest: Sequence[SilesiaFile] = SILESIA_FILES
                 if digest != f.sha256:
                     raise CorpusError(f"Silesia file '{f.name}' in {path} has sha256 {digest}, "
                                       f"expected {f.sha256}: the file is corrupted")
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError, zlib.error) as exc:
+        # a damaged download: truncated, bad CRC, unsupported method, encrypted member...
         raise CorpusError(f"cannot read Silesia zip {path}: {exc}") from None
     return members
 
