@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Inline pytester runs drop the modules they imported; numpy (used by the Silesia images)
+# refuses to load twice in one process, so import it here, outside the nested runs.
+import qatmig_engine.silesia.image  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugin.md"
