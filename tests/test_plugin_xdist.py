@@ -124,3 +124,34 @@ def test_perf_tests_never_share_a_device_and_summary_is_aggregated(
     ])
     rows = [line for line in result.outlines if "test_perf[" in line and " ok" in line]
     assert len(rows) == 4, result.outlines
+
+
+GUEST = """
+import json, os
+import pytest
+
+@pytest.mark.parametrize("i", range(4))
+def test_guest(silesia_guest_memory, i):
+    st = os.stat(silesia_guest_memory)
+    assert silesia_guest_memory.size == st.st_size == 4 << 20
+    with open(os.path.join({out!r}, f"{{i}}.json"), "w") as f:
+        json.dump({{"worker": os.environ.get("PYTEST_XDIST_WORKER"), "path": str(st.st_ino),
+                   "mtime": st.st_mtime_ns, "corpus": silesia_guest_memory.corpus}}, f)
+"""
+
+
+def test_guest_image_is_built_once_per_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = pytester.mkdir("cache")
+    monkeypatch.setenv("QATMIG_CACHE_DIR", str(cache))
+    out = pytester.mkdir("out")
+    pytester.makepyfile(GUEST.format(out=str(out)))
+    result = pytester.runpytest_subprocess("-n", "2", "--qatmig-devices=sw",
+                                           "--qatmig-guest-size=4M")
+    result.assert_outcomes(passed=4)
+    records = _records(out)
+    assert len({r["worker"] for r in records}) == 2, records
+    assert len({(r["path"], r["mtime"]) for r in records}) == 1, "built more than once"
+    assert {r["corpus"] for r in records} == {"stand-in"}
+    assert [p.name.endswith((".img", ".json")) for p in (cache / "images").iterdir()] == [True] * 2
