@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import qz_vectors as qv
 import zstandard
 from qatmig_engine.codecs import METHODS, get_codec, qzformat
 from qatmig_engine.constants import MULTIFD_RECV_BUFFER_SIZE
@@ -22,7 +23,7 @@ from qatmig_engine.errors import (
 )
 
 PS = 4096
-VECTORS = Path("/work/shared/vectors/qatzip")
+VECTORS = qv.VECTORS
 MIXED = VECTORS / "inputs" / "mixed_128pages.bin"
 
 
