@@ -96,6 +96,7 @@ def migrate_loopback(
     machine_type: str = DEFAULT_MACHINE_TYPE,
     corpus: str = "stand-in",
     verify: bool = True,
+    destination_prealloc: bool = False,
 ) -> MigrationStats:
     """Migrate a guest over 127.0.0.1 with source and destination in this process.
 
@@ -103,7 +104,8 @@ def migrate_loopback(
     copy-on-write under a workload), else the default guest of ``guest_size`` bytes. The
     destination's RAM is anonymous memory, or ``destination_image`` for its first block.
     ``dirty_rate`` pages/s are dirtied while the migration runs (``dirty_pattern`` random or
-    sequential over ``hot_pages``).
+    sequential over ``hot_pages``). ``destination_prealloc`` faults the destination's RAM
+    in before the migration starts (QEMU's ``prealloc=on``), so page faults are not timed.
     """
     params = params or MigrationParameters()
     params.validate()
@@ -115,10 +117,13 @@ def migrate_loopback(
     dst_blocks = []
     for i, b in enumerate(guest.blocks):
         if i == 0 and destination_image is not None:
-            dst_blocks.append(RAMBlock.from_file(b.name, destination_image, b.used_length,
-                                                 mode="w"))
+            blk = RAMBlock.from_file(b.name, destination_image, b.used_length, mode="w")
+            if destination_prealloc:
+                blk.prefault()
+            dst_blocks.append(blk)
         else:
-            dst_blocks.append(RAMBlock.anonymous(b.name, b.used_length))
+            dst_blocks.append(RAMBlock.anonymous(b.name, b.used_length,
+                                                 prealloc=destination_prealloc))
     dst_guest = GuestMemory(dst_blocks)
     workload = None
     try:
@@ -201,16 +206,20 @@ def listen(
     progress: Progress | None = None,
     on_ready: Callable[[tuple[str, int]], None] | None = None,
     digest: bool = True,
+    prealloc: bool = False,
 ) -> MigrationStats:
     """Serve one incoming migration; the ``ramblock`` block's RAM lives in ``guest_image``
     (created/truncated to ``guest_size``; anonymous memory if None). ``on_ready(address)`` is
-    called once the socket listens (port 0 picks a free port)."""
+    called once the socket listens (port 0 picks a free port). ``prealloc`` faults the RAM in
+    before listening (QEMU's ``prealloc=on``)."""
     params = params or MigrationParameters()
     params.validate()
     if guest_image is not None:
         blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w")
     else:
         blk = RAMBlock.anonymous(ramblock, guest_size)
+    if prealloc:
+        blk.prefault()
     guest = GuestMemory([blk])
     try:
         dst = Destination(guest, params, host=host, port=port, uuid=uuid, timeout=timeout,

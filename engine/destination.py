@@ -174,7 +174,7 @@ class _Receiver(threading.Thread):
                     dst.progress(n * ps)
             if pkt.zero_pages:
                 for o in pkt.offsets[n : n + pkt.zero_pages]:
-                    if view[o : o + ps] != zero:
+                    if view[o : o + ps].tobytes() != zero:
                         view[o : o + ps] = zero
                 c.zero_pages += pkt.zero_pages
             if pkt.sync:
@@ -375,7 +375,7 @@ class Destination:
             o = ev.offset
             if ev.fill:
                 view[o : o + ps] = bytes([ev.fill]) * ps
-            elif view[o : o + ps] != self.zero_page:
+            elif view[o : o + ps].tobytes() != self.zero_page:
                 view[o : o + ps] = self.zero_page
             self.main_counters.zero_pages += 1
         elif t is Page:

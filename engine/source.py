@@ -95,7 +95,6 @@ class _Sender(threading.Thread):
         flag = dialect.method_flag(method)
         pages_alloc = page_count(ps)
         zero_in_packet = src.zero_page_detection == "multifd"
-        zero = src.zero_page
         if method != "none":
             opts: dict[str, Any] = {}
             if method == "qatzip" and src.qat is not None:
@@ -133,10 +132,17 @@ class _Sender(threading.Thread):
             view = blk.view
             offsets = job.offsets
             if zero_in_packet:
-                normal = []
-                zeros = []
-                for o in offsets:
-                    (zeros if view[o : o + ps] == zero else normal).append(o)
+                first, last = offsets[0], offsets[-1]
+                if last - first == (len(offsets) - 1) * ps:
+                    zeros = blk.zero_pages_in_run(first, len(offsets))
+                else:
+                    is_zero = blk.is_zero
+                    zeros = [o for o in offsets if is_zero(o)]
+                if zeros:
+                    zs = set(zeros)
+                    normal = [o for o in offsets if o not in zs]
+                else:
+                    normal = offsets
             else:
                 normal, zeros = offsets, []
             n = len(normal)
@@ -320,7 +326,6 @@ class Source:
         ps = self.page_size
         per_packet = page_count(ps)
         legacy = self.zero_page_detection == "legacy"
-        zero = self.zero_page
         enc = self.encoder
         queued = 0
         zeros_main = 0
@@ -328,17 +333,20 @@ class Source:
             bitmap = taken.get(blk.name)
             if bitmap is None:
                 continue
-            view = blk.view
             pending: list[int] = []
             for first, count in dirty_runs(bitmap):
                 start = first * ps
                 end = (first + count) * ps
                 if legacy:
                     zero_offs = []
-                    for o in range(start, end, ps):
-                        if view[o : o + ps] == zero:
-                            zero_offs.append(o)
-                        else:
+                    for cs in range(start, end, per_packet * ps):
+                        ce = min(end, cs + per_packet * ps)
+                        zs = blk.zero_pages_in_run(cs, (ce - cs) // ps)
+                        zero_offs += zs
+                        zset = set(zs)
+                        for o in range(cs, ce, ps):
+                            if o in zset:
+                                continue
                             pending.append(o)
                             if len(pending) == per_packet:
                                 self._put(_Job(blk, pending))

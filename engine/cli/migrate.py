@@ -169,6 +169,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
             uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus,
             destination_image=args.destination_image,
+            destination_prealloc=args.destination_prealloc,
         )
     finally:
         bar.close()
@@ -199,7 +200,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     try:
         st = listen(host, port, args.guest_image, args.guest_size, _params(args),
                     ramblock=args.ramblock, uuid=args.uuid, timeout=args.timeout,
-                    progress=bar, on_ready=ready)
+                    progress=bar, on_ready=ready, prealloc=args.prealloc)
     finally:
         bar.close()
     return _report(st, args)
@@ -247,6 +248,8 @@ def register(subparsers: Any) -> None:
     _add_guest(p)
     p.add_argument("--destination-image", default=None, metavar="FILE",
                    help="keep the destination's RAM in FILE (default anonymous memory)")
+    p.add_argument("--destination-prealloc", action="store_true",
+                   help="fault the destination's RAM in before migrating (QEMU's prealloc=on)")
     p.add_argument("--corpus", default="stand-in",
                    help="content of the default guest (default stand-in: Silesia-like)")
     _add_params(p)
@@ -259,6 +262,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--listen", required=True, type=_hostport, metavar="HOST:PORT",
                    help="address to listen on (port 0 = any free port)")
     _add_guest(p, dirty=False)
+    p.add_argument("--prealloc", action="store_true",
+                   help="fault the RAM in before listening (QEMU's prealloc=on)")
     _add_params(p)
     p.set_defaults(func=_cmd_listen)
 
