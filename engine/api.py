@@ -44,23 +44,25 @@ Progress = Callable[[int], None]
 
 def default_guest(
     size: int, *, corpus: str = "stand-in", ramblock: str = DEFAULT_RAMBLOCK,
-    mode: str = "r",
+    mode: str = "r", zero_ratio: float = 0.0,
 ) -> tuple[GuestMemory, str]:
     """The default source guest of ``size`` bytes and the name of its content.
 
-    Uses the Silesia stand-in guest image (``qatmig_engine.silesia.cached_guest_image``) when
-    that module provides it, else a deterministic mixed-content filler in anonymous memory.
+    ``corpus`` ``"filler"``: a quick deterministic mixed-content filler in anonymous memory
+    (about 20% zero pages; no cache, for tests). Anything else (``"stand-in"``, ``"silesia"``,
+    ``"auto"``, a directory): the cached Silesia guest image of
+    :func:`qatmig_engine.silesia.cached_guest_image`, mapped read-only (copy-on-write with a
+    workload); its corpus name is reported.
     """
-    try:
-        from .silesia import cached_guest_image  # type: ignore[attr-defined]
-    except ImportError:
-        cached_guest_image = None
-    if cached_guest_image is not None:
-        path = cached_guest_image(size, corpus=corpus)
-        return GuestMemory.from_image(path, size, name=ramblock, mode=mode), corpus
-    g = GuestMemory([RAMBlock.anonymous(ramblock, size)])
-    fill_deterministic(g.blocks[0])
-    return g, "filler"
+    if corpus == "filler":
+        g = GuestMemory([RAMBlock.anonymous(ramblock, size)])
+        fill_deterministic(g.blocks[0])
+        return g, "filler"
+    from .silesia import cached_guest_image, read_image_info
+
+    path = cached_guest_image(size, corpus=corpus, zero_ratio=zero_ratio)
+    name = read_image_info(path).corpus
+    return GuestMemory.from_image(path, size, name=ramblock, mode=mode), name
 
 
 def _source_guest(

@@ -23,7 +23,7 @@ REQUIRED = {
 
 def test_migrate_json(capsys):
     rc = main(["migrate", "--guest-size", "4M", "--multifd-compression", "zstd", "--json",
-               "--quiet"])
+               "--corpus", "filler", "--quiet"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert REQUIRED <= set(out)
@@ -32,7 +32,8 @@ def test_migrate_json(capsys):
 
 
 def test_migrate_table_row(capsys):
-    rc = main(["migrate", "--guest-size", "2M", "--quiet", "--multifd-channels", "3"])
+    rc = main(["migrate", "--guest-size", "2M", "--quiet", "--multifd-channels", "3",
+               "--corpus", "filler"])
     lines = capsys.readouterr().out.splitlines()
     assert rc == 0
     assert lines[0].split()[:3] == ["method", "channels", "total"]
@@ -42,7 +43,7 @@ def test_migrate_table_row(capsys):
 
 def test_migrate_qatzip_reports_backend(capsys):
     rc = main(["migrate", "--guest-size", "2M", "--multifd-compression", "qatzip",
-               "--qat-backend", "sw", "--json", "--quiet"])
+               "--corpus", "filler", "--qat-backend", "sw", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert out["qat_backend"] == "sw"

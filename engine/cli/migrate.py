@@ -251,7 +251,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--destination-prealloc", action="store_true",
                    help="fault the destination's RAM in before migrating (QEMU's prealloc=on)")
     p.add_argument("--corpus", default="stand-in",
-                   help="content of the default guest (default stand-in: Silesia-like)")
+                   help="content of the default guest: stand-in (Silesia-like, cached image; "
+                   "default), silesia, auto, a directory, or filler (quick, tests)")
     _add_params(p)
     p.set_defaults(func=_cmd_migrate)
 
