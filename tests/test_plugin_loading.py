@@ -75,3 +75,17 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     for name in ("impl", "devices", "profile", "guest-size", "corpus", "sysfs-root"):
         result.stdout.fnmatch_lines([f"*--qatmig-{name}=*"])
         result.stdout.fnmatch_lines([f"*qatmig_{name.replace('-', '_')} (string)*"])
+
+
+def test_optional_xdist_hooks_without_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(USES_FIXTURE)
+    pytester.runpytest("-p", "no:xdist", "--qatmig-devices=sw").assert_outcomes(passed=1)
+
+
+def test_public_api_names() -> None:
+    import pytest_qatmig
+
+    for name in pytest_qatmig.__all__:
+        assert getattr(pytest_qatmig, name) is not None
+    with pytest.raises(AttributeError):
+        pytest_qatmig.nothing  # noqa: B018
