@@ -211,9 +211,20 @@ class DeviceLease:
             self._fd = None
 
 
-def _try_flock(path: Path) -> int | None:
+def _open_lock_file(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        # Created by another user of a shared host: flock works on a read-only descriptor.
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # let other users of the host lock it too
+        os.fchmod(fd, 0o666)
+    return fd
+
+
+def _try_flock(path: Path) -> int | None:
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -222,8 +233,9 @@ def _try_flock(path: Path) -> int | None:
             return None
         raise
     # Who holds it, for humans looking at the lock directory.
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()} {os.environ.get('PYTEST_XDIST_WORKER', 'main')}\n".encode())
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {os.environ.get('PYTEST_XDIST_WORKER', 'main')}\n".encode())
     return fd
 
 
