@@ -1059,7 +1059,15 @@ class TapProxy:
             self.close()
             for t in self._threads:
                 t.join(self.timeout + 5)
-        report = self.checker.finish() if self.checker else TapChecker().finish()
+        if self.checker is not None:
+            report = self.checker.finish()
+        else:
+            # forward-and-count mode: only bytes per connection (connection 0 is main in 7.2)
+            report = TapChecker().finish()
+            report.channels = [
+                ChannelStats(connection=i, role="main" if i == 0 else "multifd", wire_bytes=n)
+                for i, n in enumerate(self.bytes_down)
+            ]
         if self._failure:
             report.errors.append(Deviation(self._failure, -1, field="timeout"))
         self.report = report

@@ -300,6 +300,81 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
     return run
 
 
+#: A minimal engine end for measurements: the same api.listen/api.send the CLI calls, without
+#: the CLI's sha256 digests of the whole guest, reporting its CPU seconds and wall-clock
+#: timestamps around the migration only (like QEMU's, start-up excluded).
+_RUNNER = """
+import json, resource, sys, time
+from qatmig_engine import api
+from qatmig_engine.params import MigrationParameters
+role, port, img, size, method, ch, dialect, timeout = sys.argv[1:9]
+params = MigrationParameters(multifd_channels=int(ch), multifd_compression=method,
+                             dialect=dialect)
+def cpu():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+def ready(addr):
+    print("READY", addr[1], flush=True)
+c0, t0 = cpu(), time.time()
+if role == "listen":
+    st = api.listen("127.0.0.1", int(port), img, int(size), params, ramblock="pc.ram",
+                    timeout=float(timeout), digest=False, on_ready=ready)
+else:
+    st = api.send("127.0.0.1", int(port), img, params, ramblock="pc.ram",
+                  timeout=float(timeout), digest=False)
+c1, t1 = cpu(), time.time()
+print(json.dumps({"stats": st.to_json(), "t0": t0, "t1": t1, "cpu_s": c1 - c0}), flush=True)
+"""
+
+
+def _runner(role: str, port: int, img: str, size: int, method: str, channels: int,
+            dialect: str, timeout: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, role, str(port), img, str(size), method, str(channels),
+         dialect, str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def engine_to_engine_measured(src_img: str, dst_img: str, size: int, method: str,
+                              channels: int, *, workdir: str, tap: bool = False,
+                              dialect: str = "qemu-7.2", timeout: float = 120.0) -> InteropRun:
+    """engine -> engine for benchmarks: two processes running api.send / api.listen without
+    whole-guest digests; wall time from the start of send to the later end, CPU seconds of
+    each process over its migration only (what is measured for QEMU)."""
+    run = InteropRun("engine->engine", method, channels, size)
+    listen = _runner("listen", 0, dst_img, size, method, channels, dialect, timeout)
+    try:
+        line = ""
+        if listen.stdout is not None:
+            r, _w, _x = select.select([listen.stdout], [], [], 30)
+            line = listen.stdout.readline() if r else ""
+        if not line.startswith("READY"):
+            listen.kill()
+            raise MigrationError(f"engine listen did not start: {line!r}")
+        port = int(line.split()[1])
+        proxy = _tap(port, method, channels, False, timeout) if tap else None
+        target = proxy.start() if proxy else port
+        send = _runner("send", target, src_img, size, method, channels, dialect, timeout)
+        _cpu, out, err = _communicate(send, timeout)
+        _cpu, dout, derr = _communicate(listen, timeout)
+        src, dst = _engine_json(out), _engine_json(dout)
+        run.source, run.destination = src.get("stats", {}), dst.get("stats", {})
+        run.src_cpu_s, run.dst_cpu_s = src.get("cpu_s"), dst.get("cpu_s")
+        if "t0" in src and "t1" in dst:
+            run.wall_s = max(src["t1"], dst["t1"]) - src["t0"]
+        run.log = err + derr
+        if proxy is not None:
+            run.tap = proxy.wait(timeout)
+    finally:
+        if listen.returncode is None:
+            listen.kill()
+            _wait_rusage(listen, 10)
+    run.completed = (run.source.get("status") == "completed"
+                     and run.destination.get("status") == "completed")
+    run.ram_equal = _equal(src_img, dst_img)
+    return run
+
+
 def engine_to_engine(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
                      workdir: str, tap: bool = False, dialect: str = "qemu-7.2",
                      timeout: float = 120.0) -> InteropRun:
@@ -334,7 +409,8 @@ def engine_to_engine(src_img: str, dst_img: str, size: int, method: str, channel
     return run
 
 
-__all__ = ["QATMIG", "InteropRun", "engine_to_engine", "engine_to_qemu", "free_port",
+__all__ = ["QATMIG", "InteropRun", "engine_to_engine", "engine_to_engine_measured",
+           "engine_to_qemu", "free_port",
            "proc_cpu_seconds", "qemu_to_engine", "qemu_to_qemu"]
 
 
