@@ -143,6 +143,10 @@ def migrate_loopback(
                      wait_for_destination=0)
         t0 = time.monotonic()
         s = src.run()
+        if s.status != "completed":
+            # The source may have failed before connecting (e.g. QAT unavailable): do not let
+            # the destination wait out its idle timeout for connections that never come.
+            dst.act.cancel.set()
         # The destination ends on its own within the idle timeout; this bound is a backstop.
         t.join(timeout + 10)
         if workload is not None:

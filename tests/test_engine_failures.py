@@ -345,3 +345,23 @@ def test_unreachable_destination():
     st = Source(g, _params(), "127.0.0.1", port, timeout=TIMEOUT).run()
     assert st.status == "failed" and "cannot connect" in st.error
     g.close()
+
+
+def test_qat_required_but_unavailable_fails_fast():
+    from qatmig_engine.api import migrate_loopback
+    from qatmig_engine.qat.backend import select_backend
+
+    p = _params("qatzip", dialect="qemu-9.2", qat_backend="hw", qat_fallback=False)
+    try:
+        select_backend(p)
+    except Exception:
+        pass
+    else:
+        pytest.skip("this host has usable QAT hardware: the unavailable path cannot be shown")
+    g = _src_guest(MiB)
+    t0 = time.monotonic()
+    st = migrate_loopback(params=p, guest=g, timeout=10)
+    g.close()
+    assert st.status == "failed"
+    assert st.error and "qat" in st.error.lower()
+    assert time.monotonic() - t0 < 5
