@@ -195,7 +195,8 @@ def _root_error(s: MigrationStats, d: MigrationStats) -> str:
     echo = ("closed by peer", "cancelled", "reset the main channel")
     primary = [e for e in errs if not any(k in e[1] for k in echo)] or errs
     side, msg = primary[0]
-    others = [f"{sd}: {m}" for sd, m in errs if (sd, m) != (side, msg)]
+    others = [f"{sd}: {m}" for sd, m in errs
+              if (sd, m) != (side, msg) and "migration cancelled" not in m]
     return f"{side}: {msg}" + (f" (and {'; '.join(others)})" if others else "")
 
 
