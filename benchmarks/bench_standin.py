@@ -6,6 +6,7 @@
     python benchmarks/bench_standin.py --write-docs    # also rewrite the tables in docs/
     python benchmarks/bench_standin.py --calibrate     # re-fit KNOBS (zlib-9 = gzip --best)
     python benchmarks/bench_standin.py --pin           # rewrite fixtures/silesia/manifest.json
+    python benchmarks/bench_standin.py --json > r.json; ... --from-json r.json --write-docs
 
 Ratios are one-shot over whole files (as lzbench and the per-file table do); the corpus ratio
 is total size / sum of compressed sizes. Generation speed is wall time of
@@ -165,7 +166,7 @@ def perf_markdown(res: dict) -> str:
         f"Target 50 MB/s: {verdict(res['gen_mbps'])} on the wall clock, "
         f"{verdict(res['cpu_mbps'])} per CPU-second; this process got "
         f"{statistics.median(res['cpu_s']) / statistics.median(res['gen_s']):.0%} of a CPU "
-        "during the run, so the wall-clock figure mostly measures the other workloads. "
+        "during the run (the rest went to other workloads). "
         "Ratios of the same run: `docs/guest-memory.md`.",
     ])
 
@@ -200,6 +201,8 @@ def main() -> int:
     ap.add_argument("--files", nargs="*", default=[f.name for f in SILESIA_FILES])
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--pin", action="store_true", help="write the sha256 pin manifest")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="render the tables from an earlier --json run instead of measuring")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.pin:
@@ -212,7 +215,10 @@ def main() -> int:
         knobs = calibrate(args.files, parse_size(args.sample))
         print(json.dumps(knobs, indent=4))
         return 0
-    res = measure(parse_size(args.limit) if args.limit else None, args.reps)
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+    else:
+        res = measure(parse_size(args.limit) if args.limit else None, args.reps)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
