@@ -166,6 +166,7 @@ def migrate_loopback(
         if s.status != "completed" or d.status != "completed":
             st.status = "failed"
             st.error = _root_error(s, d)
+            st.error_type = d.error_type if st.error.startswith("destination:") else s.error_type
             st.verified = False
             return st
         end = dst.completed_at or time.monotonic()

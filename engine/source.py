@@ -396,12 +396,15 @@ class Source:
         try:
             self._run(t_start)
             st.status = "completed"
-        except (QatmigError, OSError) as exc:
+        except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             root = self._error if self._error is not None else exc
             if isinstance(root, Cancelled) and not isinstance(exc, Cancelled):
                 root = exc
             st.status = "failed"
             st.error = str(root)
+            st.error_type = type(root).__name__
+            if not isinstance(root, QatmigError | OSError):
+                st.error = f"internal error ({type(root).__name__}: {root})"
             self.act.cancel.set()
             transport.abort(self.main_sock)
             for s in self.senders:

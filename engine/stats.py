@@ -59,6 +59,7 @@ class MigrationStats:
 
     status: str = "setup"  # setup, active, completed, failed
     error: str | None = None
+    error_type: str | None = None  # class name of the root-cause exception
     total_time_ms: float = 0.0
     setup_time_ms: float = 0.0
     downtime_ms: float | None = None
@@ -191,6 +192,7 @@ class MigrationStats:
         out: dict[str, Any] = {
             "status": self.status,
             "error": self.error,
+            "error_type": self.error_type,
             "role": self.role,
             "total_time_ms": r(self.total_time_ms),
             "setup_time_ms": r(self.setup_time_ms),

@@ -365,3 +365,68 @@ def test_qat_required_but_unavailable_fails_fast():
     assert st.status == "failed"
     assert st.error and "qat" in st.error.lower()
     assert time.monotonic() - t0 < 5
+
+
+# ------------------------------------------------------------------ fuzz: typed errors only
+_TYPED = {"StreamError", "PacketError", "InitPacketError", "WireError", "CodecError",
+          "PayloadSizeError", "ChannelClosed", "PeerTimeout", "MigrationError",
+          "UnsupportedDialectFeature", "Cancelled"}
+
+
+def _golden_zstd():
+    from qatmig_engine.qemu.golden import load_connections
+
+    blobs = load_connections("zstd")
+    # The whole main stream; channel streams cut to ~200 KiB (so it can never complete).
+    return blobs[0], [b[:200_000] for b in blobs[1:]]
+
+
+try:
+    _GOLDEN = _golden_zstd()
+except Exception:  # pragma: no cover - captures missing
+    _GOLDEN = None
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hst  # noqa: E402
+
+
+@pytest.mark.skipif(_GOLDEN is None, reason="golden QEMU 7.2 captures not present")
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(which=hst.integers(0, 2), pos=hst.integers(0, 199_999), val=hst.integers(1, 255),
+       cut=hst.booleans())
+def test_fuzzed_qemu_stream_fails_with_a_typed_error(which, pos, val, cut):
+    main, chans = _GOLDEN
+    blobs = [bytearray(main), *[bytearray(c) for c in chans]]
+    b = blobs[which]
+    i = pos % len(b)
+    if cut:
+        del b[i:]
+    else:
+        b[i] ^= val
+    guest = GuestMemory([RAMBlock.anonymous("pc.ram", 8 * MiB)])
+    params = _params("zstd")
+    dst = Destination(guest, params, ramblock="pc.ram", timeout=0.6)
+    socks = [socket.create_connection(dst.address, timeout=5) for _ in blobs]
+
+    def pump(s, data):
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    ts = [threading.Thread(target=pump, args=(s, bytes(d)), daemon=True)
+          for s, d in zip(socks, blobs, strict=True)]
+    for t in ts:
+        t.start()
+    t0 = time.monotonic()
+    st = dst.run()
+    for s in socks:
+        s.close()
+    guest.close()
+    assert time.monotonic() - t0 < BOUND
+    # The streams were cut short of the end, so nothing may report completed.
+    assert st.status == "failed"
+    assert st.error_type in _TYPED, (st.error_type, st.error)
