@@ -38,16 +38,34 @@ def _records(out: Path) -> list[dict[str, str]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
 
+GUEST = """
+
+@pytest.mark.parametrize("j", range(6))
+def test_guest(silesia_guest_memory, j):
+    st = os.stat(silesia_guest_memory)
+    assert silesia_guest_memory.size == st.st_size == 4 << 20
+    with open(os.path.join(OUT, f"guest{j}.img-record"), "w") as f:
+        json.dump({"worker": os.environ.get("PYTEST_XDIST_WORKER"), "inode": st.st_ino,
+                   "mtime": st.st_mtime_ns, "corpus": silesia_guest_memory.corpus}, f)
+"""
+
+
 def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """-n auto = one worker per ready device; each owns its own; and silesia_guest_memory is
+    built once for the run (the other workers wait on the lock in the shared basetemp)."""
     # 3 ready devices on a 2-CPU machine: 3 workers means the count came from the devices.
     root = make_sysfs_tree(pytester.path / "host", ready=3, down=2)
     out = pytester.mkdir("out")
-    pytester.makepyfile(RECORD.format(out=str(out), n=9, sleep=0.2))
-    result = pytester.runpytest_subprocess("-n", "auto", f"--qatmig-sysfs-root={root}")
-    result.assert_outcomes(passed=9)
-    result.stdout.fnmatch_lines(["*3 workers [[]9 items[]]*"])
+    cache = pytester.mkdir("cache")
+    monkeypatch.setenv("QATMIG_CACHE_DIR", str(cache))
+    pytester.makepyfile(RECORD.format(out=str(out), n=9, sleep=0.2) + GUEST)
+    result = pytester.runpytest_subprocess(
+        "-n", "auto", f"--qatmig-sysfs-root={root}", "--qatmig-guest-size=4M"
+    )
+    result.assert_outcomes(passed=15)
+    result.stdout.fnmatch_lines(["*3 workers [[]15 items[]]*"])
     by_worker: dict[str, set[str]] = {}
     for rec in _records(out):
         assert rec["backend"] == "hw"
@@ -56,6 +74,11 @@ def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
     owned = [next(iter(d)) for d in by_worker.values()]
     assert len(owned) == len(set(owned)), f"two workers shared a device: {by_worker}"
     assert set(owned) <= {"0000:6b:00.0", "0000:6c:00.0", "0000:6d:00.0"}
+    guests = [json.loads(p.read_text()) for p in out.glob("*.img-record")]
+    assert len(guests) == 6 and len({g["worker"] for g in guests}) >= 2, guests
+    assert len({(g["inode"], g["mtime"]) for g in guests}) == 1, "image built more than once"
+    assert {g["corpus"] for g in guests} == {"stand-in"}
+    assert sorted(p.suffix for p in (cache / "images").iterdir()) == [".img", ".json"]
 
 
 def test_restarted_worker_gets_a_device(pytester: pytest.Pytester) -> None:
@@ -136,33 +159,3 @@ def test_perf_tests_never_share_a_device_and_summary_is_aggregated(
     rows = [line for line in result.outlines if "test_perf[" in line and " ok" in line]
     assert len(rows) == 4, result.outlines
 
-
-GUEST = """
-import json, os
-import pytest
-
-@pytest.mark.parametrize("i", range(4))
-def test_guest(silesia_guest_memory, i):
-    st = os.stat(silesia_guest_memory)
-    assert silesia_guest_memory.size == st.st_size == 4 << 20
-    with open(os.path.join({out!r}, f"{{i}}.json"), "w") as f:
-        json.dump({{"worker": os.environ.get("PYTEST_XDIST_WORKER"), "path": str(st.st_ino),
-                   "mtime": st.st_mtime_ns, "corpus": silesia_guest_memory.corpus}}, f)
-"""
-
-
-def test_guest_image_is_built_once_per_run(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cache = pytester.mkdir("cache")
-    monkeypatch.setenv("QATMIG_CACHE_DIR", str(cache))
-    out = pytester.mkdir("out")
-    pytester.makepyfile(GUEST.format(out=str(out)))
-    result = pytester.runpytest_subprocess("-n", "2", "--qatmig-devices=sw",
-                                           "--qatmig-guest-size=4M")
-    result.assert_outcomes(passed=4)
-    records = _records(out)
-    assert len({r["worker"] for r in records}) == 2, records
-    assert len({(r["path"], r["mtime"]) for r in records}) == 1, "built more than once"
-    assert {r["corpus"] for r in records} == {"stand-in"}
-    assert [p.name.endswith((".img", ".json")) for p in (cache / "images").iterdir()] == [True] * 2
