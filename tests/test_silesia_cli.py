@@ -66,3 +66,14 @@ def test_corpus_listing(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(set(f["standin"]) == {"zlib-1", "zlib-9", "zstd-1"} for f in res["files"])
     assert main(["guest", "corpus", "--sample", "0"]) == 0
     assert "gzip --best" in capsys.readouterr().out
+
+
+def test_info_without_sidecar_is_valid_json(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "bare.img"
+    img.write_bytes(bytes(8192) + b"x" * 4096)
+    assert main(["guest", "info", str(img), "--json", "--no-ratios"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["zero_pages"] == 2 and info["seed"] is None and info["zero_ratio"] is None
+    assert main(["guest", "info", str(img), "--no-ratios"]) == 0
+    assert "unknown" in capsys.readouterr().out

@@ -4,7 +4,6 @@ list the corpus."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
 
@@ -124,8 +123,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("pages", info.pages),
         ("zero pages", f"{zero_now} ({zero_now / max(1, info.pages):.1%})"),
         ("corpus", info.corpus),
-        ("seed", info.seed),
-        ("zero ratio asked", "?" if math.isnan(info.zero_ratio) else info.zero_ratio),
+        ("seed", "unknown" if info.seed is None else info.seed),
+        ("zero ratio asked", "unknown" if info.zero_ratio is None else info.zero_ratio),
         ("layout", info.layout),
     ]
     if info.sha256:

@@ -59,8 +59,8 @@ class GuestImageInfo:
     pages: int
     zero_pages: int
     corpus: str
-    zero_ratio: float
-    seed: int
+    zero_ratio: float | None  # None: unknown (an image without its sidecar)
+    seed: int | None
     page_size: int = PAGE_SIZE
     layout: str = LAYOUT
     sha256: str | None = None
@@ -320,7 +320,7 @@ def read_image_info(path: str | os.PathLike[str]) -> GuestImageInfo:
         return info
     size = path.stat().st_size
     return GuestImageInfo(size=size, pages=size // PAGE_SIZE, zero_pages=count_zero_pages(path),
-                          corpus="unknown (no sidecar)", zero_ratio=float("nan"), seed=-1,
+                          corpus="unknown (no sidecar)", zero_ratio=None, seed=None,
                           layout="unknown", path=str(path))
 
 
