@@ -51,6 +51,7 @@ def guest_image(size: int, path: Path) -> tuple[Path, str]:
     cached = cached_guest_image(size, corpus="stand-in")
     corpus = read_image_info(cached).corpus
     shutil.copyfile(cached, path)
+    shutil.copyfile(f"{cached}.json", f"{path}.json")
     return path, corpus
 
 
@@ -192,6 +193,7 @@ def main() -> int:
                       f"ratio {j['compression_ratio']}", file=sys.stderr)
     finally:
         image.unlink(missing_ok=True)
+        Path(f"{image}.json").unlink(missing_ok=True)
     res["load_end"] = _load()
     md = render(res)
     if args.json:

@@ -74,7 +74,15 @@ def _source_guest(
     mode = "c" if dirty_rate else "r"
     if guest_image is not None:
         g = GuestMemory.from_image(guest_image, guest_size, name=ramblock, mode=mode)
-        return g, Path(guest_image).name
+        name = Path(guest_image).name
+        if Path(f"{guest_image}.json").is_file():  # a guest image built by qatmig guest build
+            try:
+                from .silesia import read_image_info
+
+                name = read_image_info(guest_image).corpus
+            except Exception:  # noqa: BLE001 - the sidecar only improves the label
+                pass
+        return g, name
     if guest_size is None:
         raise ParameterError("give a guest size (--guest-size) or a guest image (--guest-image)")
     return default_guest(guest_size, corpus=corpus, ramblock=ramblock, mode=mode)
