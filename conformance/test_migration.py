@@ -55,6 +55,13 @@ def test_one_pair_migrates_twice(multifd_pair, silesia_guest_memory) -> None:  #
         _check(pair.migrate(silesia_guest_memory), silesia_guest_memory)
 
 
+@pytest.mark.qatmig_requires("max-bandwidth")
+def test_max_bandwidth_still_verifies(multifd_pair, silesia_guest_memory) -> None:  # type: ignore[no-untyped-def]
+    # Throttled to 1 GiB/s: slow enough to engage the limiter, fast enough for a test.
+    result = multifd_pair(channels=2, max_bandwidth=1 << 30).migrate(silesia_guest_memory)
+    _check(result, silesia_guest_memory)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

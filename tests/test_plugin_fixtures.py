@@ -7,6 +7,10 @@ import signal
 
 import pytest
 
+# Inline pytester runs drop the modules they imported; numpy (used by the Silesia images)
+# refuses to load twice in one process, so import it here, outside the nested runs.
+import qatmig_engine.silesia.image  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 LOOPBACK = "--qatmig-impl=pytest_qatmig.testing:loopback_copy"
@@ -89,3 +93,25 @@ def test_guest_argument_is_checked(pytester: pytest.Pytester) -> None:
                 multifd_pair().migrate(12345)
     """)
     pytester.runpytest(LOOPBACK, "--qatmig-devices=sw").assert_outcomes(passed=1)
+
+
+def test_guest_memory_from_a_corpus_directory(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QATMIG_CACHE_DIR", str(pytester.mkdir("cache")))
+    corpus = pytester.mkdir("mycorpus")
+    (corpus / "a.txt").write_bytes(b"the quick brown fox " * 5000)
+    (corpus / "b.bin").write_bytes(os.urandom(50_000))
+    pytester.makepyfile(f"""
+        import os
+
+        def test_guest(silesia_guest_memory, multifd_pair):
+            assert silesia_guest_memory.corpus == {str(corpus)!r}
+            assert silesia_guest_memory.size == os.path.getsize(silesia_guest_memory) == 1 << 20
+            assert silesia_guest_memory.pages == 256
+            result = multifd_pair(compression="zlib", level=1).migrate(silesia_guest_memory)
+            assert result.verified and result.compression_ratio > 1
+    """)
+    result = pytester.runpytest("--qatmig-devices=sw", f"--qatmig-corpus={corpus}",
+                                "--qatmig-guest-size=1M")
+    result.assert_outcomes(passed=1)
