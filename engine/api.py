@@ -80,7 +80,7 @@ def _source_guest(
                 from .silesia import read_image_info
 
                 name = read_image_info(guest_image).corpus
-            except Exception:  # noqa: BLE001 - the sidecar only improves the label
+            except Exception:  # the sidecar only improves the label
                 pass
         return g, name
     if guest_size is None:
