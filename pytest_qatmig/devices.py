@@ -204,10 +204,8 @@ class DeviceLease:
         return self._fd is not None
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+        if self._fd is not None and self.path is not None:
+            _unlock(self._fd, self.path)
             self._fd = None
 
 
@@ -224,19 +222,51 @@ def _open_lock_file(path: Path) -> int:
 
 
 def _try_flock(path: Path) -> int | None:
-    fd = _open_lock_file(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return None
-        raise
-    # Who holds it, for humans looking at the lock directory.
+    """Lock ``path`` without waiting: the descriptor, or None when someone else holds it.
+
+    Holders unlink the file before they unlock it (see :func:`_unlock`), so lock files do not
+    pile up; a lock taken on a file that was unlinked meanwhile is dropped and retried.
+    """
+    for _ in range(20):
+        try:
+            fd = _open_lock_file(path)
+        except FileNotFoundError:  # the directory was removed by a releasing holder
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise
+        try:
+            linked = os.stat(path)
+        except FileNotFoundError:
+            linked = None
+        mine = os.fstat(fd)
+        if linked is None or (linked.st_dev, linked.st_ino) != (mine.st_dev, mine.st_ino):
+            os.close(fd)
+            continue
+        # Who holds it, for humans looking at the lock directory.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            os.write(fd, f"{os.getpid()} {worker}\n".encode())
+        return fd
+    return None
+
+
+def _unlock(fd: int, path: Path, remove_dir: bool = True) -> None:
+    """Unlink (while still holding the lock), drop the lock directory when it is empty and
+    ``remove_dir`` (only for directories that hold nothing but lock files), then unlock."""
     with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {os.environ.get('PYTEST_XDIST_WORKER', 'main')}\n".encode())
-    return fd
+        os.unlink(path)
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            os.rmdir(path.parent)  # only succeeds when no other lock file is in it
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def acquire_device(
@@ -254,10 +284,11 @@ def acquire_device(
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, timeout: float) -> Iterator[float]:
+def file_lock(path: Path, timeout: float, remove_dir: bool = False) -> Iterator[float]:
     """Hold an exclusive lock on ``path`` for the block; yields the seconds spent waiting.
 
     Raises TimeoutError after ``timeout`` seconds of waiting (never blocks for ever).
+    ``remove_dir``: the directory holds only lock files and goes when the last one does.
     """
     start = time.monotonic()
     delay = 0.01
@@ -272,8 +303,7 @@ def file_lock(path: Path, timeout: float) -> Iterator[float]:
     try:
         yield time.monotonic() - start
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        _unlock(fd, path, remove_dir)
 
 
 def perf_lock(
@@ -281,7 +311,7 @@ def perf_lock(
 ) -> contextlib.AbstractContextManager[float]:
     """The lock a performance test holds on its device, so that two performance tests never
     measure on one device (or, for ``sw``, on the shared CPUs) at the same time."""
-    return file_lock(_lock_path(lock_dir, f"{device}.perf"), timeout)
+    return file_lock(_lock_path(lock_dir, f"{device}.perf"), timeout, remove_dir=True)
 
 
 def with_reason(device: QatDevice, reason: str) -> QatDevice:

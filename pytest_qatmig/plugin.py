@@ -75,6 +75,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Reporter(config), "qatmig-reporter")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Release the device before an xdist worker reports that it finished: the controller may
+    # end the worker process right after that, before pytest_unconfigure would run.
+    from .fixtures import STATE_KEY
+
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.release()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from .fixtures import STATE_KEY
 

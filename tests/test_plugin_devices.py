@@ -46,6 +46,7 @@ def test_leases_come_from_a_free_list_of_lock_files(tmp_path: Path) -> None:
     assert again is not None and again.device.bdf == first.device.bdf
     again.release()
     second.release()
+    assert not lock_dir.exists(), "lock files are removed when released"
 
 
 def test_a_dead_owner_frees_its_device(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qatmig.devices import default_lock_dir
 from pytest_qatmig.testing import make_sysfs_tree
 
 pytest_plugins = ["pytester"]
@@ -79,6 +80,7 @@ def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
     assert len({(g["inode"], g["mtime"]) for g in guests}) == 1, "image built more than once"
     assert {g["corpus"] for g in guests} == {"stand-in"}
     assert sorted(p.suffix for p in (cache / "images").iterdir()) == [".img", ".json"]
+    assert not default_lock_dir(root).exists(), "workers left their device lock files"
 
 
 def test_restarted_worker_gets_a_device(pytester: pytest.Pytester) -> None:
