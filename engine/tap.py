@@ -400,15 +400,20 @@ class MainStreamChecker:
         flags = word & (TARGET_PAGE_SIZE - 1)
         addr = word & ~(TARGET_PAGE_SIZE - 1)
         if flags & RAM_SAVE_FLAG_MEM_SIZE:
+            if self.blocks_known:
+                raise self._err("a second MEM_SIZE record (block list) in the RAM section",
+                                "block list")
             total = addr
             blocks: dict[str, int] = {}
             got = 0
             while got < total:
                 name = r.idstr()
                 length = r.u64()
-                if length > total - got or length == 0:
+                if length > total - got or length == 0 or length % TARGET_PAGE_SIZE:
                     raise self._err(f"block {name!r} length {length} does not fit MEM_SIZE "
-                                    f"{total}", "block list")
+                                    f"{total} in whole pages", "block list")
+                if name in blocks:
+                    raise self._err(f"block {name!r} listed twice", "block list")
                 blocks[name] = length
                 got += length
             self.ramblocks.update(blocks)

@@ -233,3 +233,31 @@ def test_fuzz_mutations_never_raise(caps, data):
     assert isinstance(rep.ok, bool)
     for e in rep.errors:
         assert e.message and isinstance(e.connection, int)
+
+
+def _main_stream(blocks, *, records=b""):
+    from qatmig_engine.mainstream import MainStreamEncoder
+
+    enc = MainStreamEncoder("qemu-7.2")
+    return (enc.header() + enc.section_start(blocks) + enc.eos() + enc.footer()
+            + enc.section_end() + records + enc.eos() + enc.footer() + enc.eof())
+
+
+def test_main_stream_block_list_checks():
+    ok = check_capture([_main_stream([("pc.ram", 1 << 20), ("pc.bios", 1 << 16)])])
+    assert ok.ok and ok.ramblocks == {"pc.ram": 1 << 20, "pc.bios": 1 << 16}
+    assert ok.machine_type == "pc-i440fx-7.2" and ok.eos == 2
+    dup = check_capture([_main_stream([("pc.ram", 1 << 20), ("pc.ram", 1 << 20)])])
+    assert only_error(dup).field == "block list"
+
+
+def test_main_stream_zero_page_outside_block():
+    rec = struct.pack(">Q", (1 << 20) | 0x02) + bytes([6]) + b"pc.ram" + b"\0"
+    rep = check_capture([_main_stream([("pc.ram", 1 << 20)], records=rec)])
+    assert only_error(rep).field == "offset"
+
+
+def test_main_stream_truncated_in_ram_section():
+    data = _main_stream([("pc.ram", 1 << 20)])
+    rep = check_capture([data[:60]])
+    assert only_error(rep).field == "ram"
