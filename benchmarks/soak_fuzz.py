@@ -252,6 +252,8 @@ def soak(seconds: float, seed: int, only: list[str] | None, max_cases: int | Non
     rejected = dict.fromkeys(names, 0)
     failures: list[dict[str, Any]] = []
     master = random.Random(seed)
+    code_sha = _code_sha()  # the sources this process runs (hashed before the loop)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     start = time.monotonic()
     deadline = start + seconds
     cases = 0
@@ -269,6 +271,7 @@ def soak(seconds: float, seed: int, only: list[str] | None, max_cases: int | Non
     elapsed = time.monotonic() - start
     return {
         "benchmark": "soak_fuzz",
+        "started": started,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seed": seed,
         "seconds": round(elapsed, 1),
@@ -277,7 +280,7 @@ def soak(seconds: float, seed: int, only: list[str] | None, max_cases: int | Non
         "rejected_per_target": rejected,
         "failures": failures,
         "wire_fuzzed": any(n.startswith("wire") for n in names),
-        "code_sha": _code_sha(),
+        "code_sha": code_sha,
     }
 
 
@@ -299,8 +302,9 @@ def markdown(res: dict[str, Any]) -> str:
                  f"{res['cases'] - sum(rej.values())} |")
     lines.append("")
     lines.append(
-        f"Run {res['when']} by `benchmarks/soak_fuzz.py --seconds {round(res['seconds'])}` "
-        f"(seed {res['seed']}, codec+wire sources sha256 {res['code_sha']}): "
+        f"Run {res['started']} to {res['when'][11:]} by `benchmarks/soak_fuzz.py --seconds "
+        f"{round(res['seconds'])}` (seed {res['seed']}; sha256 of engine/codecs/*.py + "
+        f"engine/wire.py at the start: {res['code_sha']}): "
         f"{res['cases']} mutated or random inputs in {res['seconds']} s on the shared 2-vCPU "
         f"VM; **{len(res['failures'])} failures** (a failure = an exception other than "
         f"CodecError/WireError, or a decode returning the wrong size). Each case decodes 1-3 "
