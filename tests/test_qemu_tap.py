@@ -102,3 +102,32 @@ def test_tap_cli_between_two_qemus(shm):
     assert js["ok"] and js["multifd_compression"] == "zstd"
     assert js["machine_type"] == "pc-i440fx-7.2"
     assert filecmp.cmp(src_img, dst_img, shallow=False)
+
+
+def test_running_guest_through_the_tap(shm):
+    """SeaBIOS runs (no -S after `cont`) and dirties RAM during the migration: the tap checks
+    every round and the destination still equals the source once it stops."""
+    from qatmig_engine.qemu.image import build_image
+
+    src_img, dst_img = f"{shm}/src.img", f"{shm}/dst.img"
+    write_image(src_img, SIZE, seed=9)
+    with QemuProcess(ram_file=src_img, ram_size=SIZE, name="src", workdir=f"{shm}/s") as src, \
+         QemuProcess(ram_file=dst_img, ram_size=SIZE, incoming=True, name="dst",
+                     workdir=f"{shm}/d") as dst:
+        for q in (src, dst):
+            q.setup_migration(channels=2, compression="zstd")
+        port = dst.migrate_incoming()
+        src.execute("cont")
+        assert src.status() == "running"
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", port),
+                       TapChecker(method="zstd", channels=2), timeout=30)
+        tport = tap.start()
+        src.migrate(f"tcp:127.0.0.1:{tport}")
+        src.wait_migration(timeout=120)
+        dst.wait_migration(timeout=60)
+        assert src.status() == "postmigrate"
+        report = tap.wait(60)
+    assert report.ok, format_report(report)
+    with open(src_img, "rb") as f:
+        assert f.read() != build_image(SIZE, seed=9), "the guest did not run"
+    assert filecmp.cmp(src_img, dst_img, shallow=False)
