@@ -226,14 +226,20 @@ def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: i
 
 
 def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
-                   workdir: str, tap: bool = False, timeout: float = 120.0) -> InteropRun:
-    """QEMU 7.2 source -> ``qatmig listen --dialect qemu-7.2`` (optionally through the tap)."""
+                   workdir: str, tap: bool = False, live: bool = False,
+                   timeout: float = 120.0) -> InteropRun:
+    """QEMU 7.2 source -> ``qatmig listen --dialect qemu-7.2`` (optionally through the tap).
+
+    ``live``: let the source guest run (SeaBIOS, which dirties RAM) during the migration.
+    """
     run = InteropRun("qemu->engine", method, channels, size)
     listen, port = _listen_on_free_port(dst_img, size, method, channels, timeout)
     try:
         with QemuProcess(ram_file=src_img, ram_size=size, name="src",
                          workdir=f"{workdir}/qsrc") as src:
             src.setup_migration(channels=channels, compression=method)
+            if live:
+                src.execute("cont")
             proxy = _tap(port, method, channels, True, timeout) if tap else None
             target = proxy.start() if proxy else port
             cpu0 = src.cpu_seconds()
