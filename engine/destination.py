@@ -149,9 +149,11 @@ class _Receiver(threading.Thread):
                     start = prev = offs[0]
                     for o in offs[1:]:
                         if o != prev + ps:
+                            blk.populate(start, prev + ps - start)
                             transport.recv_into_exact(sock, view[start : prev + ps], act, what)
                             start = o
                         prev = o
+                    blk.populate(start, prev + ps - start)
                     transport.recv_into_exact(sock, view[start : prev + ps], act, what)
                 else:
                     transport.recv_into_exact(sock, pview[:nps], act, what)
@@ -161,11 +163,13 @@ class _Receiver(threading.Thread):
                     for o in offs[1:]:
                         if o != prev + ps:
                             ln = prev + ps - start
+                            blk.populate(start, ln)
                             view[start : start + ln] = data[pos : pos + ln]
                             pos += ln
                             start = o
                         prev = o
                     ln = prev + ps - start
+                    blk.populate(start, ln)
                     view[start : start + ln] = data[pos : pos + ln]
                 c.multifd_bytes += nps
                 c.payload_bytes += nps

@@ -29,6 +29,8 @@ DEFAULT_RAMBLOCK = "pc.ram"
 
 _DIRTY_RUN = re.compile(rb"\x01+")
 _ZERO_BYTE = re.compile(rb"\x00")
+#: madvise(MADV_POPULATE_WRITE) (Linux 5.14): Python's mmap module does not name it.
+_MADV_POPULATE_WRITE = 23
 
 
 class RAMBlock:
@@ -66,6 +68,7 @@ class RAMBlock:
         self.words = self.view.cast("Q")
         self._last_word = page_size // 8 - 1
         self._zero = bytes(page_size)
+        self._populate = writable and hasattr(mm, "madvise")
         #: One byte per page, 1 = dirty. Set by the workload, taken by :meth:`sync_dirty`.
         self.dirty = bytearray(self.pages)
         self._lock = threading.Lock()
@@ -170,6 +173,16 @@ class RAMBlock:
             if v[o : o + ps].tobytes() == zero:
                 out.append(o)
         return out
+
+    def populate(self, offset: int, length: int) -> None:
+        """Fault a range in with one call (``MADV_POPULATE_WRITE``, Linux 5.14+) before it is
+        written: cheaper than one page fault per 4 KiB inside the copy. A no-op elsewhere."""
+        if not self._populate or offset % mmap.PAGESIZE:
+            return
+        try:
+            self._mm.madvise(_MADV_POPULATE_WRITE, offset, length)
+        except (OSError, ValueError):
+            self._populate = False
 
     def prefault(self) -> None:
         """Touch every page now (QEMU's prealloc), so faults are not paid during migration."""
