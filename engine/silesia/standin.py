@@ -149,14 +149,15 @@ class _Pool:
     def freeze(self) -> _Pool:
         self.flat = np.frombuffer(b"".join(self._tokens), dtype=np.uint8)
         self.lens = np.asarray([len(t) for t in self._tokens], dtype=np.int32)
-        self.starts = np.cumsum(self.lens) - self.lens
+        self.starts = (np.cumsum(self.lens, dtype=np.int64) - self.lens).astype(np.int32)
         return self
 
     def assemble(self, ids: np.ndarray) -> np.ndarray:
         lens = self.lens[ids]
-        ends = np.cumsum(lens)
+        ends = np.cumsum(lens, dtype=np.int32)  # a segment is far below 2**31 bytes
         total = int(ends[-1]) if len(ends) else 0
-        idx = np.repeat(self.starts[ids] - (ends - lens), lens) + np.arange(total, dtype=np.int32)
+        idx = np.repeat(self.starts[ids] - (ends - lens), lens)
+        idx += np.arange(total, dtype=np.int32)
         return self.flat[idx]
 
 
