@@ -90,6 +90,7 @@ class QemuPair:
                 "zero_pages": int(ram.get("duplicate", 0)),
                 "dirty_sync_count": int(ram.get("dirty-sync-count", 0)),
                 "send_cpu_percent": round(send_cpu, 1),
+                "pages_per_second_reported": float(ram.get("pages-per-second", 0)),
                 "recv_cpu_percent": round(recv_cpu, 1),
             }
         except QemuError as exc:
@@ -111,6 +112,10 @@ class QemuPair:
                 path.unlink(missing_ok=True)
             for d in ("src", "dst"):
                 shutil.rmtree(self.workdir / d, ignore_errors=True)
+        pages = (fields.get("normal_pages") or 0) + (fields.get("zero_pages") or 0)
+        if not fields.get("pages_per_second") and fields.get("total_time_ms"):
+            # QEMU 7.2 reports pages-per-second 0 once completed: derive it from its counters.
+            fields["pages_per_second"] = round(pages / (fields["total_time_ms"] / 1000), 1)
         fields.update(
             verified=bool(verified),
             multifd_channels=spec.channels,

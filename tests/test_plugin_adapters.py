@@ -118,6 +118,7 @@ def test_qemu_black_box_through_the_plugin(pytester: pytest.Pytester) -> None:
         def test_qemu(multifd_pair, guest, method):
             result = multifd_pair(channels=2, compression=method).migrate(guest, timeout=60)
             assert result.status == "completed" and result.verified is True
+            assert result.pages_per_second > 0 and result.transferred_bytes > 0
     """)
     result = pytester.runpytest(f"--qatmig-impl=qemu:{QEMU}", "--qatmig-devices=sw")
     result.assert_outcomes(passed=2)
