@@ -494,7 +494,7 @@ class MultifdChannelChecker:
                         memoryview(self.buf)[self.pos : self.pos + plen],
                         self.tap.dialect, self.tap.page_size, channel=self.channel,
                     )
-                    if pkt.normal_pages and not self.tap.blocks_known:
+                    if (pkt.normal_pages or pkt.zero_pages) and not self.tap.blocks_known:
                         if avail > MAX_PENDING:
                             raise StreamError(
                                 "multifd pages arrived but the main channel's RAM block list "
@@ -622,6 +622,9 @@ class MultifdChannelChecker:
         if pkt.normal_pages:
             self.stats.data_packets += 1
             self.stats.pages += pkt.normal_pages
+        if pkt.zero_pages:  # 9.0+: zero pages travel as offsets only
+            self.stats.zero_pages += pkt.zero_pages
+            tap._zero_offsets(self, pkt)
 
     def _payload(self, pkt: Packet, payload: memoryview) -> None:
         tap = self.tap
@@ -785,6 +788,22 @@ class TapChecker:
         if self.ram is not None and block in self.ram:
             self.ram[block][addr : addr + self.page_size] = data
 
+    def _zero_offsets(self, ch: MultifdChannelChecker, pkt: Packet) -> None:
+        ps = self.page_size
+        zero = bytes(ps)
+        buf = self.ram.get(pkt.ramblock) if self.ram is not None else None
+        exp = self.expect.get(pkt.ramblock) if self.expect else None
+        for off in pkt.zero_offsets:
+            if off % ps:
+                raise PacketError(f"zero-page offset {off:#x} is not page aligned",
+                                  channel=ch.channel, packet_num=pkt.packet_num, field="offset")
+            if buf is not None:
+                buf[off : off + ps] = zero
+            if exp is not None and exp[off : off + ps] != zero:
+                raise PacketError(f"zero page {pkt.ramblock}@{off:#x} is not zero in the "
+                                  "expected image", channel=ch.channel,
+                                  packet_num=pkt.packet_num, field="zero_pages")
+
     def _pages(self, ch: MultifdChannelChecker, pkt: Packet, pages: Any) -> None:
         ps = self.page_size
         rnd = ch.syncs
@@ -902,7 +921,7 @@ def format_report(report: TapReport) -> str:
             c.connection, c.role, "-" if c.channel is None else c.channel,
             c.packets, c.sync_packets, c.pages, c.payload_bytes, c.wire_bytes,
             f"{c.ratio:.3f}" if c.ratio is not None else "-",
-            c.eos if c.role == "main" else "-", c.zero_pages if c.role == "main" else "-",
+            c.eos if c.role == "main" else "-", c.zero_pages,
         ])
     t = report.totals()
     rows.append(["total", "", "", t["packets"], t["sync_packets"], t["pages"],
