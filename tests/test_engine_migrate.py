@@ -88,8 +88,9 @@ def test_several_ram_blocks_like_a_pc_machine():
     assert st.total_ram_bytes == 2 * MiB + 384 * 1024
 
 
-def test_dirtying_workload_converges_and_reports_downtime():
-    st = _run("zstd", size=16 * MiB, dirty_rate=20000, params={"downtime_limit": 50})
+@pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.2"])
+def test_dirtying_workload_converges_and_reports_downtime(dialect):
+    st = _run("zstd", dialect, size=16 * MiB, dirty_rate=20000, params={"downtime_limit": 50})
     j = st.to_json()
     assert j["status"] == "completed", j["error"]
     assert j["verified"] is True
