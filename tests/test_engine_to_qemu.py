@@ -101,7 +101,9 @@ def test_wrong_machine_type_fails_cleanly(shm):
     run = engine_to_qemu(src, dst, 16 << 20, "none", 2, workdir=shm, timeout=20,
                          extra_args=("--machine-type", "pc-q35-7.2"))
     assert not run.completed
+    assert run.source.get("status") == "failed"
     assert run.destination.get("status") != "completed"
+    assert "Machine type received is 'pc-q35-7.2' and local is 'pc-i440fx-7.2'" in run.log
 
 
 def test_destination_hang_does_not_hang_send(shm):
