@@ -168,6 +168,9 @@ class QemuProcess:
         if not self.ram_file.exists():
             with open(self.ram_file, "wb") as f:
                 f.truncate(self.ram_size)
+        if len(os.fsencode(self.qmp_path)) >= 108:  # sun_path limit
+            raise QemuError(f"QMP socket path too long for a unix socket: {self.qmp_path} "
+                            "(use a shorter workdir)")
         cmd = self.command_line()
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
