@@ -1031,8 +1031,9 @@ class TapProxy:
     def _run_safe(self) -> None:
         try:
             self.run()
-        except QatmigError as exc:
-            self._failure = str(exc)
+        except Exception as exc:  # reported by wait(); never lost in a thread
+            self._failure = f"{type(exc).__name__}: {exc}"
+            self.close()
 
     def close(self) -> None:
         self._stop.set()
