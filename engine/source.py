@@ -448,7 +448,9 @@ class Source:
             st.qat_fallback_reasons = list(self.qat.reasons)
         # Compressors are built in the channel threads; build one here first so a bad level
         # or a missing library fails before any connection is made.
-        get_codec(self.method)
+        probe = get_codec(self.method).new_compressor(p.compression_level,
+                                                      page_size=self.page_size)
+        probe.close()
         self._connect()
         for s in self.senders:
             s.start()
