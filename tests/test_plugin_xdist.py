@@ -14,6 +14,9 @@ from pytest_qatmig.devices import default_lock_dir
 from pytest_qatmig.testing import make_sysfs_tree
 
 pytest_plugins = ["pytester"]
+#: Every nested process would otherwise import (and assertion-rewrite) all of hypothesis for
+#: its terminal summary: seconds of CPU per worker on this machine, and irrelevant here.
+LEAN = ("-p", "no:hypothesispytest")
 FIXTURES_SYSFS = Path(__file__).resolve().parents[1] / "fixtures" / "sysfs"
 pytest.importorskip("xdist", reason="pip install pytest-xdist to test the xdist integration")
 
@@ -63,7 +66,7 @@ def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
     monkeypatch.setenv("QATMIG_CACHE_DIR", str(cache))
     pytester.makepyfile(RECORD.format(out=str(out), n=9, sleep=0.2) + GUEST)
     result = pytester.runpytest_subprocess(
-        "-n", "auto", f"--qatmig-sysfs-root={root}", "--qatmig-guest-size=4M"
+        *LEAN, "-n", "auto", f"--qatmig-sysfs-root={root}", "--qatmig-guest-size=4M"
     )
     result.assert_outcomes(passed=15)
     result.stdout.fnmatch_lines(["*3 workers [[]15 items[]]*"])
@@ -105,7 +108,7 @@ def test_crash_once():
     pytester.makepyfile(crash_first + RECORD.format(out=str(out), n=8, sleep=0.5))
 
     result = pytester.runpytest_subprocess(
-        "-n", "2", "--max-worker-restart=2", "-p", "no:randomly", f"--qatmig-sysfs-root={root}"
+        *LEAN, "-n", "2", "--max-worker-restart=2", f"--qatmig-sysfs-root={root}"
     )
     result.stdout.fnmatch_lines(["*replacing crashed worker*"])
     records = _records(out)
@@ -146,7 +149,7 @@ def test_perf_tests_never_share_a_device_and_summary_is_aggregated(
     root = make_sysfs_tree(pytester.path / "host", ready=0)
     pytester.makepyfile(PERF.format(out=str(out)))
     result = pytester.runpytest_subprocess(
-        "-n", "2", "--qatmig-impl=pytest_qatmig.testing:loopback_copy",
+        *LEAN, "-n", "2", "--qatmig-impl=pytest_qatmig.testing:loopback_copy",
         f"--qatmig-sysfs-root={root}",
     )
     result.assert_outcomes(passed=4)
