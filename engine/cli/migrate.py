@@ -138,6 +138,15 @@ def _report(st: MigrationStats, args: argparse.Namespace) -> int:
         print_json(st.to_json())
     else:
         print(format_table(MigrationStats.TABLE_HEADERS, [st.table_row()]))
+        if st.qat_backend:
+            print(f"qatzip backend: {st.qat_backend}")
+            for reason in st.qat_fallback_reasons or ():
+                print(f"  fallback to software: {reason}")
+            for ev in st.qat_fallback_events or ():
+                print(
+                    f"  channel {ev.get('channel')} switched to software at its packet "
+                    f"{ev.get('packet_num')}: {ev.get('reason')}"
+                )
     if st.converged is False:
         print(
             f"qatmig: warning: did not converge within {st.rounds - 1} rounds (dirty rate "
