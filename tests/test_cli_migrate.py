@@ -50,6 +50,36 @@ def test_migrate_qatzip_reports_backend(capsys):
     assert out["qat_fallback_reasons"] == [] and out["qat_fallback_events"] == []
 
 
+def _fake_host(name: str) -> str:
+    from qatmig_engine.resources import fixtures_dir
+
+    return str(fixtures_dir("sysfs", name, "sys"))
+
+
+def test_migrate_table_names_backend_and_fallback_reason(capsys):
+    # A fake host with a ready 4xxx dc device but no libqatzip: auto falls back and says why.
+    rc = main(["migrate", "--guest-size", "2M", "--multifd-compression", "qatzip",
+               "--corpus", "filler", "--qat-backend", "auto", "--quiet",
+               "--qat-sysfs-root", _fake_host("4xxx_pf_dc"),
+               "--qat-library", "/nonexistent/libqatzip.so.3"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "qatzip backend: sw" in out
+    assert "fallback to software: library not found" in out
+
+
+def test_migrate_qat_fallback_off_fails_fast_naming_what_is_missing(capsys):
+    t0 = time.monotonic()
+    rc = main(["migrate", "--guest-size", "2M", "--multifd-compression", "qatzip",
+               "--corpus", "filler", "--qat-fallback", "off", "--quiet",
+               "--qat-sysfs-root", _fake_host("4xxx_sym_asym")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "no dc service: cfg_services is 'sym;asym'" in err
+    # Not a wall-clock benchmark: the bound is the 30 s idle timeout it must not wait for.
+    assert time.monotonic() - t0 < 20
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [

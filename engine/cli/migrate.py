@@ -79,6 +79,17 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                    help="qatzip only: hardware when a ready device exists (auto)")
     g.add_argument("--qat-fallback", type=_on_off, default=True, metavar="on|off",
                    help="qatzip only: fall back to software when QAT is unusable (on)")
+    g.add_argument("--qat-sw-engine", choices=("zlib", "isal"), default=None,
+                   help="qatzip software producer: zlib (byte-exact with libqatzip's software "
+                   "path, default) or isal (ISA-L: same gzip-ext format, faster, other bytes)")
+    g.add_argument("--qat-sysfs-root", metavar="DIR", default=None,
+                   help="discover QAT devices under DIR instead of /sys (e.g. a fake tree "
+                   "from `qatmig devices --fake-host`)")
+    g.add_argument("--qat-library", metavar="PATH", default=None,
+                   help="libqatzip to load (default: libqatzip.so.3 or $QATMIG_LIBQATZIP)")
+    g.add_argument("--qat-inject-fault", metavar="SPEC", default=None,
+                   help="testing: make the hardware engine fail, e.g. "
+                   "'after_packets=3,channel=1,rc=QZ_FAIL' (see docs/qat.md)")
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
                    "QEMU without -uuid); both sides must agree")
@@ -101,6 +112,16 @@ def _params(args: argparse.Namespace) -> MigrationParameters:
         dialect=args.dialect,
         qat_backend=args.qat_backend,
         qat_fallback=args.qat_fallback,
+        extra={
+            key: value
+            for key, value in (
+                ("qat_sw_engine", getattr(args, "qat_sw_engine", None)),
+                ("qat_sysfs_root", getattr(args, "qat_sysfs_root", None)),
+                ("qat_library", getattr(args, "qat_library", None)),
+                ("qat_fault_injection", getattr(args, "qat_inject_fault", None)),
+            )
+            if value is not None
+        },
     )
 
 
