@@ -21,14 +21,20 @@ def test_migrates(multifd_pair, silesia_guest_memory):
 """
 
 
-@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist-n2"])
-def test_three_line_file_passes_in_a_fresh_directory(xdist: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("xdist", "autoload"),
+    [([], True), (["-n", "2"], True), ([], False)],
+    ids=["serial", "xdist-n2", "autoload-off"],
+)
+def test_three_line_file_passes_in_a_fresh_directory(xdist: list[str], autoload: bool) -> None:
     if xdist:
         pytest.importorskip("xdist", reason="pip install pytest-xdist")
     with tempfile.TemporaryDirectory(prefix="qatmig-fresh-") as fresh:
         assert not Path(fresh).resolve().is_relative_to(REPO)
         (Path(fresh) / "test_fresh.py").write_text(THREE_LINES)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+        if not autoload:
+            env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
         out = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "qatmig", *xdist, "--qatmig-guest-size=16M",
              "-p", "no:cacheprovider", "-q", "test_fresh.py"],
