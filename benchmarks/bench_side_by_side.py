@@ -122,6 +122,52 @@ def measure(size: int, channels: int, methods: list[str], repeat: int,
     return results
 
 
+def tap_cost(size: int, channels: int, methods: list[str], timeout: float) -> list[dict[str, Any]]:
+    """CPU seconds of a checking ``qatmig tap`` process (start-up included) forwarding a
+    QEMU 7.2 -> QEMU 7.2 migration of ``size`` bytes."""
+    import select
+    import subprocess
+
+    from qatmig_engine.qemu.interop import QATMIG, _wait_rusage
+    from qatmig_engine.qemu.process import QemuProcess
+
+    out = []
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="qatmig-tapcost-", dir=base) as d:
+        write_image(f"{d}/src.img", size, seed=1)
+        for method in methods:
+            Path(f"{d}/dst.img").unlink(missing_ok=True)
+            with QemuProcess(ram_file=f"{d}/src.img", ram_size=size, name="src",
+                             workdir=f"{d}/s") as src, \
+                 QemuProcess(ram_file=f"{d}/dst.img", ram_size=size, incoming=True,
+                             name="dst", workdir=f"{d}/t") as dst:
+                for q in (src, dst):
+                    q.setup_migration(channels=channels, compression=method)
+                port = dst.migrate_incoming()
+                tap = subprocess.Popen(
+                    [*QATMIG, "tap", "--listen", "127.0.0.1:0", "--forward",
+                     f"127.0.0.1:{port}", "--json", "--timeout", str(timeout)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                assert tap.stderr is not None and tap.stdout is not None
+                if not select.select([tap.stderr], [], [], 30)[0]:
+                    tap.kill()
+                    raise SystemExit("qatmig tap did not start")
+                line = tap.stderr.readline()
+                tport = int(line.split("127.0.0.1:")[1].split(",")[0])
+                src.migrate(f"tcp:127.0.0.1:{tport}")
+                src.wait_migration(timeout)
+                dst.wait_migration(timeout)
+                report = json.loads(tap.stdout.read())
+                cpu = _wait_rusage(tap, timeout)
+            if not report["ok"]:
+                raise SystemExit(f"tap found deviations: {report['errors']}")
+            row = {"method": method, "tap_cpu_s": round(cpu, 3),
+                   "wire_bytes": report["totals"]["wire_bytes"]}
+            print(f"  tap cost {method}: {row}", file=sys.stderr, flush=True)
+            out.append(row)
+    return out
+
+
 def table(res: dict[str, Any]) -> str:
     rows = []
     for method, r in res["methods"].items():
@@ -213,12 +259,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                     help="do not measure: render a previous --json output (with --update-docs)")
+    ap.add_argument("--tap-cost", default=None, metavar="SIZE",
+                    help="only measure the CPU cost of a checking `qatmig tap` on a QEMU->QEMU "
+                    "migration of SIZE (e.g. 256M)")
     ap.add_argument("--update-docs", action="store_true",
                     help="rewrite the 'Engine vs real QEMU 7.2' section of docs/performance.md")
     args = ap.parse_args(argv)
     if find_qemu() is None and args.from_json is None:
         print("qemu-system-x86_64 not found: apt-get install qemu-system-x86", file=sys.stderr)
         return 2
+    if args.tap_cost is not None:
+        rows = tap_cost(parse_size(args.tap_cost), args.channels, args.methods, args.timeout)
+        print(json.dumps(rows, indent=2) if args.json else format_table(
+            ["method", "tap CPU s", "wire MB"],
+            [[r["method"], f"{r['tap_cpu_s']:.2f}", f"{r['wire_bytes'] / 1e6:.1f}"]
+             for r in rows]))
+        return 0
     if args.from_json is not None:
         res = json.loads(args.from_json.read_text())
     else:
