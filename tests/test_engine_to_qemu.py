@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 SIZE = 64 << 20
-CASES = [(m, c) for c in (2, 4) for m in ("none", "zlib", "zstd")]
+CASES = [(m, c) for c in (2, 4) for m in ("none", "zlib", "zstd")] + [("none", 1), ("zlib", 8)]
 
 
 @pytest.fixture
