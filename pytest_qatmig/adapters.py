@@ -178,6 +178,11 @@ class ReferenceImplementation:
         if qatzip and device is not None and "qat_backend" not in spec.options:
             kwargs["qat_backend"] = "auto" if device.hw_ready else "sw"
         kwargs.update(spec.options)
+        if qatzip and device is not None and device.sysfs_root:
+            # The engine must judge the same host the plugin allocated the device from.
+            extra = dict(kwargs.get("extra") or {})
+            extra.setdefault("qat_sysfs_root", device.sysfs_root)
+            kwargs["extra"] = extra
         return MigrationParameters(**kwargs)
 
     def pair(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> ReferencePair:

@@ -46,6 +46,8 @@ class QatDevice:
     reason: str = ""
     backend: str = SOFTWARE
     notes: tuple[str, ...] = field(default=(), compare=False)
+    #: The sysfs root this device was discovered under (so the engine looks at the same host).
+    sysfs_root: str | None = field(default=None, compare=False)
 
     @property
     def is_hardware(self) -> bool:
@@ -95,7 +97,7 @@ def dev_root_for(sysfs_root: str | os.PathLike[str]) -> str:
     return str(sibling) if sibling.is_dir() else str(root.parent / "dev")
 
 
-def _from_engine(d: Any) -> QatDevice:
+def _from_engine(d: Any, sysfs_root: str | None = None) -> QatDevice:
     return QatDevice(
         bdf=d.bdf,
         family=d.family,
@@ -107,6 +109,7 @@ def _from_engine(d: Any) -> QatDevice:
         ready=bool(d.ready),
         reason=d.reason,
         backend="hw",
+        sysfs_root=sysfs_root,
     )
 
 
@@ -115,7 +118,8 @@ def discover(sysfs_root: str | os.PathLike[str] = "/sys") -> list[QatDevice]:
     sysfs discovery, ``qatmig_engine.qat.devices.discover``)."""
     from qatmig_engine.qat.devices import discover as engine_discover
 
-    return [_from_engine(d) for d in engine_discover(sysfs_root, dev_root_for(sysfs_root))]
+    root = os.fspath(sysfs_root)
+    return [_from_engine(d, root) for d in engine_discover(root, dev_root_for(root))]
 
 
 def read_device(sysfs_root: str | os.PathLike[str], bdf: str) -> QatDevice:

@@ -123,3 +123,26 @@ def test_qemu_black_box_through_the_plugin(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(f"--qatmig-impl=qemu:{QEMU}", "--qatmig-devices=sw")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["qatmig: implementation qemu (*QEMU emulator version*"])
+
+
+def test_reference_qatzip_judges_the_same_host_the_plugin_allocated_from(tmp_path, monkeypatch):
+    from qatmig_engine.resources import fixtures_dir
+
+    from pytest_qatmig.devices import discover
+
+    root = fixtures_dir("sysfs", "4xxx_pf_dc", "sys")
+    device = next(d for d in discover(root) if d.ready)
+    impl = ReferenceImplementation()
+    params = impl.parameters(PairSpec(compression="qatzip", channels=1), device)
+    assert params.qat_backend == "auto"
+    assert params.extra["qat_sysfs_root"] == str(root)
+    # Without libqatzip the engine must fall back on that host and say why.
+    monkeypatch.setenv("QATMIG_LIBQATZIP", str(tmp_path / "no" / "libqatzip.so.3"))
+    pair = impl.pair(PairSpec(compression="qatzip", channels=1), device=device, workdir=tmp_path)
+    image = tmp_path / "guest.img"
+    image.write_bytes(bytes(range(256)) * 4096 * 4)
+    result = pair.migrate(image, timeout=60)
+    pair.close()
+    assert result.verified
+    assert result.qat_backend == "sw"
+    assert any("library not found" in r for r in result.qat_fallback_reasons)
