@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 QEMU   := $(shell command -v qemu-system-x86_64 2>/dev/null)
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench bench-qemu soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,17 @@ test: setup system-deps
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Benchmarks write their tables into docs/performance.md with --update-docs (see each --help).
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_codecs.py
+	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_standin.py --limit 8M
+
+bench-qemu: setup system-deps
+	$(PY) benchmarks/bench_side_by_side.py
+
+soak: setup
+	$(PY) benchmarks/soak_fuzz.py --seconds 600
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
