@@ -43,7 +43,7 @@ Progress = Callable[[int], None]
 
 
 def default_guest(
-    size: int, *, corpus: str = "stand-in", ramblock: str = DEFAULT_RAMBLOCK,
+    size: int, *, corpus: str = "auto", ramblock: str = DEFAULT_RAMBLOCK,
     mode: str = "r", zero_ratio: float = 0.0,
 ) -> tuple[GuestMemory, str]:
     """The default source guest of ``size`` bytes and the name of its content.
@@ -104,7 +104,7 @@ def migrate_loopback(
     uuid: str | None = None,
     max_iters: int = DEFAULT_MAX_ITERS,
     machine_type: str = DEFAULT_MACHINE_TYPE,
-    corpus: str = "stand-in",
+    corpus: str = "auto",
     verify: bool = True,
     destination_prealloc: bool = False,
 ) -> MigrationStats:
@@ -270,7 +270,7 @@ def send(
     max_iters: int = DEFAULT_MAX_ITERS,
     wait_for_destination: float | None = None,
     digest: bool = True,
-    corpus: str = "stand-in",
+    corpus: str = "auto",
 ) -> MigrationStats:
     """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
     ``guest_size``) to ``host:port``. After EOF it waits up to ``wait_for_destination``

@@ -280,9 +280,10 @@ def register(subparsers: Any) -> None:
                    help="keep the destination's RAM in FILE (default anonymous memory)")
     p.add_argument("--destination-prealloc", action="store_true",
                    help="fault the destination's RAM in before migrating (QEMU's prealloc=on)")
-    p.add_argument("--corpus", default="stand-in",
-                   help="content of the default guest: stand-in (Silesia-like, cached image; "
-                   "default), silesia, auto, a directory, or filler (quick, tests)")
+    p.add_argument("--corpus", default="auto",
+                   help="content of the default guest: auto (default: the real Silesia corpus "
+                   "when $QATMIG_SILESIA or the cache has it, else the stand-in), stand-in "
+                   "(Silesia-like, cached image), silesia, a directory, or filler (quick, tests)")
     _add_params(p)
     p.set_defaults(func=_cmd_migrate)
 
