@@ -176,3 +176,29 @@ def test_listen_exits_non_zero_on_failure(tmp_path):
     _, lerr = lp.communicate(timeout=60)
     assert lp.returncode == 1 and "flags received 2 flags expected 4" in lerr
     assert sp.returncode == 1 and "qatmig: error: migration failed" in serr
+
+
+def test_listen_on_port_zero_announces_its_port_even_with_json(tmp_path):
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    _image(src, 2 << 20)
+    lp = _qatmig("listen", "--listen", "127.0.0.1:0", "--guest-image", str(dst),
+                 "--guest-size", "2M", "--json", "--quiet", "--no-digest", "--timeout", "10")
+    try:
+        line = lp.stderr.readline()  # the first stderr line names the bound address
+        assert line.startswith("qatmig: listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        assert port > 0
+        sp = _qatmig("send", f"127.0.0.1:{port}", "--guest-image", str(src), "--json",
+                     "--quiet", "--no-digest", "--timeout", "10")
+        sout, serr = sp.communicate(timeout=60)
+        lout, lerr = lp.communicate(timeout=60)
+    finally:
+        if lp.poll() is None:
+            lp.kill()
+            lp.communicate()
+    assert sp.returncode == 0, serr
+    assert lp.returncode == 0, lerr
+    s, d = json.loads(sout), json.loads(lout)
+    assert s["status"] == d["status"] == "completed"
+    assert s["source_digest"] is None and d["destination_digest"] is None
+    assert dst.read_bytes() == src.read_bytes()

@@ -224,13 +224,14 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     bar = _LazyProgress(args.guest_size, "receive", args.quiet)
 
     def ready(addr: tuple[str, int]) -> None:
-        if not args.quiet and not args.json:
-            print(f"qatmig: listening on {addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
+        # Always (stderr, even with --json/--quiet): with port 0 it is how a caller learns it.
+        print(f"qatmig: listening on {addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
 
     try:
         st = listen(host, port, args.guest_image, args.guest_size, _params(args),
                     ramblock=args.ramblock, uuid=args.uuid, timeout=args.timeout,
-                    progress=bar, on_ready=ready, prealloc=args.prealloc)
+                    progress=bar, on_ready=ready, prealloc=args.prealloc,
+                    digest=not args.no_digest)
     finally:
         bar.close()
     return _report(st, args)
@@ -247,7 +248,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
         st = send(host, port, args.guest_image, _params(args), guest_size=args.guest_size,
                   ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
                   timeout=args.timeout, progress=bar, machine_type=args.machine_type,
-                  max_iters=args.max_iters)
+                  max_iters=args.max_iters, digest=not args.no_digest)
     finally:
         bar.close()
     return _report(st, args)
@@ -296,6 +297,9 @@ def register(subparsers: Any) -> None:
     _add_guest(p, dirty=False)
     p.add_argument("--prealloc", action="store_true",
                    help="fault the RAM in before listening (QEMU's prealloc=on)")
+    p.add_argument("--no-digest", action="store_true",
+                   help="skip the sha256 of the received RAM (saves ~2 CPU-s per GiB; the "
+                   "JSON's destination_digest is then null)")
     _add_params(p)
     p.set_defaults(func=_cmd_listen)
 
@@ -308,5 +312,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--machine-type", default="pc-i440fx-7.2",
                    help="machine type in the CONFIGURATION section (the destination's "
                    "exact -machine type name for a real QEMU destination)")
+    p.add_argument("--no-digest", action="store_true",
+                   help="skip the sha256 of the sent RAM (saves ~2 CPU-s per GiB)")
     _add_params(p)
     p.set_defaults(func=_cmd_send)
