@@ -256,3 +256,42 @@ def test_per_page_bomb_stops_at_one_page(method: str) -> None:
         spec.new_decompressor().decompress(payload, 1)
     peak = _bomb_peak(spec.name, payload, 1)
     assert peak < 256 * 1024
+
+
+# --------------------------------------------------------------------------- scripts stay alive
+def _load_script(name: str):  # type: ignore[no-untyped-def]
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_soak_script_runs_every_target_without_failures() -> None:
+    soak = _load_script("soak_fuzz")
+    res = soak.soak(seconds=30.0, seed=7, only=None, max_cases=120)
+    assert res["cases"] == 120 and res["failures"] == []
+    assert all(n >= 10 for n in res["cases_per_target"].values())
+    assert "wire-packet" in res["cases_per_target"]  # the wire decoders are fuzzed too
+    assert "| **total** | **120** |" in soak.markdown(res)
+
+
+def test_bench_script_measures_against_the_raw_call() -> None:
+    bench = _load_script("bench_codecs")
+    try:
+        packets, _ = bench.load_packets(max_packets=1)
+    except SystemExit:
+        pytest.skip("benchmark data (shared vectors/corpora) not found; set QATMIG_SHARED")
+    row = bench.bench_one("zlib", 1, packets[:1], 1, bench.raw_zlib(1))
+    assert row["ratio"] > 1 and row["compress_mbps"] > 0 and "compress_overhead_pct" in row
+    # raw baselines produce the same bytes as the codecs they stand for
+    assert bench.raw_zlib(1)[0]()(packets[0]) == get_codec("zlib").new_compressor(1).compress(
+        packets[0])
+    assert bench.raw_zstd(1)[0]()(packets[0]) == get_codec("zstd").new_compressor(1).compress(
+        packets[0])
+    raw_qz = bench.raw_qatzip(1)[0]()(packets[0])
+    assert raw_qz[10:] == qzformat.compress(packets[0], 1)[24:]  # same deflate + footer
