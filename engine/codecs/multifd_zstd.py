@@ -79,7 +79,7 @@ class ZstdDecompressor(Decompressor):
         self.channel = channel
         self._broken: str | None = None
         if _lib is None:  # pragma: no cover
-            raise CodecError("zstandard's cffi backend is missing (pip install zstandard)")
+            raise CodecError("zstandard's cffi backend is missing: pip install cffi zstandard")
         ds = _lib.ZSTD_createDStream()
         if ds == _ffi.NULL:
             raise CodecError(f"multifd {channel}: zstd createDStream failed", channel=channel)
