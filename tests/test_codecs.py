@@ -625,3 +625,32 @@ def test_buffers_from_reused_memory(method: str) -> None:
     if method != "none":  # none returns the caller's own view by design
         recv[: len(payload)] = bytes(len(payload))
         assert bytes(out) == got
+
+
+@pytest.mark.parametrize("method", ["zlib", "zstd", "qatzip"])
+def test_one_state_per_channel_in_parallel_threads(method: str) -> None:
+    """The engine runs one thread per channel; each owns its compressor/decompressor (zstandard
+    objects are not thread-safe, so nothing may be shared behind the scenes)."""
+    import threading
+
+    spec = get_codec(method)
+    data = mixed_pages(128)
+    errors: list[BaseException] = []
+
+    def channel(ch: int) -> None:
+        try:
+            c = spec.new_compressor(channel=ch)
+            d = spec.new_decompressor(channel=ch)
+            for k in range(6):
+                pk = data[(k * 7 + ch) % 64 * PS:][: 64 * PS]
+                assert bytes(d.decompress(c.compress(pk), len(pk) // PS)) == pk
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=channel, args=(ch,)) for ch in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
