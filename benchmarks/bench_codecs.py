@@ -52,8 +52,12 @@ from qatmig_engine.codecs import qzformat as qz
 
 PACKET = 512 * 1024
 PS = 4096
-SHARED = Path(os.environ.get("QATMIG_SHARED", "/work/shared"))
 ROOT = Path(__file__).resolve().parent.parent
+SHARED = next(
+    (p for p in ([Path(os.environ["QATMIG_SHARED"])] if "QATMIG_SHARED" in os.environ else [])
+     + [ROOT.parent / "shared", Path("/work/shared")] if (p / "vectors").is_dir()),
+    ROOT.parent / "shared",
+)
 LIMITED = ("zlib", "zstd", "qatzip")  # methods with the 5% budget
 
 

@@ -10,13 +10,13 @@ libqatzip.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from functools import cache
-from pathlib import Path
 
-#: The shared vectors (QATMIG_SHARED overrides /work/shared, as in benchmarks/).
-VECTORS = Path(os.environ.get("QATMIG_SHARED", "/work/shared")) / "vectors" / "qatzip"
+from shared_data import shared_path
+
+#: The shared vectors ($QATMIG_SHARED, ../shared beside the repo, or /work/shared).
+VECTORS = shared_path("vectors", "qatzip")
 
 #: sha256 of the inputs and of libqatzip's outputs, from shared/vectors/qatzip/manifest.json.
 INPUT_SHA256 = {

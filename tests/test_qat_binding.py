@@ -26,6 +26,7 @@ from qatmig_engine.qat.binding import (
     probe_library,
     rc_name,
 )
+from shared_data import shared_path
 
 _spec = importlib.util.spec_from_file_location(
     "qatzip_double_build", Path(__file__).parent / "qatzip_double" / "build.py")
@@ -33,7 +34,7 @@ assert _spec and _spec.loader
 build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build)
 
-VECTORS = Path("/work/shared/vectors/qatzip")
+VECTORS = shared_path("vectors", "qatzip")
 REAL = build.real_library()
 WHICH = "real-libqatzip" if REAL else "test-double"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
 import re
 import threading
 import zipfile
@@ -29,6 +28,7 @@ from qatmig_engine.silesia.corpus import (
 )
 from qatmig_engine.silesia.manifest import SilesiaFile
 from qatmig_engine.silesia.ratios import compressed_size
+from shared_data import shared_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -240,11 +240,7 @@ def test_download_errors_are_corpus_errors(http_root, cache: Path) -> None:
 
 
 def _shared() -> Path | None:
-    env = os.environ.get("QATMIG_SHARED")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared"]:
-        if (cand / "corpora" / "README.md").is_file():
-            return cand
-    return None
+    return shared_dir("corpora/README.md")
 
 
 @pytest.fixture(scope="module")
