@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import MULTIFD_RECV_BUFFER_SIZE
+from ..constants import MULTIFD_RECV_BUFFER_SIZE, TARGET_PAGE_SIZE
 from ..errors import ParameterError, PayloadSizeError
+from .base import CodecSpec, Compressor, Decompressor
 
 #: Largest packet (normal_pages x page_size) a decoder accepts. QEMU never sends more than
 #: MULTIFD_PACKET_SIZE (512 KiB); this cap only bounds allocations driven by a bogus header.
@@ -99,3 +102,38 @@ def empty_packet(channel: int, size: int) -> PayloadSizeError:
         f"(QEMU asserts next_packet_size == 0 there)",
         channel=channel,
     )
+
+
+@dataclass(frozen=True)
+class StreamSpec(CodecSpec):
+    """zlib and zstd: one stream per channel, a level parameter, QEMU's 1 MiB receive buffer.
+
+    The level range and default come from the spec's own fields, so they are stated once.
+    """
+
+    compressor_cls: Callable[[int, int], Compressor] | None = field(
+        default=None, repr=False, compare=False)
+    decompressor_cls: Callable[[int, int], Decompressor] | None = field(
+        default=None, repr=False, compare=False)
+
+    def new_compressor(self, level: int | None = None, *, page_size: int = TARGET_PAGE_SIZE,
+                       channel: int = 0, **options: Any) -> Compressor:
+        lo, hi = self.level_range or (0, 0)
+        lvl = check_level(self.name, self.level_parameter or self.name, level, lo, hi,
+                          self.default_level or 0)
+        check_page_size(page_size)
+        check_options(self.name, options)
+        if self.compressor_cls is None:  # pragma: no cover - a spec built without classes
+            raise ParameterError(f"{self.name}: no compressor")
+        return self.compressor_cls(lvl, channel)
+
+    def new_decompressor(self, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0,
+                         **options: Any) -> Decompressor:
+        check_options(self.name, options)
+        if self.decompressor_cls is None:  # pragma: no cover
+            raise ParameterError(f"{self.name}: no decompressor")
+        return self.decompressor_cls(check_page_size(page_size), channel)
+
+    def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
+        """min(QEMU's 1 MiB receive buffer, ceil(9n/8)+80 for n = normal_pages*page_size)."""
+        return min(MULTIFD_RECV_BUFFER_SIZE, compress_bound(normal_pages * page_size))

@@ -10,18 +10,15 @@ inflate stream.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Any
 
 from ..constants import (
     DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL,
     MULTIFD_FLAG_ZLIB,
     MULTIFD_RECV_BUFFER_SIZE,
-    TARGET_PAGE_SIZE,
 )
 from ..errors import CodecError
 from . import _shared
-from .base import CodecSpec, Compressor, Decompressor
+from .base import Compressor, Decompressor
 
 _SYNC_FLUSH_MARKER = b"\x00\x00\xff\xff"
 
@@ -111,27 +108,8 @@ class ZlibDecompressor(Decompressor):
         return out
 
 
-@dataclass(frozen=True)
-class ZlibSpec(CodecSpec):
-    def new_compressor(self, level: int | None = None, *, page_size: int = TARGET_PAGE_SIZE,
-                       channel: int = 0, **options: Any) -> Compressor:
-        lvl = _shared.check_level(self.name, "multifd-zlib-level", level, 0, 9,
-                                  DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL)
-        _shared.check_page_size(page_size)
-        _shared.check_options(self.name, options)
-        return ZlibCompressor(lvl, channel)
-
-    def new_decompressor(self, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0,
-                         **options: Any) -> Decompressor:
-        _shared.check_options(self.name, options)
-        return ZlibDecompressor(_shared.check_page_size(page_size), channel)
-
-    def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
-        """min(QEMU's 1 MiB receive buffer, ceil(9n/8)+80 for n = normal_pages*page_size)."""
-        return min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(normal_pages * page_size))
-
-
-SPEC = ZlibSpec(
+SPEC = _shared.StreamSpec(
     name="zlib", flag=MULTIFD_FLAG_ZLIB, level_parameter="multifd-zlib-level",
     level_range=(0, 9), default_level=DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL, streaming=True,
+    compressor_cls=ZlibCompressor, decompressor_cls=ZlibDecompressor,
 )

@@ -13,7 +13,6 @@ bound and never allocates more. ``zstandard`` objects are not thread-safe: one p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import zstandard
@@ -22,11 +21,10 @@ from ..constants import (
     DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL,
     MULTIFD_FLAG_ZSTD,
     MULTIFD_RECV_BUFFER_SIZE,
-    TARGET_PAGE_SIZE,
 )
 from ..errors import CodecError
 from . import _shared
-from .base import CodecSpec, Compressor, Decompressor
+from .base import Compressor, Decompressor
 
 try:  # the cffi backend ships in zstandard's wheels; it exposes libzstd's streaming API
     from zstandard import backend_cffi as _zc
@@ -165,27 +163,8 @@ class ZstdDecompressor(Decompressor):
         return memoryview(out)
 
 
-@dataclass(frozen=True)
-class ZstdSpec(CodecSpec):
-    def new_compressor(self, level: int | None = None, *, page_size: int = TARGET_PAGE_SIZE,
-                       channel: int = 0, **options: Any) -> Compressor:
-        lvl = _shared.check_level(self.name, "multifd-zstd-level", level, 0, 20,
-                                  DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL)
-        _shared.check_page_size(page_size)
-        _shared.check_options(self.name, options)
-        return ZstdCompressor(lvl, channel)
-
-    def new_decompressor(self, *, page_size: int = TARGET_PAGE_SIZE, channel: int = 0,
-                         **options: Any) -> Decompressor:
-        _shared.check_options(self.name, options)
-        return ZstdDecompressor(_shared.check_page_size(page_size), channel)
-
-    def max_payload(self, normal_pages: int, page_size: int = TARGET_PAGE_SIZE) -> int:
-        """min(QEMU's 1 MiB receive buffer, ceil(9n/8)+80 for n = normal_pages*page_size)."""
-        return min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(normal_pages * page_size))
-
-
-SPEC = ZstdSpec(
+SPEC = _shared.StreamSpec(
     name="zstd", flag=MULTIFD_FLAG_ZSTD, level_parameter="multifd-zstd-level",
     level_range=(0, 20), default_level=DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL, streaming=True,
+    compressor_cls=ZstdCompressor, decompressor_cls=ZstdDecompressor,
 )
