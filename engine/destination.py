@@ -27,7 +27,7 @@ from . import transport
 from .codecs import get_codec
 from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
-from .errors import ChannelClosed, MigrationError, PeerTimeout, QatmigError, StreamError
+from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
     Configuration,
@@ -448,14 +448,7 @@ class Destination:
             self._done.set()
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
-            root = self._error if self._error is not None else exc
-            if isinstance(root, Cancelled) and not isinstance(exc, Cancelled):
-                root = exc
-            st.status = "failed"
-            st.error = str(root)
-            st.error_type = type(root).__name__
-            if not isinstance(root, QatmigError | OSError):
-                st.error = f"internal error ({type(root).__name__}: {root})"
+            st.record_failure(exc, self._error)
             self.act.cancel.set()
             transport.abort(self.main_sock)
             for r in self.receivers:

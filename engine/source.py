@@ -31,7 +31,7 @@ from . import transport
 from .codecs import get_codec
 from .constants import MULTIFD_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
-from .errors import MigrationError, QatmigError
+from .errors import MigrationError
 from .guest import GuestMemory, RAMBlock, dirty_runs
 from .mainstream import DEFAULT_MACHINE_TYPE, MainStreamEncoder
 from .params import MigrationParameters
@@ -397,14 +397,7 @@ class Source:
             self._run(t_start)
             st.status = "completed"
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
-            root = self._error if self._error is not None else exc
-            if isinstance(root, Cancelled) and not isinstance(exc, Cancelled):
-                root = exc
-            st.status = "failed"
-            st.error = str(root)
-            st.error_type = type(root).__name__
-            if not isinstance(root, QatmigError | OSError):
-                st.error = f"internal error ({type(root).__name__}: {root})"
+            st.record_failure(exc, self._error)
             self.act.cancel.set()
             transport.abort(self.main_sock)
             for s in self.senders:

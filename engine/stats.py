@@ -151,6 +151,27 @@ class MigrationStats:
         return self._cpu_percent(self.destination, self.wall_seconds_destination)
 
     # ------------------------------------------------------------------ renderings
+    def record_failure(
+        self, exc: BaseException, first_error: BaseException | None = None
+    ) -> BaseException:
+        """Mark the migration ``failed`` with its root cause and return that cause.
+
+        ``first_error`` is the error another thread recorded first; a ``Cancelled`` raised
+        only because of it is not the cause. Anything not deliberate is labelled internal.
+        """
+        from .errors import QatmigError
+        from .transport import Cancelled
+
+        root = first_error if first_error is not None else exc
+        if isinstance(root, Cancelled) and not isinstance(exc, Cancelled):
+            root = exc
+        self.status = "failed"
+        self.error = str(root)
+        self.error_type = type(root).__name__
+        if not isinstance(root, QatmigError | OSError):
+            self.error = f"internal error ({type(root).__name__}: {root})"
+        return root
+
     def to_qmp(self) -> dict[str, Any]:
         """``query-migrate``-shaped dict (QEMU's names)."""
         out: dict[str, Any] = {
