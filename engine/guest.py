@@ -85,7 +85,15 @@ class RAMBlock:
         flags = mmap.MAP_PRIVATE
         if prealloc:
             flags |= getattr(mmap, "MAP_POPULATE", 0)
-        return cls(name, mmap.mmap(-1, size, flags=flags), size, page_size=page_size)
+        mm = mmap.mmap(-1, size, flags=flags)
+        # QEMU madvises guest RAM MADV_HUGEPAGE (physmem.c, ram_block_add): with transparent
+        # huge pages in "madvise" mode this turns 512 first-touch faults into one.
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                mm.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:  # THP unavailable (kernel config, container): plain pages
+                pass
+        return cls(name, mm, size, page_size=page_size)
 
     @classmethod
     def from_file(
