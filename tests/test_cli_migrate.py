@@ -39,6 +39,7 @@ def test_migrate_table_row(capsys):
     assert lines[0].split()[:3] == ["method", "channels", "total"]
     row = lines[2].split()
     assert row[0] == "none" and row[1] == "3" and row[-1] == "yes"
+    assert lines[3] == "guest: 2 MiB, corpus filler, dialect qemu-9.2"
 
 
 def test_migrate_qatzip_reports_backend(capsys):
