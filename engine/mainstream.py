@@ -19,6 +19,11 @@ clear and one fill byte; PAGE (0x08) by the idstr rule and one page of data.
 The decoder also accepts a real QEMU source: whatever follows the RAM section's END footer
 (device SECTION_FULL records, EOF, VMDESCRIPTION JSON) is not length-prefixed without per-device
 schemas, so it is passed on as an opaque blob (:class:`DeviceState`) until the peer closes.
+
+It is the one parser of these bytes: the engine's destination and the validating tap both read
+its events. Every :class:`StreamError` it raises names the ``field`` at fault (``magic``,
+``version``, ``configuration``, ``section``, ``footer``, ``block list``, ``ram flags``,
+``ramblock``, ``offset``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import struct
 from dataclasses import dataclass
 
 from .constants import (
+    MULTIFD_MAGIC,
     QEMU_VM_CONFIGURATION,
     QEMU_VM_EOF,
     QEMU_VM_FILE_MAGIC,
@@ -36,6 +42,7 @@ from .constants import (
     QEMU_VM_SECTION_FULL,
     QEMU_VM_SECTION_PART,
     QEMU_VM_SECTION_START,
+    QEMU_VM_SUBSECTION,
     RAM_SAVE_FLAG_CONTINUE,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_MEM_SIZE,
@@ -287,19 +294,26 @@ class MainStreamDecoder:
         """True once the RAM section's END footer has been read."""
         return self.ram_end
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+    def feed(
+        self, data: bytes | bytearray | memoryview, out: list[Event] | None = None
+    ) -> list[Event]:
+        """Decode what ``data`` completes; returns the events (appended to ``out`` if given).
+
+        With ``out``, the events decoded before a :class:`StreamError` stay in it, so a caller
+        that reports the error can still act on everything that preceded it.
+        """
+        events: list[Event] = [] if out is None else out
         self.bytes_in += len(data)
         if self._state == _S_TRAILER:
             if data:
                 self.device_state_bytes += len(data)
-                return [DeviceState(bytes(data))]
-            return []
+                events.append(DeviceState(bytes(data)))
+            return events
         if self._state == _S_DONE:
             if data:
-                raise StreamError("bytes after QEMU_VM_EOF on the main channel")
-            return []
+                raise StreamError("bytes after QEMU_VM_EOF on the main channel", field="section")
+            return events
         self._buf += data
-        events: list[Event] = []
         try:
             while True:
                 if self._state == _S_TRAILER:
@@ -311,7 +325,9 @@ class MainStreamDecoder:
                     break
                 if self._state == _S_DONE:
                     if self._pos < len(self._buf):
-                        raise StreamError("bytes after QEMU_VM_EOF on the main channel")
+                        raise StreamError(
+                            "bytes after QEMU_VM_EOF on the main channel", field="section"
+                        )
                     break
                 self._mark = self._pos
                 try:
@@ -330,8 +346,9 @@ class MainStreamDecoder:
         """The peer closed the main channel: raise unless the RAM section was complete."""
         if not self.ram_end:
             raise StreamError(
-                f"main channel closed mid-stream ({self._where()}, {len(self._buf)} bytes "
-                "of an incomplete item buffered)"
+                f"main channel closed mid-stream ({self.where()}, {len(self._buf)} bytes "
+                "of an incomplete item buffered)",
+                field="magic" if self._state == _S_MAGIC else "ram",
             )
 
     # ------------------------------------------------------------------ primitives
@@ -363,17 +380,23 @@ class MainStreamDecoder:
         self._pos = p + 8
         return _BE64.unpack_from(self._buf, p)[0]
 
-    def _idstr(self, what: str) -> str:
+    def _idstr(self, what: str, fld: str) -> str:
         n = self._u8()
         if n == 0:
-            raise StreamError(f"empty {what} name")
+            raise StreamError(f"empty {what} name", field=fld)
         raw = self._take(n)
         try:
             return raw.decode("ascii")
         except UnicodeDecodeError:
-            raise StreamError(f"{what} name is not ASCII: {raw!r}") from None
+            raise StreamError(f"{what} name is not ASCII: {raw!r}", field=fld) from None
 
-    def _where(self) -> str:
+    @property
+    def header_seen(self) -> bool:
+        """True once the file magic and version were read."""
+        return self._state != _S_MAGIC
+
+    def where(self) -> str:
+        """Where in the stream the decoder stands, in words (for error messages)."""
         return {
             _S_MAGIC: "before the file header",
             _S_TOP: "between sections",
@@ -394,12 +417,13 @@ class MainStreamDecoder:
             kind = self._u8()
             if kind != QEMU_VM_SECTION_FOOTER:
                 raise StreamError(
-                    f"expected section footer 0x7e after EOS, got 0x{kind:02x}"
+                    f"expected section footer 0x7e after EOS, got 0x{kind:02x}", field="footer"
                 )
             sid = self._be32()
             if sid != self.ram_section_id:
                 raise StreamError(
-                    f"section footer for section {sid}, expected {self.ram_section_id}"
+                    f"section footer for section {sid}, expected {self.ram_section_id}",
+                    field="footer",
                 )
             events.append(Footer(sid, self._section_kind))
             if self._section_kind == QEMU_VM_SECTION_END:
@@ -411,14 +435,22 @@ class MainStreamDecoder:
         elif st == _S_MAGIC:
             magic = self._be32()
             if magic != QEMU_VM_FILE_MAGIC:
+                hint = ""
+                if magic == MULTIFD_MAGIC:
+                    hint = (
+                        " (a multifd channel connected first: a 7.2 destination takes the "
+                        "first connection as the main channel and rejects this stream)"
+                    )
                 raise StreamError(
                     f"main channel magic 0x{magic:08x}, expected 0x{QEMU_VM_FILE_MAGIC:08x} "
-                    "(QEVM)"
+                    f"(QEVM){hint}",
+                    field="magic",
                 )
             version = self._be32()
             if version != QEMU_VM_FILE_VERSION:
                 raise StreamError(
-                    f"migration file version {version}, expected {QEMU_VM_FILE_VERSION}"
+                    f"migration file version {version}, expected {QEMU_VM_FILE_VERSION}",
+                    field="version",
                 )
             events.append(FileHeader(version))
             self._state = _S_TOP
@@ -427,32 +459,53 @@ class MainStreamDecoder:
         kind = self._u8()
         if kind == QEMU_VM_CONFIGURATION:
             if self.machine_type is not None or self.ram_section_id is not None:
-                raise StreamError("CONFIGURATION section repeated or after the RAM section")
+                raise StreamError(
+                    "CONFIGURATION section repeated or after the RAM section",
+                    field="configuration",
+                )
             n = self._be32()
             if not 0 < n <= MAX_MACHINE_TYPE_LEN:
                 raise StreamError(
-                    f"CONFIGURATION machine-type length {n} out of range 1..{MAX_MACHINE_TYPE_LEN}"
+                    f"CONFIGURATION machine-type length {n} out of range "
+                    f"1..{MAX_MACHINE_TYPE_LEN}",
+                    field="configuration",
                 )
             raw = self._take(n)
             try:
                 self.machine_type = raw.decode("ascii")
             except UnicodeDecodeError:
-                raise StreamError(f"machine type is not ASCII: {raw!r}") from None
+                raise StreamError(
+                    f"machine type is not ASCII: {raw!r}", field="configuration"
+                ) from None
             events.append(Configuration(self.machine_type))
+        elif (
+            kind == QEMU_VM_SUBSECTION
+            and self.machine_type is not None
+            and self.ram_section_id is None
+        ):
+            # vmstate_configuration's subsections (target-page-bits, capabilities, uuid) are
+            # only sent when the source needs them; QEMU 7.2 sends none by default.
+            raise StreamError(
+                "CONFIGURATION subsections are not supported (QEMU 7.2 sends none by default)",
+                field="configuration",
+            )
         elif kind == QEMU_VM_SECTION_START:
             sid = self._be32()
-            idstr = self._idstr("section")
+            idstr = self._idstr("section", "section")
             instance = self._be32()
             version = self._be32()
             if idstr != "ram":
                 raise StreamError(
                     f"SECTION_START of '{idstr}' before the RAM section ended: only the "
-                    "RAM section is supported before device state"
+                    "RAM section is supported before device state",
+                    field="section",
                 )
             if self.ram_section_id is not None:
-                raise StreamError("a second SECTION_START of 'ram'")
+                raise StreamError("a second SECTION_START of 'ram'", field="section")
             if version != RAM_VERSION_ID:
-                raise StreamError(f"ram section version {version}, expected {RAM_VERSION_ID}")
+                raise StreamError(
+                    f"ram section version {version}, expected {RAM_VERSION_ID}", field="section"
+                )
             self.ram_section_id = sid
             self._section_kind = kind
             self._last_block = None
@@ -461,24 +514,31 @@ class MainStreamDecoder:
         elif kind in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
             sid = self._be32()
             if self.ram_section_id is None:
-                raise StreamError(f"{_SECTION_NAMES[kind]} before SECTION_START of 'ram'")
+                raise StreamError(
+                    f"{_SECTION_NAMES[kind]} before SECTION_START of 'ram'", field="section"
+                )
             if sid != self.ram_section_id:
                 raise StreamError(
                     f"{_SECTION_NAMES[kind]} for unknown section {sid} (ram is "
-                    f"{self.ram_section_id})"
+                    f"{self.ram_section_id})",
+                    field="section",
                 )
             self._section_kind = kind
             events.append(SectionHeader(kind, sid))
             self._state = _S_RAM
         elif kind == QEMU_VM_EOF:
             if not self.ram_end:
-                raise StreamError("QEMU_VM_EOF before the RAM section's END")
+                raise StreamError("QEMU_VM_EOF before the RAM section's END", field="section")
             self._state = _S_DONE  # pragma: no cover - unreachable: END moves to the trailer
             events.append(EndOfFile())
         elif kind == QEMU_VM_SECTION_FULL:
-            raise StreamError("device state (SECTION_FULL) before the RAM section's END")
+            raise StreamError(
+                "device state (SECTION_FULL) before the RAM section's END", field="section"
+            )
         else:
-            raise StreamError(f"unknown section type 0x{kind:02x} on the main channel")
+            raise StreamError(
+                f"unknown section type 0x{kind:02x} on the main channel", field="section type"
+            )
 
     def _ram_records(self, events: list[Event]) -> None:
         buf = self._buf
@@ -497,7 +557,10 @@ class MainStreamDecoder:
                     raise _Need
                 blk = self._last_block
                 if blk is None:
-                    raise StreamError("ZERO record with CONTINUE before any RAM block was named")
+                    raise StreamError(
+                        "ZERO record with CONTINUE before any RAM block was named",
+                        field="ram flags",
+                    )
                 self._check_page(blk, addr)
                 self._pos = p + 9
                 events.append(ZeroPage(blk, addr, buf[p + 8]))
@@ -510,11 +573,16 @@ class MainStreamDecoder:
                 if flags & RAM_SAVE_FLAG_CONTINUE:
                     blk = self._last_block
                     if blk is None:
-                        raise StreamError("record with CONTINUE before any RAM block was named")
+                        raise StreamError(
+                            "record with CONTINUE before any RAM block was named",
+                            field="ram flags",
+                        )
                 else:
-                    blk = self._idstr("RAM block")
+                    blk = self._idstr("RAM block", "ramblock")
                     if blk not in self.blocks:
-                        raise StreamError(f"unknown RAM block '{blk}' in a page record")
+                        raise StreamError(
+                            f"unknown RAM block '{blk}' in a page record", field="ramblock"
+                        )
                 self._check_page(blk, addr)
                 if base == RAM_SAVE_FLAG_ZERO:
                     fill = self._u8()
@@ -531,46 +599,55 @@ class MainStreamDecoder:
                 if self.dialect.flush_after_each_section:
                     raise StreamError(
                         "RAM_SAVE_FLAG_MULTIFD_FLUSH (0x200) in the "
-                        f"{self.dialect.name} dialect, which syncs at every EOS instead"
+                        f"{self.dialect.name} dialect, which syncs at every EOS instead",
+                        field="ram flags",
                     )
                 if not self._saw_mem_size:
-                    raise StreamError("MULTIFD_FLUSH before MEM_SIZE")
+                    raise StreamError("MULTIFD_FLUSH before MEM_SIZE", field="ram flags")
                 events.append(MultifdFlush())
             else:
                 raise StreamError(
-                    f"unknown combination of RAM flags 0x{flags:x} (record 0x{v:016x})"
+                    f"unknown combination of RAM flags 0x{flags:x} (record 0x{v:016x})",
+                    field="ram flags",
                 )
 
     def _check_page(self, blk: str, addr: int) -> None:
         length = self.blocks.get(blk)
         if length is None:
-            raise StreamError(f"unknown RAM block '{blk}'")
+            raise StreamError(f"unknown RAM block '{blk}'", field="ramblock")
         if addr > length - self.page_size:
             raise StreamError(
-                f"page offset 0x{addr:x} beyond RAM block '{blk}' (used_length 0x{length:x})"
+                f"page offset 0x{addr:x} beyond RAM block '{blk}' (used_length 0x{length:x})",
+                field="offset",
             )
 
     def _mem_size(self, total: int, events: list[Event]) -> None:
         if self._section_kind != QEMU_VM_SECTION_START or self._saw_mem_size:
-            raise StreamError("MEM_SIZE record outside the RAM section's start")
+            raise StreamError(
+                "MEM_SIZE record outside the RAM section's start (a second block list?)",
+                field="block list",
+            )
         remaining = total
         blocks: list[tuple[str, int]] = []
         while remaining:
             if len(blocks) >= MAX_RAM_BLOCKS:
-                raise StreamError(f"more than {MAX_RAM_BLOCKS} RAM blocks in MEM_SIZE")
-            name = self._idstr("RAM block")
+                raise StreamError(
+                    f"more than {MAX_RAM_BLOCKS} RAM blocks in MEM_SIZE", field="block list"
+                )
+            name = self._idstr("RAM block", "block list")
             length = self._be64()
             if length == 0 or length > remaining or length % self.page_size:
                 raise StreamError(
                     f"RAM block '{name}' length {length} inconsistent with MEM_SIZE "
-                    f"(remaining {remaining}, page size {self.page_size})"
+                    f"(remaining {remaining}, page size {self.page_size})",
+                    field="block list",
                 )
             if any(name == b for b, _ in blocks):
-                raise StreamError(f"RAM block '{name}' listed twice")
+                raise StreamError(f"RAM block '{name}' listed twice", field="block list")
             blocks.append((name, length))
             remaining -= length
         if not blocks:
-            raise StreamError("MEM_SIZE of 0: no RAM blocks")
+            raise StreamError("MEM_SIZE of 0: no RAM blocks", field="block list")
         self.blocks = dict(blocks)
         self._saw_mem_size = True
         events.append(MemSize(total, tuple(blocks)))

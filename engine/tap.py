@@ -4,13 +4,15 @@ Two layers, as everywhere in this engine:
 
 * :class:`TapChecker` is pure: it is fed the bytes of each connection (in accept order) and
   checks them against the spec — the main channel's header, configuration and RAM section
-  (block list, zero-page records, EOS), and on every multifd channel the init packet, each
-  1344-byte header (magic, version, flags vs the method, pages_alloc, RAM block and offsets
-  inside the block), each payload decompressing to exactly ``normal_pages`` x page size with
-  the channel's persistent zlib/zstd state, and one SYNC per channel for each EOS of the main
-  stream (7.2 syncs at every section end). QEMU 7.2 sender quirks (stale fields in empty
-  packets, a SYNC merged into a data packet followed by an empty packet with the same
-  packet_num, repeated packet_num, a page sent twice) are counted as notes, not errors.
+  (block list, zero-page records, EOS; read through the engine's own
+  :class:`~qatmig_engine.mainstream.MainStreamDecoder`), and on every multifd channel the
+  init packet, each 1344-byte header (magic, version, flags vs the method, pages_alloc, RAM
+  block and offsets inside the block), each payload decompressing to exactly
+  ``normal_pages`` x page size with the channel's persistent zlib/zstd state, and one SYNC
+  per channel for each EOS of the main stream (7.2 syncs at every section end). QEMU 7.2
+  sender quirks (stale fields in empty packets, a SYNC merged into a data packet followed by
+  an empty packet with the same packet_num, repeated packet_num, a page sent twice) are
+  counted as notes, not errors.
 * :class:`TapProxy` is the edge: sockets and threads, one upstream connection per accepted
   one, opened sequentially in accept order (a 7.2 destination takes the first connection as
   the main channel). Every socket wait has a timeout; an idle migration ends the tap with an
@@ -30,26 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qatmig_engine.constants import (
-    MULTIFD_INIT_PACKET_SIZE,
-    QEMU_VM_CONFIGURATION,
-    QEMU_VM_EOF,
-    QEMU_VM_FILE_MAGIC,
-    QEMU_VM_FILE_VERSION,
-    QEMU_VM_SECTION_END,
-    QEMU_VM_SECTION_FOOTER,
-    QEMU_VM_SECTION_FULL,
-    QEMU_VM_SECTION_PART,
-    QEMU_VM_SECTION_START,
-    QEMU_VM_SUBSECTION,
-    RAM_SAVE_FLAG_CONTINUE,
-    RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MEM_SIZE,
-    RAM_SAVE_FLAG_MULTIFD_FLUSH,
-    RAM_SAVE_FLAG_PAGE,
-    RAM_SAVE_FLAG_ZERO,
-    TARGET_PAGE_SIZE,
-)
+from qatmig_engine.constants import MULTIFD_INIT_PACKET_SIZE, QEMU_VM_FILE_MAGIC, TARGET_PAGE_SIZE
 from qatmig_engine.dialects import METHOD_FLAGS, get_dialect
 from qatmig_engine.errors import (
     MigrationError,
@@ -58,6 +41,15 @@ from qatmig_engine.errors import (
     QatmigError,
     StreamError,
     WireError,
+)
+from qatmig_engine.mainstream import (
+    EndOfSection,
+    Event,
+    MainStreamDecoder,
+    MemSize,
+    MultifdFlush,
+    Page,
+    ZeroPage,
 )
 from qatmig_engine.wire import (
     ALL_COMPRESSION_BITS,
@@ -74,8 +66,6 @@ from qatmig_engine.wire import (
 #: Largest number of bytes a multifd channel may buffer while the main stream's block list
 #: has not been seen yet (a 7.2 source sends it before any page; this only bounds memory).
 MAX_PENDING = 64 << 20
-#: Longest block list / idstr / machine type the main-stream parser accepts.
-MAX_NAME = 255
 #: Examples kept per note kind (the count is always exact).
 NOTE_EXAMPLES = 3
 
@@ -201,46 +191,6 @@ class TapReport:
         }
 
 
-# ============================================================================ parsing helpers
-class _Need(Exception):
-    """Not enough bytes buffered yet; retry the step when more arrive."""
-
-
-class _Reader:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytearray, pos: int) -> None:
-        self.buf = buf
-        self.pos = pos
-
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.buf):
-            raise _Need
-        out = bytes(self.buf[self.pos : end])
-        self.pos = end
-        return out
-
-    def u8(self) -> int:
-        if self.pos >= len(self.buf):
-            raise _Need
-        v = self.buf[self.pos]
-        self.pos += 1
-        return v
-
-    def u32(self) -> int:
-        (v,) = struct.unpack(">I", self.take(4))
-        return int(v)
-
-    def u64(self) -> int:
-        (v,) = struct.unpack(">Q", self.take(8))
-        return int(v)
-
-    def idstr(self) -> str:
-        n = self.u8()
-        return self.take(n).decode("latin-1")
-
-
 class _Notes:
     def __init__(self) -> None:
         self.by_kind: dict[str, Note] = {}
@@ -256,194 +206,57 @@ class _Notes:
 
 # ============================================================================ main channel
 class MainStreamChecker:
-    """Incremental parser of the main channel up to the end of the RAM section.
+    """The main channel, checked through the engine's own :class:`MainStreamDecoder`.
 
-    Device sections (``SECTION_FULL`` after RAM END) carry no length, so the rest of the
-    stream is counted as opaque bytes once the first one starts.
+    The decoder is the one parser of the QEVM stream (header, CONFIGURATION, the RAM
+    section's block list, records, EOS and footers); this class turns its events into tap
+    counters, notes and RAM/expected-image checks. Whatever follows the RAM section's END
+    footer (device sections, EOF, VMDESCRIPTION) is counted as opaque device-state bytes.
     """
 
     def __init__(self, tap: TapChecker, connection: int) -> None:
         self.tap = tap
         self.stats = ChannelStats(connection=connection, role="main")
-        self.buf = bytearray()
-        self.pos = 0
-        self.state = "magic"
-        self.machine_type: str | None = None
-        self.ramblocks: dict[str, int] = {}
-        self.blocks_known = False
-        self.ram_section_id: int | None = None
-        self.section_id: int | None = None
-        self.section_end = False
-        self.ram_done = False
-        self.eof = False
+        self.decoder = MainStreamDecoder(tap.dialect, page_size=tap.page_size)
         self.flushes = 0
-        self.block: str | None = None
-        self.opaque_from: str | None = None
         self.failed = False
 
-    def _err(self, msg: str, fld: str) -> StreamError:
-        return StreamError(msg, field=fld)
+    @property
+    def machine_type(self) -> str | None:
+        return self.decoder.machine_type
+
+    @property
+    def ram_done(self) -> bool:
+        """The RAM section's END footer was read (all RAM of the migration arrived)."""
+        return self.decoder.ram_end
 
     def feed(self, data: bytes | memoryview) -> None:
         self.stats.wire_bytes += len(data)
-        if self.failed or self.state == "opaque":
+        if self.failed:
             return
-        self.buf += data
-        while True:
-            r = _Reader(self.buf, self.pos)
-            try:
-                self._step(r)
-            except _Need:
-                break
-            self.pos = r.pos
-            if self.state == "opaque":
-                break
-        del self.buf[: self.pos]
-        self.pos = 0
-        if self.state == "opaque":
-            self.buf = bytearray()
+        events: list[Event] = []
+        try:
+            self.decoder.feed(data, events)
+        finally:
+            # events decoded before a malformed item still count (and may free multifd
+            # channels waiting for the block list) before the deviation is reported
+            for ev in events:
+                self._event(ev)
 
-    def at_boundary(self) -> bool:
-        return self.state in ("section", "opaque") and not self.buf
-
-    # ---------------------------------------------------------------- steps
-    def _step(self, r: _Reader) -> None:
-        st = self.state
-        if st == "magic":
-            magic = r.u32()
-            version = r.u32()
-            if magic != QEMU_VM_FILE_MAGIC:
-                hint = ""
-                if magic == 0x11223344:
-                    hint = (" (a multifd channel connected first: a 7.2 destination takes the "
-                            "first connection as the main channel and rejects this stream)")
-                raise self._err(
-                    f"main stream magic {magic:08x}, expected {QEMU_VM_FILE_MAGIC:08x} (QEVM)"
-                    f"{hint}", "magic")
-            if version != QEMU_VM_FILE_VERSION:
-                raise self._err(f"main stream version {version}, expected "
-                                f"{QEMU_VM_FILE_VERSION}", "version")
-            self.state = "section"
-        elif st == "section":
-            self._section(r)
-        elif st == "ram":
-            self._ram_record(r)
-        elif st == "footer":
-            tag = r.u8()
-            sid = r.u32()
-            if tag != QEMU_VM_SECTION_FOOTER or sid != self.section_id:
-                raise self._err(
-                    f"section footer {tag:02x}/{sid}, expected "
-                    f"{QEMU_VM_SECTION_FOOTER:02x}/{self.section_id}", "footer")
-            if self.section_end:
-                self.ram_done = True
-            self.state = "section"
-        else:  # pragma: no cover - opaque is handled by feed()
-            raise _Need
-
-    def _section(self, r: _Reader) -> None:
-        kind = r.u8()
-        if kind == QEMU_VM_CONFIGURATION:
-            n = r.u32()
-            if n > MAX_NAME:
-                raise self._err(f"machine type length {n} > {MAX_NAME}", "configuration")
-            name = r.take(n).decode("latin-1")
-            if self.buf[r.pos : r.pos + 1] == bytes([QEMU_VM_SUBSECTION]):
-                raise self._err("configuration subsections are not parsed by the tap "
-                                "(QEMU 7.2 sends none by default)", "configuration")
-            self.machine_type = name
-        elif kind in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
-            sid = r.u32()
-            idstr = r.idstr()
-            r.u32()  # instance id
-            r.u32()  # version id
-            if idstr == "ram" and kind == QEMU_VM_SECTION_START and self.ram_section_id is None:
-                self.ram_section_id = sid
-                self.section_id = sid
-                self.section_end = False
-                self.state = "ram"
-            else:
-                self._opaque(f"section {idstr!r} (type {kind:#x})")
-        elif kind in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
-            sid = r.u32()
-            if sid != self.ram_section_id or self.ram_done:
-                self._opaque(f"section id {sid} (type {kind:#x})")
-                return
-            self.section_id = sid
-            self.section_end = kind == QEMU_VM_SECTION_END
-            self.state = "ram"
-        elif kind == QEMU_VM_EOF:
-            self.eof = True
-            self._opaque("EOF")
-        else:
-            if self.ram_done:
-                self._opaque(f"section type {kind:#x}")
-                return
-            raise self._err(f"unknown section type {kind:#04x} before the RAM section ended",
-                            "section type")
-
-    def _opaque(self, why: str) -> None:
-        self.state = "opaque"
-        self.opaque_from = why
-
-    def _block_for(self, r: _Reader, flags: int) -> str:
-        if not flags & RAM_SAVE_FLAG_CONTINUE:
-            self.block = r.idstr()
-        if self.block is None:
-            raise self._err("RAM record with CONTINUE before any block name", "ram flags")
-        if self.block not in self.ramblocks:
-            raise self._err(f"RAM record for unknown block {self.block!r}", "ramblock")
-        return self.block
-
-    def _ram_record(self, r: _Reader) -> None:
-        word = r.u64()
-        flags = word & (TARGET_PAGE_SIZE - 1)
-        addr = word & ~(TARGET_PAGE_SIZE - 1)
-        if flags & RAM_SAVE_FLAG_MEM_SIZE:
-            if self.blocks_known:
-                raise self._err("a second MEM_SIZE record (block list) in the RAM section",
-                                "block list")
-            total = addr
-            blocks: dict[str, int] = {}
-            got = 0
-            while got < total:
-                name = r.idstr()
-                length = r.u64()
-                if length > total - got or length == 0 or length % TARGET_PAGE_SIZE:
-                    raise self._err(f"block {name!r} length {length} does not fit MEM_SIZE "
-                                    f"{total} in whole pages", "block list")
-                if name in blocks:
-                    raise self._err(f"block {name!r} listed twice", "block list")
-                blocks[name] = length
-                got += length
-            self.ramblocks.update(blocks)
-            self.blocks_known = True
-            self.tap._blocks_known(self.ramblocks)
-        elif flags & RAM_SAVE_FLAG_ZERO:
-            name = self._block_for(r, flags)
-            fill = r.u8()
-            self._check_addr(name, addr)
+    def _event(self, ev: Event) -> None:
+        t = type(ev)
+        tap = self.tap
+        if t is ZeroPage:
             self.stats.zero_pages += 1
-            self.tap._zero_page(name, addr, fill)
-        elif flags & RAM_SAVE_FLAG_PAGE:
-            name = self._block_for(r, flags)
-            data = r.take(TARGET_PAGE_SIZE)
-            self._check_addr(name, addr)
-            self.tap._main_page(name, addr, data)
-        elif flags & RAM_SAVE_FLAG_MULTIFD_FLUSH and not self.tap.dialect.flush_after_each_section:
-            self.flushes += 1
-        elif flags & RAM_SAVE_FLAG_EOS:
+            tap._zero_page(ev.block, ev.offset, ev.fill)  # type: ignore[union-attr]
+        elif t is Page:
+            tap._main_page(ev.block, ev.offset, ev.data)  # type: ignore[union-attr]
+        elif t is EndOfSection:
             self.stats.eos += 1
-            self.state = "footer"
-        else:
-            raise self._err(f"unexpected RAM record flags {flags:#x} at address {addr:#x}",
-                            "ram flags")
-
-    def _check_addr(self, name: str, addr: int) -> None:
-        size = self.ramblocks[name]
-        if addr > size - TARGET_PAGE_SIZE:
-            raise self._err(f"RAM record offset {addr:#x} outside block {name!r} "
-                            f"(used_length {size:#x})", "offset")
+        elif t is MultifdFlush:  # the decoder admits it only in 8.1+ per-round dialects
+            self.flushes += 1
+        elif t is MemSize:
+            tap._blocks_known(dict(ev.blocks))  # type: ignore[union-attr]
 
 
 # ============================================================================ multifd channel
@@ -842,11 +655,12 @@ class TapChecker:
         else:
             mi = main.stats.connection
             if not main.failed:
-                if main.state == "magic":
+                dec = main.decoder
+                if not dec.header_seen:
                     self._error("main channel ended before the QEVM header", mi, fld="magic")
-                elif not main.ram_done and not main.eof:
+                elif not dec.ram_end:
                     self._error(f"main channel ended inside the RAM section "
-                                f"(state {main.state}, {main.stats.eos} EOS seen)", mi,
+                                f"({dec.where()}, {main.stats.eos} EOS seen)", mi,
                                 fld="ram")
         mf = [c for c in self.conns.values() if isinstance(c, MultifdChannelChecker)]
         for c in mf:
@@ -872,7 +686,7 @@ class TapChecker:
             if ids != list(range(self.channels)):
                 self._error(f"multifd channel ids {ids}, expected 0..{self.channels - 1}",
                             main.stats.connection, fld="id")
-        if main is not None and not main.failed and (main.ram_done or main.eof):
+        if main is not None and not main.failed and main.ram_done:
             rounds = main.stats.eos if self.dialect.flush_after_each_section else main.flushes
             what = "EOS" if self.dialect.flush_after_each_section else "MULTIFD_FLUSH"
             for c in mf:

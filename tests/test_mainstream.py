@@ -173,6 +173,60 @@ def test_mem_size_inconsistent():
         decode("qemu-7.2", enc.header() + bytes(s))
 
 
+def _err(data, dialect="qemu-7.2"):
+    with pytest.raises(StreamError) as info:
+        decode(dialect, data)
+    return info.value
+
+
+def test_errors_name_the_field():
+    """Every decoder error locates itself (the tap reports ``field`` verbatim)."""
+    enc = MainStreamEncoder("qemu-7.2")
+    good = build("qemu-7.2", rounds())
+    head = enc.header() + enc.section_start(BLOCKS) + enc.end_of_round() + enc.section_part()
+    dup = enc.section_start([("pc.ram", 8192), ("pc.ram", 8192)])
+    assert _err(b"QEVX" + good[4:]).field == "magic"
+    assert _err(good[:4] + b"\x00\x00\x00\x02" + good[8:]).field == "version"
+    assert _err(b"").field == "magic"
+    assert _err(good[:-30]).field == "ram"
+    assert _err(enc.header() + dup).field == "block list"
+    assert _err(head + enc.zero_page("pc.bios", 4 * 4096)).field == "offset"
+    assert _err(head + MainStreamEncoder("qemu-7.2").zero_page("pc.nope", 0)).field == "ramblock"
+    assert _err(head + struct.pack(">Q", 0x22) + b"\x00").field == "ram flags"
+    assert _err(head + struct.pack(">Q", 0x200)).field == "ram flags"
+    assert _err(head + enc.eos() + b"\x7e\x00\x00\x00\x09").field == "footer"
+    assert _err(enc.header() + b"\x09").field == "section type"
+    assert _err(enc.header() + b"\x04\x00\x00\x00\x01\x05timer").field == "section"
+
+
+def test_multifd_magic_on_the_main_channel_says_what_happened():
+    err = _err(struct.pack(">II", 0x11223344, 1) + bytes(56))
+    assert err.field == "magic" and "connected first" in str(err)
+
+
+def test_configuration_subsection_is_named():
+    enc = MainStreamEncoder("qemu-7.2")
+    err = _err(enc.header() + b"\x05\x11target-page-bits")
+    assert err.field == "configuration" and "subsection" in str(err)
+
+
+def test_events_before_an_error_are_kept_in_out():
+    enc = MainStreamEncoder("qemu-7.2")
+    bad = (enc.header() + enc.section_start(BLOCKS) + enc.end_of_round() + enc.section_part()
+           + enc.zero_page("pc.ram", 0) + struct.pack(">Q", 0x40))
+    dec = MainStreamDecoder("qemu-7.2")
+    out: list = []
+    with pytest.raises(StreamError, match="RAM flags 0x40"):
+        dec.feed(bad, out)
+    kinds = [type(e) for e in out]
+    assert MemSize in kinds and kinds[-1] is ZeroPage
+    assert out[-1] == ZeroPage("pc.ram", 0, 0)
+    # without ``out`` the same prefix decodes identically when the stream is good
+    good = bad[:-8] + enc.eos() + enc.footer()
+    assert [type(e) for e in MainStreamDecoder("qemu-7.2").feed(good)][: len(kinds)] == kinds
+    assert dec.header_seen and not MainStreamDecoder("qemu-7.2").header_seen
+
+
 _VALID = {d: build(d, rounds()) for d in ("qemu-7.2", "qemu-9.2")}
 
 

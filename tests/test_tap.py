@@ -261,3 +261,37 @@ def test_main_stream_truncated_in_ram_section():
     data = _main_stream([("pc.ram", 1 << 20)])
     rep = check_capture([data[:60]])
     assert only_error(rep).field == "ram"
+
+
+def test_main_stream_error_keeps_what_came_before(caps):
+    """A bad record after the block list: the block list still frees the multifd channels,
+    so the only deviation is the bad record itself, located by field."""
+    main = bytearray(caps["zstd"][0])
+    # the setup section's EOS follows the block list; turn it into an unknown flag
+    eos = main.index(struct.pack(">Q", 0x10))
+    main[eos : eos + 8] = struct.pack(">Q", 0x40)
+    rep = check_capture([bytes(main), *caps["zstd"][1:]], method="zstd", channels=2)
+    err = only_error(rep)
+    assert (err.connection, err.field) == (0, "ram flags") and "0x40" in err.message
+    assert len(rep.errors) == 1, format_report(rep)
+    assert rep.ramblocks  # learnt before the deviation
+
+
+def test_main_stream_flush_is_a_9x_record():
+    from qatmig_engine.mainstream import MainStreamEncoder
+
+    enc = MainStreamEncoder("qemu-9.2")
+    data = (enc.header() + enc.section_start([("pc.ram", 1 << 20)]) + enc.end_of_round()
+            + enc.section_end() + enc.end_of_round() + enc.eof())
+    assert check_capture([data], dialect="qemu-9.2").ok
+    rep = check_capture([data], dialect="qemu-7.2")
+    assert only_error(rep).field == "ram flags" and "0x200" in rep.errors[0].message
+
+
+def test_main_stream_ended_before_header_and_inside_ram():
+    rep = check_capture([b"QEV"])
+    assert only_error(rep).field == "magic"
+    data = _main_stream([("pc.ram", 1 << 20)])
+    rep = check_capture([data[:60]], chunk=7)
+    err = only_error(rep)
+    assert err.field == "ram" and "inside the RAM section" in err.message
