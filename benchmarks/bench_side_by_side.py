@@ -187,7 +187,8 @@ def markdown(res: dict[str, Any]) -> str:
         SECTION, "",
         f"Measured {res['started']} on the shared {res['machine']} VM "
         f"(load average {res['loadavg_before'][0]:.2f} before, {res['loadavg_after'][0]:.2f} "
-        f"after: other agents were running), {res['qemu_version']}, Python {res['python']}. "
+        f"after; above ~1 other work competed for the two cores), {res['qemu_version']}, "
+        f"Python {res['python']}. "
         f"Same {size_mib} MiB image (mixed pages: ~20% zero, 40% text, 30% random, 10% sparse), "
         f"{res['channels']} multifd channels, level 1, unthrottled, loopback, in one run. "
         f"Median of {res['repeat']} direct run(s) per cell; wire bytes from one more run "

@@ -151,8 +151,8 @@ def perf_markdown(runs: list[dict]) -> str:
     first = runs[0]
     lines = [
         f"Generating the whole stand-in ({first['generator']}, {first['bytes']:,} B, 12 files) "
-        "with `standin.generate_file`, one thread, on the shared 2-vCPU machine while other "
-        "agents were running. Each run generates the corpus "
+        "with `standin.generate_file`, one thread, on the shared 2-vCPU machine (the load "
+        "average column shows how busy it was). Each run generates the corpus "
         f"{len(first['gen_s'])} times (median); \"per CPU-second\" divides by this process' "
         "CPU time, which the other workloads do not inflate.",
         "",
