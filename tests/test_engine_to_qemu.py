@@ -8,8 +8,6 @@ Needs qemu-system-x86_64 (``apt-get install qemu-system-x86``); skips with that 
 from __future__ import annotations
 
 import filecmp
-import os
-import tempfile
 import threading
 
 import pytest
@@ -18,27 +16,15 @@ from qatmig_engine.guest import GuestMemory, RAMBlock
 from qatmig_engine.params import MigrationParameters
 from qatmig_engine.qemu.image import write_image
 from qatmig_engine.qemu.interop import engine_to_qemu
-from qatmig_engine.qemu.process import QemuProcess, find_qemu
+from qatmig_engine.qemu.process import QemuProcess
 from qatmig_engine.tap import TapChecker, TapProxy, format_report
+from qemu_support import QEMU_MARKS
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        find_qemu() is None,
-        reason="qemu-system-x86_64 not found: install it with `apt-get install "
-        "qemu-system-x86` (or `make system-deps` as root) to run the QEMU interop tests",
-    ),
-]
+pytestmark = QEMU_MARKS
 
 SIZE = 64 << 20
 CASES = [(m, c) for c in (2, 4) for m in ("none", "zlib", "zstd")] + [("none", 1), ("zlib", 8)]
 
-
-@pytest.fixture
-def shm():
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="qatmig-e2q-", dir=base) as d:
-        yield d
 
 
 @pytest.mark.parametrize(("method", "channels"), CASES, ids=[f"{m}-{c}ch" for m, c in CASES])

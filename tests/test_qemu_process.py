@@ -6,32 +6,19 @@ Needs qemu-system-x86_64 (``apt-get install qemu-system-x86``); skips with that 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import pytest
 from qatmig_engine.errors import QemuError, QemuTimeout
 from qatmig_engine.qemu.image import write_image
-from qatmig_engine.qemu.process import QemuProcess, find_qemu, qemu_version, ram_layout
+from qatmig_engine.qemu.process import QemuProcess, qemu_version, ram_layout
+from qemu_support import QEMU_MARKS
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        find_qemu() is None,
-        reason="qemu-system-x86_64 not found: install it with `apt-get install "
-        "qemu-system-x86` (or `make system-deps` as root) to run the QEMU interop tests",
-    ),
-]
+pytestmark = QEMU_MARKS
 
 MIB = 1 << 20
 SIZE = 32 * MIB
 
-
-@pytest.fixture
-def shm():
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="qatmig-qemu-test-", dir=base) as d:
-        yield d
 
 
 def test_version_is_72():

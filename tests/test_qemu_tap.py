@@ -7,35 +7,21 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 from qatmig_engine.qemu.image import write_image
-from qatmig_engine.qemu.process import QemuProcess, find_qemu
+from qatmig_engine.qemu.process import QemuProcess
 from qatmig_engine.tap import TapChecker, TapProxy, format_report
+from qemu_support import QEMU_MARKS
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        find_qemu() is None,
-        reason="qemu-system-x86_64 not found: install it with `apt-get install "
-        "qemu-system-x86` (or `make system-deps` as root) to run the QEMU interop tests",
-    ),
-]
+pytestmark = QEMU_MARKS
 
 SIZE = 64 << 20
 QATMIG = [sys.executable, "-c", "import sys; from qatmig_engine.cli import main; "
           "sys.exit(main(sys.argv[1:]))"]
 
-
-@pytest.fixture
-def shm():
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="qatmig-qemu-tap-", dir=base) as d:
-        yield d
 
 
 @pytest.mark.parametrize("channels", [2, 4])

@@ -5,33 +5,17 @@ Needs qemu-system-x86_64 (``apt-get install qemu-system-x86``); skips with that 
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 from qatmig_engine.qemu.image import write_image
 from qatmig_engine.qemu.interop import qemu_to_engine
-from qatmig_engine.qemu.process import find_qemu
 from qatmig_engine.tap import format_report
+from qemu_support import QEMU_MARKS
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        find_qemu() is None,
-        reason="qemu-system-x86_64 not found: install it with `apt-get install "
-        "qemu-system-x86` (or `make system-deps` as root) to run the QEMU interop tests",
-    ),
-]
+pytestmark = QEMU_MARKS
 
 SIZE = 64 << 20
 CASES = [(m, c) for c in (2, 4) for m in ("none", "zlib", "zstd")] + [("zstd", 1), ("none", 8)]
 
-
-@pytest.fixture
-def shm():
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="qatmig-q2e-", dir=base) as d:
-        yield d
 
 
 @pytest.mark.parametrize(("method", "channels"), CASES, ids=[f"{m}-{c}ch" for m, c in CASES])
