@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..constants import MULTIFD_RECV_BUFFER_SIZE, TARGET_PAGE_SIZE
-from ..errors import ParameterError, PayloadSizeError
+from ..errors import CodecError, ParameterError, PayloadSizeError
 from .base import CodecSpec, Compressor, Decompressor
 
 #: Largest packet (normal_pages x page_size) a decoder accepts. QEMU never sends more than
@@ -102,6 +102,28 @@ def empty_packet(channel: int, size: int) -> PayloadSizeError:
         f"(QEMU asserts next_packet_size == 0 there)",
         channel=channel,
     )
+
+
+def stream_payload_check(method: str, channel: int, broken: str | None, size: int,
+                         normal_pages: int, page_size: int) -> int:
+    """Checks the streaming decoders (zlib, zstd) make before touching their stream.
+
+    Returns the exact output size expected (0: a packet without pages, nothing to decode).
+    """
+    if broken:
+        raise CodecError(
+            f"multifd {channel}: {method} stream unusable after an earlier error ({broken})",
+            channel=channel,
+        )
+    expected = expected_size(normal_pages, page_size, channel)
+    if expected == 0:
+        if size:
+            raise empty_packet(channel, size)
+        return 0
+    bound = min(MULTIFD_RECV_BUFFER_SIZE, compress_bound(expected))
+    if size > bound:
+        raise too_large(channel, size, bound)
+    return expected
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import zlib
 from ..constants import (
     DEFAULT_MIGRATE_MULTIFD_ZLIB_LEVEL,
     MULTIFD_FLAG_ZLIB,
-    MULTIFD_RECV_BUFFER_SIZE,
 )
 from ..errors import CodecError
 from . import _shared
@@ -52,20 +51,11 @@ class ZlibDecompressor(Decompressor):
 
     def decompress(self, payload: bytes | memoryview, normal_pages: int) -> bytes:
         ch = self.channel
-        if self._broken:
-            raise CodecError(
-                f"multifd {ch}: zlib stream unusable after an earlier error ({self._broken})",
-                channel=ch,
-            )
-        expected = _shared.expected_size(normal_pages, self.page_size, ch)
         n = len(payload)
+        expected = _shared.stream_payload_check("zlib", ch, self._broken, n, normal_pages,
+                                                self.page_size)
         if expected == 0:
-            if n:
-                raise _shared.empty_packet(ch, n)
             return b""
-        bound = min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(expected))
-        if n > bound:
-            raise _shared.too_large(ch, n, bound)
         if payload[-4:] != _SYNC_FLUSH_MARKER:
             # Every Z_SYNC_FLUSH ends with this empty stored block; without it the payload is
             # cut short or has bytes after the flush that inflate would take for the next packet.

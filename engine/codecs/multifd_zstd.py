@@ -20,7 +20,6 @@ import zstandard
 from ..constants import (
     DEFAULT_MIGRATE_MULTIFD_ZSTD_LEVEL,
     MULTIFD_FLAG_ZSTD,
-    MULTIFD_RECV_BUFFER_SIZE,
 )
 from ..errors import CodecError
 from . import _shared
@@ -100,20 +99,11 @@ class ZstdDecompressor(Decompressor):
 
     def decompress(self, payload: bytes | memoryview, normal_pages: int) -> memoryview | bytes:
         ch = self.channel
-        if self._broken:
-            raise CodecError(
-                f"multifd {ch}: zstd stream unusable after an earlier error ({self._broken})",
-                channel=ch,
-            )
-        expected = _shared.expected_size(normal_pages, self.page_size, ch)
         n = len(payload)
+        expected = _shared.stream_payload_check("zstd", ch, self._broken, n, normal_pages,
+                                                self.page_size)
         if expected == 0:
-            if n:
-                raise _shared.empty_packet(ch, n)
             return b""
-        bound = min(MULTIFD_RECV_BUFFER_SIZE, _shared.compress_bound(expected))
-        if n > bound:
-            raise _shared.too_large(ch, n, bound)
         lib, ds, inb, outb = _lib, self._ds, self._in, self._out
         out = bytearray(expected)
         src = _ffi.from_buffer(payload)
