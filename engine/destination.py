@@ -61,9 +61,11 @@ DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 _MAIN_RECV = 256 << 10
 
 
-class _Receiver(threading.Thread):
+class _Receiver(transport.ChannelThread):
+    """One multifd channel of the destination: its socket, its codec state, its counters."""
+
     def __init__(self, dst: Destination, channel: int, sock: Any) -> None:
-        super().__init__(name=f"qatmig-recv-{channel}", daemon=True)
+        super().__init__(f"qatmig-recv-{channel}", dst._fail)
         self.dst = dst
         self.channel = channel
         self.sock = sock
@@ -71,18 +73,7 @@ class _Receiver(threading.Thread):
         self.resume = threading.Semaphore(0)
         self.in_sync = False
         self.eof = False
-        self.error: BaseException | None = None
         self.decompressor: Any = None
-
-    def run(self) -> None:
-        t0 = time.thread_time()
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
-            self.dst._fail(exc)
-        finally:
-            self.counters.cpu_seconds += time.thread_time() - t0
 
     def _readable(self) -> bool:
         """Wait for the next header; False when the migration is over and we are idle."""

@@ -57,28 +57,17 @@ class _Job:
     offsets: list[int]
 
 
-class _Sender(threading.Thread):
+class _Sender(transport.ChannelThread):
     """One multifd channel: its socket, its codec state, its counters."""
 
     def __init__(self, src: Source, channel: int, sock: Any) -> None:
-        super().__init__(name=f"qatmig-send-{channel}", daemon=True)
+        super().__init__(f"qatmig-send-{channel}", src._fail)
         self.src = src
         self.channel = channel
         self.sock = sock
         self.counters = SideCounters()
         self.resume = threading.Semaphore(0)
-        self.error: BaseException | None = None
         self.compressor: Any = None
-
-    def run(self) -> None:
-        t0 = time.thread_time()
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
-            self.src._fail(exc)
-        finally:
-            self.counters.cpu_seconds += time.thread_time() - t0
 
     def _send(self, bufs: list[Any], nbytes: int) -> None:
         src = self.src

@@ -13,7 +13,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import ChannelClosed, MigrationError, PeerTimeout
 
@@ -258,3 +259,31 @@ def parse_hostport(text: str) -> tuple[str, int]:
         raise ParameterError(f"expected HOST:PORT, got '{text}' (example: 127.0.0.1:4444)")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+class ChannelThread(threading.Thread):
+    """Worker thread of one multifd channel (source sender or destination receiver).
+
+    Runs ``_run``; a failure is kept in ``error`` and handed to ``on_error`` (which cancels the
+    migration); the thread's CPU time is added to ``counters.cpu_seconds`` for the CPU % stats.
+    """
+
+    counters: Any
+
+    def __init__(self, name: str, on_error: Callable[[BaseException], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._on_error = on_error
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        t0 = time.thread_time()
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+            self._on_error(exc)
+        finally:
+            self.counters.cpu_seconds += time.thread_time() - t0
+
+    def _run(self) -> None:  # pragma: no cover - subclasses implement it
+        raise NotImplementedError
