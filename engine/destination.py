@@ -227,8 +227,6 @@ class Destination:
         self.blocks_ready = threading.Event()
         self.finishing = threading.Event()
         self.sync_arrived = threading.Semaphore(0)
-        self._error: BaseException | None = None
-        self._err_lock = threading.Lock()
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
@@ -243,16 +241,10 @@ class Destination:
 
     # ------------------------------------------------------------------ failure
     def _fail(self, exc: BaseException) -> None:
-        with self._err_lock:
-            if self._error is None or (
-                isinstance(self._error, Cancelled) and not isinstance(exc, Cancelled)
-            ):
-                self._error = exc
-        self.act.cancel.set()
+        self.act.fail(exc)
 
     def _check(self, what: str) -> None:
-        if self._error is not None:
-            raise self._error
+        self.act.raise_failure()
         self.act.check(what)
 
     # ------------------------------------------------------------------ channels
@@ -326,8 +318,7 @@ class Destination:
                             f"SYNC (round {self.stats.dirty_sync_count + 1})"
                         )
                 self._check("main channel (waiting for a SYNC packet on every channel)")
-        if self._error is not None:
-            raise self._error
+        self.act.raise_failure()
         self.stats.dirty_sync_count += 1
         for r in self.receivers:
             r.in_sync = False
@@ -416,8 +407,7 @@ class Destination:
             sock = self.main_sock
             while True:
                 data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
-                if self._error is not None:
-                    raise self._error
+                self.act.raise_failure()
                 if not data:
                     dec.close()
                     break
@@ -432,14 +422,13 @@ class Destination:
                         self._check(f"multifd channel {r.channel} (finishing)")
                 if r.error is not None:
                     raise r.error
-            if self._error is not None:
-                raise self._error
+            self.act.raise_failure()
             self.completed_at = time.monotonic()
             st.status = "completed"
             self._done.set()
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
-            st.record_failure(exc, self._error)
+            st.record_failure(exc, self.act.error)
             self.act.cancel.set()
             transport.abort(self.main_sock)
             for r in self.receivers:

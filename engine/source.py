@@ -37,7 +37,7 @@ from .mainstream import DEFAULT_MACHINE_TYPE, MainStreamEncoder
 from .params import MigrationParameters
 from .ratelimit import RateLimiter
 from .stats import MigrationStats, SideCounters
-from .transport import Activity, Cancelled
+from .transport import Activity
 from .wire import InitPacket, Packet, make_sync_packet, page_count, parse_uuid
 from .workload import Workload
 
@@ -222,8 +222,6 @@ class Source:
         self.sync_done = threading.Semaphore(0)
         self._pnum = itertools.count()
         self._pnum_lock = threading.Lock()
-        self._error: BaseException | None = None
-        self._err_lock = threading.Lock()
         self.senders: list[_Sender] = []
         self.main_sock: Any = None
         self.main_counters = SideCounters()
@@ -244,17 +242,10 @@ class Source:
             return next(self._pnum)
 
     def _fail(self, exc: BaseException) -> None:
-        with self._err_lock:
-            # Keep the root cause: a Cancelled is only ever a consequence of another error.
-            if self._error is None or (
-                isinstance(self._error, Cancelled) and not isinstance(exc, Cancelled)
-            ):
-                self._error = exc
-        self.act.cancel.set()
+        self.act.fail(exc)
 
     def _check(self, what: str) -> None:
-        if self._error is not None:
-            raise self._error
+        self.act.raise_failure()
         self.act.check(what)
 
     def _main_write(self, data: bytes | bytearray, *, flush: bool = False) -> None:
@@ -286,8 +277,7 @@ class Source:
         for _ in range(self.channels):
             while not self.sync_done.acquire(timeout=transport.TICK):
                 self._check("migration thread (waiting for the channels' SYNC)")
-        if self._error is not None:
-            raise self._error
+        self.act.raise_failure()
         self._main_write(self.encoder.end_of_round(), flush=True)
         for s in self.senders:
             s.resume.release()
@@ -386,7 +376,7 @@ class Source:
             self._run(t_start)
             st.status = "completed"
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
-            st.record_failure(exc, self._error)
+            st.record_failure(exc, self.act.error)
             self.act.cancel.set()
             transport.abort(self.main_sock)
             for s in self.senders:
@@ -497,8 +487,7 @@ class Source:
                     self._check(f"multifd channel {s.channel} (finishing)")
             if s.error is not None:
                 raise s.error
-        if self._error is not None:
-            raise self._error
+        self.act.raise_failure()
         self.end_time = time.monotonic()
         self._await_destination()
 

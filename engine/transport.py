@@ -36,6 +36,27 @@ class Activity:
         self.idle_timeout = float(idle_timeout)
         self.cancel = threading.Event()
         self._last = time.monotonic()
+        #: The migration's failure: the first root cause any thread reported.
+        self.error: BaseException | None = None
+        self._err_lock = threading.Lock()
+
+    def fail(self, exc: BaseException) -> None:
+        """Record ``exc`` as the failure and cancel every thread of this migration.
+
+        The first root cause wins; a Cancelled is only ever a consequence of another error,
+        so a real error reported later replaces it.
+        """
+        with self._err_lock:
+            if self.error is None or (
+                isinstance(self.error, Cancelled) and not isinstance(exc, Cancelled)
+            ):
+                self.error = exc
+        self.cancel.set()
+
+    def raise_failure(self) -> None:
+        """Raise the recorded failure, if any."""
+        if self.error is not None:
+            raise self.error
 
     def touch(self) -> None:
         self._last = time.monotonic()
