@@ -386,11 +386,7 @@ class Destination:
         """Serve one migration; returns stats with ``status`` completed or failed."""
         st = self.stats
         p = self.params
-        st.multifd_channels = self.channels
-        st.multifd_compression = self.method
-        st.compression_level = p.compression_level
-        st.zero_page_detection = p.effective_zero_page_detection
-        st.dialect = self.dialect.name
+        st.record_parameters(p)
         cpu0 = time.thread_time()
         t_start = time.monotonic()
         t_first: float | None = None

@@ -361,13 +361,7 @@ class Source:
         """Run the migration; returns stats (``status`` completed or failed), never hangs."""
         st = self.stats
         p = self.params
-        st.multifd_channels = self.channels
-        st.multifd_compression = self.method
-        st.compression_level = p.compression_level
-        st.zero_page_detection = self.zero_page_detection
-        st.dialect = self.dialect.name
-        st.max_bandwidth = p.max_bandwidth
-        st.downtime_limit_ms = p.downtime_limit
+        st.record_parameters(p)
         st.total_ram_bytes = self.guest.total_bytes
         st.machine_type = self.encoder.machine_type
         t_start = time.monotonic()

@@ -151,6 +151,16 @@ class MigrationStats:
         return self._cpu_percent(self.destination, self.wall_seconds_destination)
 
     # ------------------------------------------------------------------ renderings
+    def record_parameters(self, params: Any) -> None:
+        """Copy the run's migration parameters (a ``MigrationParameters``) into the stats."""
+        self.multifd_channels = params.multifd_channels
+        self.multifd_compression = params.multifd_compression
+        self.compression_level = params.compression_level
+        self.zero_page_detection = params.effective_zero_page_detection
+        self.dialect = params.dialect
+        self.max_bandwidth = params.max_bandwidth
+        self.downtime_limit_ms = params.downtime_limit
+
     def record_failure(
         self, exc: BaseException, first_error: BaseException | None = None
     ) -> BaseException:
