@@ -39,7 +39,6 @@ class InteropRun:
     method: str
     channels: int
     size: int
-    completed: bool = False
     ram_equal: bool = False
     wall_s: float = 0.0
     src_cpu_s: float | None = None
@@ -48,6 +47,12 @@ class InteropRun:
     destination: dict[str, Any] = field(default_factory=dict)
     tap: TapReport | None = None
     log: str = ""
+
+    @property
+    def completed(self) -> bool:
+        """Both ends reported ``completed``."""
+        return (self.source.get("status") == "completed"
+                and self.destination.get("status") == "completed")
 
     @property
     def wire_bytes(self) -> int | None:
@@ -217,8 +222,6 @@ def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: i
         run.wall_s = time.monotonic() - t0
         run.src_cpu_s = src.cpu_seconds() - cpu0[0]
         run.dst_cpu_s = dst.cpu_seconds() - cpu0[1]
-        run.completed = (run.source.get("status") == "completed"
-                         and run.destination.get("status") == "completed")
         if proxy is not None:
             run.tap = proxy.wait(timeout)
     run.ram_equal = _equal(src_img, dst_img)
@@ -259,8 +262,6 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
         if listen.poll() is None and listen.returncode is None:
             listen.kill()
             _wait_rusage(listen, 10)
-    run.completed = (run.source.get("status") == "completed"
-                     and run.destination.get("status") == "completed")
     run.ram_equal = _equal(src_img, dst_img)
     return run
 
@@ -300,8 +301,6 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
             run.log += dst.stderr_text()
         if proxy is not None:
             run.tap = proxy.wait(timeout)
-    run.completed = (run.source.get("status") == "completed"
-                     and run.destination.get("status") == "completed")
     run.ram_equal = _equal(src_img, dst_img)
     return run
 
@@ -375,8 +374,6 @@ def engine_to_engine_measured(src_img: str, dst_img: str, size: int, method: str
         if listen.returncode is None:
             listen.kill()
             _wait_rusage(listen, 10)
-    run.completed = (run.source.get("status") == "completed"
-                     and run.destination.get("status") == "completed")
     run.ram_equal = _equal(src_img, dst_img)
     return run
 
@@ -409,8 +406,6 @@ def engine_to_engine(src_img: str, dst_img: str, size: int, method: str, channel
         if listen.returncode is None:
             listen.kill()
             _wait_rusage(listen, 10)
-    run.completed = (run.source.get("status") == "completed"
-                     and run.destination.get("status") == "completed")
     run.ram_equal = _equal(src_img, dst_img)
     return run
 
