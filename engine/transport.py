@@ -8,15 +8,16 @@ legitimately stay quiet while another carries the bulk of a round.
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ChannelClosed, MigrationError, PeerTimeout
+
+T = TypeVar("T")
 
 #: How often a blocked call wakes to check for cancellation and the idle deadline (s).
 TICK = 0.2
@@ -95,6 +96,26 @@ def _closed(what: str, exc: BaseException | None = None) -> ChannelClosed:
     return ChannelClosed(f"{what}: connection closed by peer{detail}")
 
 
+def _socket_call(act: Activity, what: str, call: Callable[..., T], *args: Any) -> T:
+    """One socket call under the migration's rules.
+
+    The socket's short timeout is a tick: on each, the idle timeout and cancellation are
+    checked and the call is retried; EINTR retries; any other OSError ends the channel
+    (``Cancelled`` while the migration is being cancelled, else ``ChannelClosed``).
+    """
+    while True:
+        try:
+            return call(*args)
+        except TimeoutError:
+            act.check(what)
+        except InterruptedError:
+            pass
+        except OSError as exc:
+            if act.cancel.is_set():
+                raise Cancelled(f"{what}: migration cancelled") from None
+            raise _closed(what, exc) from None
+
+
 def recv_into_exact(
     sock: socket.socket, view: memoryview, act: Activity, what: str, *, eof_ok: bool = False
 ) -> bool:
@@ -103,17 +124,7 @@ def recv_into_exact(
     got = 0
     n = len(view)
     while got < n:
-        try:
-            r = sock.recv_into(view[got:], n - got)
-        except TimeoutError:
-            act.check(what)
-            continue
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if act.cancel.is_set():
-                raise Cancelled(f"{what}: migration cancelled") from None
-            raise _closed(what, exc) from None
+        r = _socket_call(act, what, sock.recv_into, view[got:], n - got)
         if r == 0:
             if got == 0 and eof_ok:
                 return False
@@ -133,33 +144,16 @@ def recv_exact(sock: socket.socket, n: int, act: Activity, what: str) -> bytes:
 
 def recv_some(sock: socket.socket, bufsize: int, act: Activity, what: str) -> bytes:
     """Up to ``bufsize`` bytes; b"" on clean EOF."""
-    while True:
-        try:
-            data = sock.recv(bufsize)
-        except TimeoutError:
-            act.check(what)
-            continue
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if act.cancel.is_set():
-                raise Cancelled(f"{what}: migration cancelled") from None
-            raise _closed(what, exc) from None
-        if data:
-            act.touch()
-        return data
+    data = _socket_call(act, what, sock.recv, bufsize)
+    if data:
+        act.touch()
+    return data
 
 
 def peek_exact(sock: socket.socket, n: int, act: Activity, what: str) -> bytes:
     """The first ``n`` bytes without consuming them (MSG_PEEK), as QEMU 8.0+ does."""
     while True:
-        try:
-            data = sock.recv(n, socket.MSG_PEEK)
-        except TimeoutError:
-            act.check(what)
-            continue
-        except OSError as exc:
-            raise _closed(what, exc) from None
+        data = _socket_call(act, what, sock.recv, n, socket.MSG_PEEK)
         if not data:
             raise ChannelClosed(f"{what}: connection closed by peer before its first bytes")
         if len(data) >= n:
@@ -181,19 +175,7 @@ def sendmsg_all(
     total = sum(len(b) for b in bufs)
     i = 0
     while i < len(bufs):
-        try:
-            sent = sock.sendmsg(bufs[i : i + 512])
-        except TimeoutError:
-            act.check(what)
-            continue
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if act.cancel.is_set():
-                raise Cancelled(f"{what}: migration cancelled") from None
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
-                raise _closed(what, exc) from None
-            raise _closed(what, exc) from None
+        sent = _socket_call(act, what, sock.sendmsg, bufs[i : i + 512])
         act.touch()
         while sent:
             n = len(bufs[i])
