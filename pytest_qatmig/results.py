@@ -136,23 +136,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Aligned text table: numbers right-aligned (same look as the engine's CLI tables)."""
-    text_rows = [[_fmt(c) for c in r] for r in rows]
-    widths = [len(h) for h in headers]
-    for r in text_rows:
-        for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(c))
+    """Aligned text table, the engine CLI's (imported here, at report time, not at load)."""
+    from qatmig_engine.cli._common import format_table as engine_format_table
 
-    def is_num(s: str) -> bool:
-        return bool(s) and all(ch in "0123456789,.-+%" for ch in s)
-
-    def line(r: Sequence[str]) -> str:
-        cells = zip(r, widths, strict=True)
-        return "  ".join(c.rjust(w) if is_num(c) else c.ljust(w) for c, w in cells)
-
-    out = [line(list(headers)), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in text_rows]
-    return "\n".join(s.rstrip() for s in out)
+    return engine_format_table(headers, [[_fmt(c) for c in r] for r in rows])
 
 
 def perf_table(records: Iterable[Mapping[str, Any]]) -> str:
