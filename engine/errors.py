@@ -15,6 +15,17 @@ class ParameterError(QatmigError, ValueError):
     """A migration parameter or capability is out of range (QEMU's wording where it has one)."""
 
 
+def format_location(
+    *, connection: int | None = None, channel: int | None = None,
+    packet_num: int | None = None, field: str | None = None,
+) -> str:
+    """``connection 2, channel 1, packet 42, field flags`` (unknown parts left out)."""
+    parts = [f"{name} {value}" for name, value in (
+        ("connection", connection), ("channel", channel), ("packet", packet_num),
+        ("field", field)) if value is not None]
+    return ", ".join(parts)
+
+
 class WireError(QatmigError):
     """Bytes from a peer violate the multifd wire format.
 
@@ -36,14 +47,8 @@ class WireError(QatmigError):
 
     def where(self) -> str:
         """Human-readable location, e.g. ``channel 1, packet 42, field flags``."""
-        parts = []
-        if self.channel is not None:
-            parts.append(f"channel {self.channel}")
-        if self.packet_num is not None:
-            parts.append(f"packet {self.packet_num}")
-        if self.field is not None:
-            parts.append(f"field {self.field}")
-        return ", ".join(parts)
+        return format_location(channel=self.channel, packet_num=self.packet_num,
+                               field=self.field)
 
 
 class InitPacketError(WireError):

@@ -41,6 +41,7 @@ from qatmig_engine.errors import (
     QatmigError,
     StreamError,
     WireError,
+    format_location,
 )
 from qatmig_engine.mainstream import (
     EndOfSection,
@@ -84,14 +85,8 @@ class Deviation:
     field: str | None = None
 
     def where(self) -> str:
-        parts = [f"connection {self.connection}"]
-        if self.channel is not None:
-            parts.append(f"channel {self.channel}")
-        if self.packet_num is not None:
-            parts.append(f"packet {self.packet_num}")
-        if self.field is not None:
-            parts.append(f"field {self.field}")
-        return ", ".join(parts)
+        return format_location(connection=self.connection, channel=self.channel,
+                               packet_num=self.packet_num, field=self.field)
 
     def __str__(self) -> str:
         return f"{self.where()}: {self.message}"
