@@ -7,11 +7,15 @@ QEMU   := $(shell command -v qemu-system-x86_64 2>/dev/null)
 
 .PHONY: setup system-deps demo test lint bench bench-qemu soak clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# pip and setuptools talk a lot (and this machine's pip config adds warnings of its own): the
+# install log goes to a file, shown only when the install fails.
+$(STAMP): pyproject.toml setup.py
+	@echo "setting up $(VENV) (pip log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } \
+	  >$(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; \
+	  echo "setup failed: the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 setup: $(STAMP)
 
