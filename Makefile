@@ -41,7 +41,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # Benchmarks write their tables into docs/performance.md with --update-docs (see each --help).
+# `make bench`: the small `qatmig bench` matrix (engine and, when installed, QEMU; 256 MiB
+# Silesia guest, 2 channels, none/zlib/zstd) into bench-results/, then the micro-benchmarks.
 bench: setup
+	$(VENV)/bin/qatmig bench --guest-size 256M --channels 2 --multifd-compression none,zlib,zstd -o bench-results
 	$(PY) benchmarks/bench_codecs.py
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_standin.py --limit 8M
