@@ -189,7 +189,7 @@ MUTANTS: tuple[Mutant, ...] = (
                "        transport.sendmsg_all(self.sock, bufs, src.act"))),
     Mutant("engine-compression-replaced-by-none", "engine",
            "compression silently replaced by none on both ends; the requested method is reported",
-           (_p("source.py", "self.method = params.multifd_compression", 'self.method = "none"'),
+           (_p("source.py", "        method = src.method\n", '        method = "none"\n'),
             _p("destination.py", "self.method = params.multifd_compression",
                'self.method = "none"'))),
     # ------------------------------------------------------------------ codecs
