@@ -24,6 +24,8 @@ MIB = 1 << 20
 
 
 def _dialect_for(version: tuple[int, int]) -> str:
+    if version >= (10, 0):
+        return "qemu-10.0"
     if version >= (9, 2):
         return "qemu-9.2"
     if version >= (9, 0):
