@@ -1,4 +1,4 @@
-"""``python -m qatmig_engine.cli``: the ``qatmig`` command (e.g. from a wrapper script)."""
+"""``python -m qatmig_engine.cli``: the ``qatmig`` command without its console script."""
 
 import sys
 
