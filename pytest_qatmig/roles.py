@@ -46,8 +46,6 @@ from .results import MigrationResult
 
 #: Directions of the cross matrix, as they appear in test ids.
 DIRECTIONS = ("impl-to-impl", "impl-to-peer", "peer-to-impl")
-#: Dialects from oldest to newest (a pair without a dialect speaks the newest both ends have).
-DIALECT_ORDER = ("qemu-7.2", "qemu-9.0", "qemu-9.2")
 RAMBLOCK = "pc.ram"
 #: The statistics a result carries (MigrationResult.REQUIRED), taken from the end that
 #: measures them: the source for everything but the destination's CPU.
@@ -121,7 +119,9 @@ def common_dialect(spec: PairSpec, *ends: Any) -> str:
         if missing:
             raise Unsupported(f"{', '.join(missing)} lacks dialect:{spec.dialect}")
         return spec.dialect
-    for d in reversed(DIALECT_ORDER):
+    from qatmig_engine.dialects import DIALECTS  # oldest to newest
+
+    for d in reversed(list(DIALECTS)):
         if all(f"dialect:{d}" in c for c in caps):
             return d
     raise Unsupported("the two ends share no wire dialect")
