@@ -143,6 +143,8 @@ class TapReport:
     notes: list[Note]
     eos: int
     duration_s: float = 0.0
+    #: QEMU_VM_COMMAND sections seen on the main channel (QEMU's names, in order).
+    commands: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -178,6 +180,7 @@ class TapReport:
             "machine_type": self.machine_type,
             "ramblocks": self.ramblocks,
             "eos": self.eos,
+            "commands": self.commands,
             "duration_s": round(self.duration_s, 3),
             "totals": self.totals(),
             "channels": chans,
@@ -697,6 +700,7 @@ class TapChecker:
             ramblocks=dict(self.ramblocks), channels=chans, errors=list(self.errors),
             notes=list(self.notes.by_kind.values()), eos=main.stats.eos if main else 0,
             duration_s=self.finished_at - self.started,
+            commands=list(main.decoder.commands) if main else [],
         )
 
 
