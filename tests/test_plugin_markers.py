@@ -31,7 +31,7 @@ def test_requires_skips_what_the_implementation_lacks(pytester: pytest.Pytester)
     result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines([
         # reported at the user's test module, not inside the plugin
-        "SKIPPED [1] test_requires_skips_what_the_implementation_lacks.py:*: UNIMPLEMENTED: "
+        "SKIPPED [[]1] test_requires_skips_what_the_implementation_lacks.py:*: UNIMPLEMENTED: "
         "implementation 'loopback-copy' lacks zstd, tls "
         "(has: dialect:qemu-9.2, none)"
     ])
