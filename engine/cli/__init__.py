@@ -11,7 +11,7 @@ from ..errors import QatmigError, WireError
 
 #: Subcommand modules in help order. Each defines ``register(subparsers)``, which adds its
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
-SUBCOMMAND_MODULES = ("migrate", "qzip", "guest", "devices", "tap")
+SUBCOMMAND_MODULES = ("migrate", "qzip", "guest", "devices", "tap", "bench")
 
 EPILOG = """\
 examples:
@@ -22,6 +22,7 @@ examples:
   qatmig guest build --size 1G --corpus stand-in -o guest.img
   qatmig devices --json
   qatmig qzip -L 1 file            # QATzip gzip-ext, like QATzip's own qzip tool
+  qatmig bench --channels 2,4,8    # the seed table: engine vs real QEMU, CSV/JSON/plots
 
 Every reporting command takes --json. Parameter names are QEMU's (migrate-set-parameters).
 """

@@ -48,19 +48,26 @@ def print_json(obj: Any, out: TextIO | None = None) -> None:
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Plain aligned text table (numbers right-aligned)."""
-    rows = [["" if c is None else str(c) for c in r] for r in rows]
+    """Plain aligned text table: numeric columns (and their headers) right-aligned, a missing
+    value shown as ``-`` in its column's alignment."""
+    rows = [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in rows:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
 
     def is_num(s: str) -> bool:
-        return bool(re.fullmatch(r"[-+]?[\d,._]+%?", s))
+        return bool(re.fullmatch(r"[-+]?[\d,._]+[%x×]?", s))
+
+    numeric = [
+        any(is_num(r[i]) for r in rows if i < len(r))
+        and all(is_num(r[i]) or r[i] in ("-", "") for r in rows if i < len(r))
+        for i in range(len(widths))
+    ]
 
     def fmt(r: Sequence[str]) -> str:
-        cells = zip(r, widths, strict=False)
-        return "  ".join(c.rjust(w) if is_num(c) else c.ljust(w) for c, w in cells)
+        cells = zip(r, widths, numeric, strict=False)
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in cells)
 
     lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in rows]

@@ -159,9 +159,12 @@ def _report(st: MigrationStats, args: argparse.Namespace) -> int:
         print_json(st.to_json())
     else:
         print(format_table(MigrationStats.TABLE_HEADERS, [st.table_row()]))
-        if st.corpus:
-            print(f"guest: {st.total_ram_bytes >> 20} MiB, corpus {st.corpus}, dialect "
-                  f"{st.dialect}")
+        print(MigrationStats.TABLE_LEGEND)
+        print(st.summary())
+        if st.verified is None:
+            for end, digest in (("sent", st.source_digest), ("received", st.destination_digest)):
+                if digest:
+                    print(f"sha256 of the {end} RAM: {digest}")
         if st.qat_backend:
             print(f"qatzip backend: {st.qat_backend}")
             for reason in st.qat_fallback_reasons or ():
