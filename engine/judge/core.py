@@ -373,6 +373,7 @@ class TapChecker:
             notes=list(self.notes.by_kind.values()), eos=main.stats.eos if main else 0,
             duration_s=self.finished_at - self.started, pages=dict(self.pages),
             rounds=main.round if main else 0, errors_dropped=self.errors_dropped,
+            commands=list(main.decoder.commands) if main else [],
         )
 
 

@@ -133,6 +133,8 @@ class TapReport:
     rounds: int = 0
     #: deviations beyond ``max_errors`` that were counted but not kept
     errors_dropped: int = 0
+    #: QEMU_VM_COMMAND sections seen on the main channel (QEMU's names, in order).
+    commands: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -191,6 +193,7 @@ class TapReport:
             "ramblocks": self.ramblocks,
             "eos": self.eos,
             "rounds": self.rounds,
+            "commands": self.commands,
             "duration_s": round(self.duration_s, 3),
             "totals": self.totals(),
             "channels": chans,

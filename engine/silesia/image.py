@@ -319,6 +319,11 @@ def read_image_info(path: str | os.PathLike[str]) -> GuestImageInfo:
         info.path = str(path)
         return info
     size = path.stat().st_size
+    if size == 0 or size % PAGE_SIZE:
+        raise CorpusError(
+            f"{path} is not a guest RAM image: {size} bytes is not a whole number of "
+            f"{PAGE_SIZE}-byte pages (and it has no {side.name} sidecar)"
+        )
     return GuestImageInfo(size=size, pages=size // PAGE_SIZE, zero_pages=count_zero_pages(path),
                           corpus="unknown (no sidecar)", zero_ratio=None, seed=None,
                           layout="unknown", path=str(path))
