@@ -104,6 +104,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def _skip_here(reason: str) -> None:
+    """Skip the running test, reported at the test's own line (``-rs``), not at this plugin's."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = get_state(item.config)
@@ -112,14 +117,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         caps = state.capabilities()
         missing = [c for c in needs if c not in caps]
         if missing:
-            pytest.skip(
+            _skip_here(
                 f"UNIMPLEMENTED: implementation {getattr(state.impl, 'name', '?')!r} lacks "
                 f"{', '.join(missing)} (has: {', '.join(sorted(caps)) or 'nothing'})"
             )
     if item.get_closest_marker("qat_hw") is not None:
         device = state.worker_device()
         if not device.hw_ready:
-            pytest.skip(
+            _skip_here(
                 f"qat_hw: no ready QAT device for this worker ({device.reason or 'software'}). "
                 "Enable: a QAT device with 'dc' in cfg_services and state up, and "
                 "--qatmig-devices=auto or a list of PCI addresses"

@@ -66,6 +66,37 @@ def option_value(config: pytest.Config, name: str) -> str | None:
     return value
 
 
+def _check_devices(value: str, sysfs_root: str) -> None:
+    """Every address named in --qatmig-devices exists (a typo would silently run nothing)."""
+    mode, bdfs = dev.parse_devices_value(value)
+    if mode != "list":
+        return
+    pci = Path(sysfs_root) / "bus" / "pci" / "devices"
+    missing = [b for b in bdfs if not (pci / (b if b.count(":") == 2 else f"0000:{b}")).exists()]
+    if missing:
+        found = [d.bdf for d in dev.discover(sysfs_root)]
+        raise pytest.UsageError(
+            f"--qatmig-devices: no PCI device {', '.join(missing)} under {pci}; QAT endpoints "
+            f"there: {', '.join(found) or 'none'} (`qatmig devices` lists them; use 'auto' or "
+            "'sw' for the software path)"
+        )
+
+
+def _check_corpus(corpus: str) -> None:
+    """A corpus other than the built-in stand-in must be there before any test starts."""
+    if corpus.lower() in ("stand-in", "standin"):
+        return
+    from qatmig_engine.errors import CorpusError
+    from qatmig_engine.silesia.corpus import open_corpus
+
+    try:
+        open_corpus(corpus)
+    except CorpusError as exc:
+        raise pytest.UsageError(
+            f"--qatmig-corpus {corpus}: {str(exc).replace('--corpus', '--qatmig-corpus')}"
+        ) from None
+
+
 @dataclass
 class Settings:
     impl: str
@@ -88,6 +119,8 @@ class Settings:
         sysfs_root = values["sysfs_root"] or "/sys"
         if not os.path.isdir(sysfs_root):
             raise pytest.UsageError(f"--qatmig-sysfs-root: {sysfs_root} is not a directory")
+        _check_devices(values["devices"] or "auto", sysfs_root)
+        _check_corpus(corpus)
         return cls(
             impl=values["impl"] or "reference",
             devices=values["devices"] or "auto",

@@ -12,7 +12,14 @@ from ..dialects import DEFAULT_DIALECT, DIALECTS
 from ..errors import ParameterError
 from ..params import MigrationParameters
 from ..stats import MigrationStats
-from ._common import add_json_flag, format_table, print_json, progress, size_arg
+from ._common import (
+    add_json_flag,
+    format_table,
+    print_json,
+    progress,
+    size_arg,
+    timeout_arg,
+)
 
 EPILOG_MIGRATE = """\
 examples:
@@ -94,7 +101,7 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
                    "QEMU without -uuid); both sides must agree")
-    g.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    g.add_argument("--timeout", type=timeout_arg, default=30.0, metavar="S",
                    help="fail when no byte moves on any channel for S seconds (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
