@@ -222,7 +222,7 @@ def wrong_flags(c: bytearray, d: str) -> bytes:
 def bomb(c: bytearray, d: str) -> bytes:
     """The channel's first data packet replaced by a zlib stream that inflates to 256 MiB,
     within the payload bound of a full packet: only an output-bounded inflate stops it early."""
-    off, plen, pkt = first_data_packet(bytes(c), d)
+    off, plen, _pkt = first_data_packet(bytes(c), d)
     z = zlib.compressobj(9)
     chunk = bytes(1 << 20)
     parts = [z.compress(chunk) for _ in range(256)]
@@ -233,7 +233,7 @@ def bomb(c: bytearray, d: str) -> bytes:
 
 
 def qatzip_bomb(c: bytearray, d: str) -> bytes:
-    off, plen, pkt = first_data_packet(bytes(c), d)
+    off, plen, _pkt = first_data_packet(bytes(c), d)
     payload = qzformat.compress(bytes(256 << 20), 9) if False else _gzip_bomb()
     hdr = bytearray(c[off : off + HLEN])
     put32(hdr, 20, len(payload))
@@ -247,7 +247,7 @@ def _gzip_bomb() -> bytes:
 
 
 def qatzip_crc_flip(c: bytearray, d: str) -> bytes:
-    off, plen, pkt = first_data_packet(bytes(c), d)
+    off, plen, _pkt = first_data_packet(bytes(c), d)
     end = off + HLEN + plen
     c[end - 8] ^= 0x01  # the gzip member's CRC-32 (last 8 bytes: CRC-32, ISIZE)
     return bytes(c)
@@ -270,6 +270,17 @@ def main_truncated(conns: list[bytes], d: str) -> list[bytes]:
     for i, c in enumerate(out):
         if is_main(c):
             out[i] = c[: len(c) // 2]
+    return out
+
+
+def main_cut_before_end(conns: list[bytes], d: str) -> list[bytes]:
+    """The main channel ends after the last MULTIFD_FLUSH: every page has arrived, but not the
+    RAM section's EOS, its footer, nor EOF."""
+    out = list(conns)
+    for i, c in enumerate(out):
+        if is_main(c):
+            assert c[-22:-14] == struct.pack(">Q", 0x200), "no MULTIFD_FLUSH before the end"
+            out[i] = c[:-14]
     return out
 
 
@@ -332,8 +343,12 @@ CASES: list[dict[str, object]] = [
          description="zlib payloads in packets flagged as uncompressed"),
     dict(name="main-channel-truncated", method="zlib", dialect="qemu-7.2", mutate=main_truncated,
          description="the main channel closes half-way through the RAM section"),
+    dict(name="main-channel-cut-before-end", method="zlib", dialect="qemu-9.2",
+         mutate=main_cut_before_end,
+         description="the main channel closes after the last MULTIFD_FLUSH, before the RAM "
+                     "section's EOS, footer and EOF"),
     dict(name="channel-missing", method="zlib", dialect="qemu-9.2", mutate=channel_missing,
-         description="only 1 of 2 multifd channels ever connects"),
+         description="only 1 of 2 multifd channels ever connects", idle=True),
     dict(name="idle-peer", method="zlib", dialect="qemu-9.2", mutate=idle_after_init, idle=True,
          description="every channel says hello, then the peer stays connected and silent",
          qemu_lax="QEMU waits without a timeout for an idle source"),
