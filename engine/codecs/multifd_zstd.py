@@ -60,6 +60,21 @@ class ZstdCompressor(Compressor):
                 f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
             ) from None
 
+    def compress_parts(self, parts: list[memoryview]) -> bytes:
+        # ZSTD_compressStream2(ZSTD_e_continue) copies its input into the stream's window
+        # before returning (as QEMU's multifd-zstd relies on: it compresses straight from
+        # guest RAM), so the pieces are fed in place; the output is the same stream as
+        # compress() of the gathered pages.
+        z = self._z
+        try:
+            out = [z.compress(p) for p in parts]
+            out.append(z.flush(_FLUSH_BLOCK))
+        except zstandard.ZstdError as exc:
+            raise CodecError(
+                f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
+            ) from None
+        return b"".join(out)
+
 
 def _zstd_error(code: int) -> str:
     return str(_ffi.string(_lib.ZSTD_getErrorName(code)).decode("ascii", "replace"))
