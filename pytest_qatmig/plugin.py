@@ -19,13 +19,18 @@ from .fixtures import (
     get_state,
     multifd_pair,
     qat_device,
+    qatmig_direction,
     qatmig_impl,
+    qatmig_peer,
     silesia_guest_memory,
 )
 from .results import perf_table
 from .state import OPTIONS, is_worker
 
-__all__ = ["multifd_pair", "qat_device", "qatmig_impl", "silesia_guest_memory"]
+__all__ = [
+    "multifd_pair", "qat_device", "qatmig_direction", "qatmig_impl", "qatmig_peer",
+    "silesia_guest_memory",
+]
 
 MARKERS = (
     "qat_hw: needs a ready Intel QAT device owned by this worker; skips (with the reason) "
@@ -35,6 +40,8 @@ MARKERS = (
     "max_total_ms=None, min_pages_per_second=None): check every multifd_pair migration of the "
     "test against these thresholds (the host profile may set defaults and per-test overrides); "
     "the test holds its device's performance lock while it runs.",
+    "qatmig_cross: run the test once per direction of the cross matrix (impl-to-impl, "
+    "impl-to-peer, peer-to-impl; the peer is --qatmig-peer); multifd_pair then pairs those ends.",
     "qatmig_requires(*capabilities): skip (UNIMPLEMENTED) unless the implementation under test "
     "has every capability, e.g. 'qatzip', 'zstd', 'dialect:qemu-7.2', 'tls'.",
 )
@@ -42,6 +49,7 @@ MARKERS = (
 METAVARS = {
     "impl": "SPEC", "devices": "auto|sw|BDF,...", "profile": "FILE.yaml",
     "guest_size": "SIZE", "corpus": "stand-in|silesia|DIR", "sysfs_root": "DIR",
+    "peer": "SPEC", "matrix": "default|full",
 }
 PERF_LOCK_TIMEOUT = 1800.0
 _PERF_LOCK = pytest.StashKey[contextlib.ExitStack]()
@@ -92,6 +100,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
     if state is not None:
         state.release()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("qatmig_cross") is None:
+        return
+    if "qatmig_direction" not in metafunc.fixturenames:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: qatmig_cross needs the multifd_pair fixture")
+    dirs = get_state(metafunc.config).directions()
+    metafunc.parametrize("qatmig_direction", dirs, indirect=True, ids=list(dirs))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
