@@ -14,7 +14,7 @@ from ..errors import QatmigError, WireError
 
 #: Subcommand modules in help order. Each defines ``register(subparsers)``, which adds its
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
-SUBCOMMAND_MODULES = ("migrate", "qzip", "guest", "devices", "tap", "bench")
+SUBCOMMAND_MODULES = ("migrate", "contract", "qzip", "guest", "devices", "tap", "bench")
 
 EPILOG = """\
 examples:
