@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml setup.py
 setup: $(STAMP)
 
 # Real QEMU 7.2 is the migration peer of the interop tests; install it when we can (root + apt).
-system-deps:
+# QEMU 10.0 (Debian bookworm-backports) is fetched and unpacked into a cache, never installed.
+system-deps: setup
 	@if [ -z "$(QEMU)" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing qemu-system-x86 (interop peer)"; \
@@ -29,6 +30,7 @@ system-deps:
 	    echo "qemu-system-x86_64 not found and not root: QEMU interop tests will skip (sudo apt-get install qemu-system-x86)"; \
 	  fi; \
 	fi
+	@$(PY) -m qatmig_engine.qemu.fetch || echo "QEMU 10.0 not fetched: its interop tests will skip"
 
 demo: setup
 	$(VENV)/bin/qatmig migrate --guest-size 256M --multifd-channels 2 --multifd-compression zstd

@@ -25,7 +25,6 @@ from . import transport
 from .destination import Destination
 from .errors import ChannelClosed, ParameterError
 from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic
-from .mainstream import DEFAULT_MACHINE_TYPE
 from .params import MigrationParameters
 from .source import DEFAULT_MAX_ITERS, Source
 from .stats import MigrationStats
@@ -103,7 +102,7 @@ def migrate_loopback(
     ramblock: str = DEFAULT_RAMBLOCK,
     uuid: str | None = None,
     max_iters: int = DEFAULT_MAX_ITERS,
-    machine_type: str = DEFAULT_MACHINE_TYPE,
+    machine_type: str | None = None,
     corpus: str = "auto",
     verify: bool = True,
     destination_prealloc: bool = False,
@@ -119,6 +118,7 @@ def migrate_loopback(
     """
     params = params or MigrationParameters()
     params.validate()
+    transport.check_timeout(timeout)
     own_guest = guest is None
     if guest is None:
         guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)
@@ -170,6 +170,7 @@ def migrate_loopback(
         st.destination = d.destination
         st.wall_seconds_destination = d.wall_seconds_destination
         st.device_state_bytes = d.device_state_bytes
+        st.vm_commands = d.vm_commands
         st.peak_rss_bytes = d.peak_rss_bytes
         st.guest_mapped_bytes = d.guest_mapped_bytes
         if s.status != "completed" or d.status != "completed":
@@ -231,6 +232,7 @@ def listen(
     before listening (QEMU's ``prealloc=on``)."""
     params = params or MigrationParameters()
     params.validate()
+    transport.check_timeout(timeout)
     if guest_image is not None:
         blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w")
     else:
@@ -267,7 +269,7 @@ def send(
     dirty_pattern: str = "random",
     timeout: float = transport.DEFAULT_TIMEOUT,
     progress: Progress | None = None,
-    machine_type: str = DEFAULT_MACHINE_TYPE,
+    machine_type: str | None = None,
     max_iters: int = DEFAULT_MAX_ITERS,
     wait_for_destination: float | None = None,
     digest: bool = True,
@@ -279,6 +281,7 @@ def send(
     there means the destination failed, and ``send`` reports failed too."""
     params = params or MigrationParameters()
     params.validate()
+    transport.check_timeout(timeout)
     own = guest is None
     if guest is None:
         guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)

@@ -38,6 +38,7 @@ from .mainstream import (
     MultifdFlush,
     Page,
     RamEnd,
+    VmCommand,
     ZeroPage,
 )
 from .params import MigrationParameters
@@ -378,6 +379,8 @@ class Destination:
             self.stats.machine_type = ev.machine_type
         elif t is DeviceState:
             self.stats.device_state_bytes += len(ev.data)
+        elif t is VmCommand:
+            self.stats.vm_commands.append(ev.name)
         elif t is RamEnd:
             pass
 

@@ -33,7 +33,7 @@ from .constants import MULTIFD_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
 from .errors import MigrationError
 from .guest import GuestMemory, RAMBlock, dirty_runs
-from .mainstream import DEFAULT_MACHINE_TYPE, MainStreamEncoder
+from .mainstream import MainStreamEncoder
 from .params import MigrationParameters
 from .ratelimit import RateLimiter
 from .stats import MigrationStats, SideCounters
@@ -192,7 +192,7 @@ class Source:
         uuid: str | bytes | None = None,
         timeout: float = transport.DEFAULT_TIMEOUT,
         workload: Workload | None = None,
-        machine_type: str = DEFAULT_MACHINE_TYPE,
+        machine_type: str | None = None,
         max_iters: int = DEFAULT_MAX_ITERS,
         progress: Callable[[int], None] | None = None,
         wait_for_destination: float | None = None,
@@ -466,6 +466,8 @@ class Source:
             f = final[name]
             for first, count in dirty_runs(bm):
                 f[first : first + count] = b"\x01" * count
+        if enc.sends_switchover_start:
+            self._main_write(enc.switchover_start())
         self._main_write(enc.section_end())
         _, zrec = self._queue_pages(final)
         self._zero_records += zrec

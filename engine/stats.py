@@ -93,6 +93,8 @@ class MigrationStats:
     guest_mapped_bytes: int | None = None
     device_state_bytes: int = 0
     machine_type: str | None = None
+    #: QEMU_VM_COMMAND sections on the main channel, by QEMU's name, in order.
+    vm_commands: list[str] = field(default_factory=list)
     role: str = "both"  # source, destination, both
 
     # ------------------------------------------------------------------ derived

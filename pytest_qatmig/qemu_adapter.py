@@ -51,6 +51,8 @@ def wire_fields(ram: dict[str, Any], version: tuple[int, int], compression: str)
 
 
 def _dialect_for(version: tuple[int, int]) -> str:
+    if version >= (10, 0):
+        return "qemu-10.0"
     if version >= (9, 2):
         return "qemu-9.2"
     if version >= (9, 0):
