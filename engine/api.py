@@ -172,6 +172,7 @@ def migrate_loopback(
         st.device_state_bytes = d.device_state_bytes
         st.vm_commands = d.vm_commands
         st.peak_rss_bytes = d.peak_rss_bytes
+        st.guest_mapped_bytes = d.guest_mapped_bytes
         if s.status != "completed" or d.status != "completed":
             st.status = "failed"
             st.error = _root_error(s, d)
