@@ -118,6 +118,7 @@ def migrate_loopback(
     """
     params = params or MigrationParameters()
     params.validate()
+    transport.check_timeout(timeout)
     own_guest = guest is None
     if guest is None:
         guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)
@@ -171,6 +172,7 @@ def migrate_loopback(
         st.device_state_bytes = d.device_state_bytes
         st.vm_commands = d.vm_commands
         st.peak_rss_bytes = d.peak_rss_bytes
+        st.guest_mapped_bytes = d.guest_mapped_bytes
         if s.status != "completed" or d.status != "completed":
             st.status = "failed"
             st.error = _root_error(s, d)
@@ -230,6 +232,7 @@ def listen(
     before listening (QEMU's ``prealloc=on``)."""
     params = params or MigrationParameters()
     params.validate()
+    transport.check_timeout(timeout)
     if guest_image is not None:
         blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w")
     else:
@@ -278,6 +281,7 @@ def send(
     there means the destination failed, and ``send`` reports failed too."""
     params = params or MigrationParameters()
     params.validate()
+    transport.check_timeout(timeout)
     own = guest is None
     if guest is None:
         guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)

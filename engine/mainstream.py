@@ -347,6 +347,10 @@ class MainStreamDecoder:
         self.eof = False
         self.bytes_in = 0
         self.device_state_bytes = 0
+        #: Bytes dropped from the front of the buffer (stream offset of ``_buf[0]``).
+        self._consumed = 0
+        #: Stream offset of the item a StreamError was raised for (None before any error).
+        self.error_offset: int | None = None
         #: enum qemu_vm_cmd values reported as :class:`VmCommand`; any other is refused.
         self.accepted_commands: frozenset[int] = _accepted(self.dialect)
         #: Names of the commands received, in order.
@@ -400,8 +404,12 @@ class MainStreamDecoder:
                     # Rewind to the start of the incomplete item; complete ones are kept.
                     self._pos = self._mark
                     break
+        except StreamError:
+            self.error_offset = self._consumed + self._mark
+            raise
         finally:
             if self._pos:
+                self._consumed += self._pos
                 del self._buf[: self._pos]
                 self._pos = 0
         return events

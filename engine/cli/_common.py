@@ -36,6 +36,16 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def timeout_arg(text: str) -> float:
+    """argparse ``type=`` for network timeouts: finite seconds above 0."""
+    from ..transport import check_timeout
+
+    try:
+        return check_timeout(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 

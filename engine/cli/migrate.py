@@ -12,7 +12,14 @@ from ..dialects import DEFAULT_DIALECT, DIALECTS
 from ..errors import ParameterError
 from ..params import MigrationParameters
 from ..stats import MigrationStats
-from ._common import add_json_flag, format_table, print_json, progress, size_arg
+from ._common import (
+    add_json_flag,
+    format_table,
+    print_json,
+    progress,
+    size_arg,
+    timeout_arg,
+)
 
 EPILOG_MIGRATE = """\
 examples:
@@ -94,7 +101,7 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
                    "QEMU without -uuid); both sides must agree")
-    g.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    g.add_argument("--timeout", type=timeout_arg, default=30.0, metavar="S",
                    help="fail when no byte moves on any channel for S seconds (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
@@ -204,7 +211,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         st = migrate_loopback(
             size, params, guest_image=args.guest_image, dirty_rate=args.dirty_rate,
             dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
-            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus,
+            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus, ramblock=args.ramblock,
             destination_image=args.destination_image,
             destination_prealloc=args.destination_prealloc,
         )
@@ -254,8 +261,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     try:
         st = send(host, port, args.guest_image, _params(args), guest_size=args.guest_size,
                   ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
-                  timeout=args.timeout, progress=bar, machine_type=args.machine_type,
-                  max_iters=args.max_iters, digest=not args.no_digest)
+                  dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
+                  machine_type=args.machine_type, max_iters=args.max_iters,
+                  digest=not args.no_digest)
     finally:
         bar.close()
     return _report(st, args)

@@ -473,7 +473,11 @@ class QzSession:
         dbuf = ffi.new("unsigned char[]", expected + 1)
         src_len = ffi.new("unsigned int *", n)
         dest_len = ffi.new("unsigned int *", expected + 1)
-        rc = c.qzDecompress(self._sess, sbuf, src_len, dbuf, dest_len)
+        try:
+            rc = c.qzDecompress(self._sess, sbuf, src_len, dbuf, dest_len)
+        finally:
+            if n:  # release the export of ``data`` now, never from the garbage collector
+                ffi.release(sbuf)
         _check("qzDecompress", rc)
         if int(dest_len[0]) != expected or int(src_len[0]) != n:
             raise QatLibraryError("qzDecompress", rc, rc_name(rc),
