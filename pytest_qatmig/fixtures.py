@@ -42,6 +42,8 @@ class GuestImage:
 
     path: Path
     size: int
+    #: The corpus the image was built from (e.g. ``stand-in (silesia-standin v1)``,
+    #: ``silesia``, ``dir:/path``), read from the image's sidecar.
     corpus: str
 
     def __fspath__(self) -> str:
@@ -91,7 +93,11 @@ def silesia_guest_memory(
     lock_root = base.parent if is_worker(request.config) else base
     with file_lock(lock_root / "qatmig-guest-image.lock", GUEST_BUILD_TIMEOUT):
         path = cached_guest_image(s.guest_size, corpus=s.corpus)
-    return GuestImage(path=Path(path), size=s.guest_size, corpus=s.corpus)
+    from qatmig_engine.silesia.image import read_image_info
+
+    # The corpus actually used ("auto" resolves to the real corpus or the stand-in), as the
+    # image's sidecar records it; not the option text.
+    return GuestImage(path=Path(path), size=s.guest_size, corpus=read_image_info(path).corpus)
 
 
 def _cached_guest_image() -> Callable[..., Any]:
