@@ -219,6 +219,8 @@ class ReferenceImplementation:
         if qatzip and device is not None and "qat_backend" not in spec.options:
             kwargs["qat_backend"] = "auto" if device.hw_ready else "sw"
         kwargs.update(spec.options)
+        if isinstance(kwargs.get("qat_fallback"), str):  # "on"/"off", as on the command line
+            kwargs["qat_fallback"] = kwargs["qat_fallback"] != "off"
         if qatzip and device is not None and device.sysfs_root:
             # The engine must judge the same host the plugin allocated the device from.
             extra = dict(kwargs.get("extra") or {})

@@ -152,13 +152,24 @@ class RecordingPair:
     def implementation_pair(self) -> MigrationPair:
         return self._pair
 
-    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
+    def migrate(self, guest: Any, *, timeout: float = 120.0,
+                destination_fill: int | None = None) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
+        ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
+        that byte instead of zeros.
 
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
         ``judge=False``."""
-        result = MigrationResult.from_stats(self._pair.migrate(guest, timeout=timeout))
+        if destination_fill is None:
+            raw = self._pair.migrate(guest, timeout=timeout)
+        elif hasattr(self._pair, "dst"):  # a RolePair: the suite creates the destination's RAM
+            raw = self._pair.migrate(guest, timeout=timeout,  # type: ignore[call-arg]
+                                     destination_fill=destination_fill)
+        else:
+            pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero needs the "
+                        "destination/source roles (docs/plugin.md)")
+        result = MigrationResult.from_stats(raw)
         self.results.append(result)
         wire_errors = result.get("wire_errors") or []
         if wire_errors and self.judge:
