@@ -149,7 +149,9 @@ class ReferenceIncoming:
         from qatmig_engine.destination import Destination
         from qatmig_engine.guest import GuestMemory, RAMBlock
 
-        blk = RAMBlock.from_file(ctx.ramblock, ctx.ram, ctx.ram_size, mode="w")
+        # The suite's file is the destination's RAM as it is (not necessarily zero).
+        blk = RAMBlock.from_file(ctx.ramblock, ctx.ram, ctx.ram_size, mode="w",
+                                 keep_content=True)
         self._guest = GuestMemory([blk])
         try:
             self._dst = Destination(self._guest, params, host="127.0.0.1", port=0,
