@@ -236,9 +236,9 @@ def listen(
     """Serve one incoming migration; the ``ramblock`` block's RAM lives in ``guest_image``
     (anonymous memory if None). A file that already has ``guest_size`` bytes is used as it is
     (its bytes are the RAM before the migration, as with QEMU's ``memory-backend-file``: zero
-    pages are written over stale bytes); any other is created or truncated to ``guest_size``. ``on_ready(address)`` is
-    called once the socket listens (port 0 picks a free port). ``prealloc`` faults the RAM in
-    before listening (QEMU's ``prealloc=on``)."""
+    pages are written over stale bytes); any other is created or truncated to ``guest_size``.
+    ``on_ready(address)`` is called once the socket listens (port 0 picks a free port).
+    ``prealloc`` faults the RAM in before listening (QEMU's ``prealloc=on``)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
