@@ -147,7 +147,7 @@ def migrate_loopback(
         if dirty_rate:
             workload = Workload(guest, dirty_rate, pattern=dirty_pattern, hot_pages=hot_pages)
         dst = Destination(dst_guest, params, host="127.0.0.1", port=0, uuid=uuid,
-                          timeout=timeout, progress=None)
+                          timeout=timeout, progress=None, fresh_ram=True)
         host, port = dst.address
         dst_stats: list[MigrationStats] = []
         t = threading.Thread(target=lambda: dst_stats.append(dst.run()),
@@ -249,7 +249,7 @@ def listen(
     guest = GuestMemory([blk])
     try:
         dst = Destination(guest, params, host=host, port=port, uuid=uuid, timeout=timeout,
-                          ramblock=ramblock, progress=progress)
+                          ramblock=ramblock, progress=progress, fresh_ram=True)
         if on_ready is not None:
             on_ready(dst.address)
         st = dst.run()
