@@ -27,7 +27,7 @@ from . import transport
 from .codecs import get_codec
 from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
-from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
+from .errors import ChannelClosed, MigrationError, PacketError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
     Configuration,
@@ -115,6 +115,8 @@ class _Receiver(transport.ChannelThread):
         zero = dst.zero_page
         sock = self.sock
         c = self.counters
+        last_num: int | None = None
+        page_mask = ps - 1
         scratch = memoryview(bytearray(page_count(ps) * ps)) if not is_none else None
         ones = b"\x01" * page_count(ps)
         while True:
@@ -128,8 +130,26 @@ class _Receiver(transport.ChannelThread):
             if (pkt.normal_pages or pkt.zero_pages) and not dst.blocks_ready.is_set():
                 act.wait(dst.blocks_ready, f"{what} (waiting for the RAM block list)")
             validator.check(pkt)
-            c.packets += 1
             n = pkt.normal_pages
+            # Stricter than QEMU, which checks neither: packet_num comes from one global
+            # counter, so it never goes back on a channel, and a packet with pages never reuses
+            # one (QEMU 7.2 repeats the number only in the empty packet after a SYNC); offsets
+            # are page addresses.
+            num = pkt.packet_num
+            if last_num is not None and (
+                num < last_num or (num == last_num and (n or pkt.zero_pages))
+            ):
+                raise PacketError(
+                    f"multifd {ch}: packet_num {num} after {last_num} (a packet with pages "
+                    "must have a new, higher number on its channel)",
+                    channel=ch, packet_num=num, field="packet_num")
+            last_num = num
+            if any(o & page_mask for o in pkt.offsets):
+                bad = next(o for o in pkt.offsets if o & page_mask)
+                raise PacketError(
+                    f"multifd {ch}: offset {bad:#x} is not page aligned",
+                    channel=ch, packet_num=pkt.packet_num, field="offset")
+            c.packets += 1
             if n or pkt.zero_pages:
                 blk = dst.guest.block(pkt.ramblock)
                 if blk is None:  # pragma: no cover - the validator checked the name
