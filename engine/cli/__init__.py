@@ -11,7 +11,7 @@ from ..errors import QatmigError, WireError
 
 #: Subcommand modules in help order. Each defines ``register(subparsers)``, which adds its
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
-SUBCOMMAND_MODULES = ("migrate", "qzip", "guest", "devices", "tap")
+SUBCOMMAND_MODULES = ("migrate", "qzip", "guest", "devices", "tap", "certify")
 
 EPILOG = """\
 examples:
