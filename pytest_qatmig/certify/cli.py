@@ -128,41 +128,39 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _host_ctx(args: argparse.Namespace) -> tuple[str, str]:
+def _host_opts(args: argparse.Namespace) -> dict[str, str | None]:
+    """The explicit host options (None = resolve on the host: see run.resolve_context)."""
     from qatmig_engine.qat.devices import fixture_tree
-
-    from ..devices import dev_root_for
 
     if args.fake_host:
         if args.sysfs_root or args.dev_root:
             raise ValueError("use either --fake-host or --sysfs-root/--dev-root, not both")
         sysfs, dev = fixture_tree(args.fake_host)
-        return str(sysfs), str(dev)
-    sysfs = args.sysfs_root or os.environ.get("QATMIG_SYSFS_ROOT") or "/sys"
-    dev = args.dev_root or os.environ.get("QATMIG_DEV_ROOT") or dev_root_for(sysfs)
-    return sysfs, dev
+        return {"sysfs_root": str(sysfs), "dev_root": str(dev)}
+    return {"sysfs_root": args.sysfs_root, "dev_root": args.dev_root}
 
 
 def run(args: argparse.Namespace) -> int:
     from qatmig_engine.errors import QatError
 
     from ..profile import ProfileError
-    from .checks import HostContext
+    from .run import resolve_context
 
     try:
-        sysfs, dev = _host_ctx(args)
+        host_opts = _host_opts(args)
     except (ValueError, QatError) as exc:
         return _error(str(exc))
-    if not os.path.isdir(sysfs):
-        return _error(f"sysfs root {sysfs} is not a directory")
     library = args.library or None
+    local = resolve_context(dict(host_opts, library=library))
+    if not args.hosts and not os.path.isdir(local.sysfs_root):
+        return _error(f"sysfs root {local.sysfs_root} is not a directory")
     if args.init_profile:
         from .initprofile import init_profile_text
 
         dest = Path(args.init_profile)
         if dest.exists() and not args.force:
             return _error(f"{dest} exists (use --force to overwrite it)")
-        dest.write_text(init_profile_text(HostContext(sysfs, dev, library)))
+        dest.write_text(init_profile_text(local))
         print(f"wrote {dest}: review it, then qatmig certify --profile {dest} -o DIR",
               file=sys.stderr)
         return 0
@@ -190,9 +188,9 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"cannot create {out_dir}: {exc.strerror or exc}")
     display = Display(args.quiet)
     opts: dict[str, Any] = {
-        "profile": str(Path(args.profile).resolve()), "sysfs_root": sysfs, "dev_root": dev,
-        "library": library, "impls": args.impl, "workers": args.workers, "k": args.k,
-        "m": args.m, "suite_guest_size": args.suite_guest_size,
+        "profile": str(Path(args.profile).resolve()), **host_opts, "library": library,
+        "impls": args.impl, "workers": args.workers, "k": args.k, "m": args.m,
+        "suite_guest_size": args.suite_guest_size,
         "bench_guest_size": args.bench_guest_size, "repeat": args.repeat,
         "skip_suite": args.skip_suite, "skip_bench": args.skip_bench,
         "raw_dir": str((out_dir / "raw").resolve()),

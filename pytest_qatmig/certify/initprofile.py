@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 from typing import Any
@@ -40,9 +41,9 @@ def init_profile_text(ctx: HostContext) -> str:
         f"# libqatzip: not loadable ({lib.error.split(';')[0]}).",
         "# Review it, run `qatmig certify --profile THIS -o baseline/` once, then set the",
         "# thresholds below from that baseline's report.md (with a margin for noise).",
-        f"name: {socket.gethostname()}",
-        "description: " + (f"{len(ready)} ready QAT endpoint(s)" if hw else
-                           "no ready QAT endpoint: qatzip on QATzip's software path"),
+        f"name: {json.dumps(socket.gethostname())}",
+        "description: " + json.dumps(f"{len(ready)} ready QAT endpoint(s)" if hw else
+                                     "no ready QAT endpoint: qatzip on QATzip's software path"),
         "devices:",
         f"  expected: {_yaml_list(expected)}",
     ]

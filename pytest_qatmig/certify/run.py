@@ -34,6 +34,17 @@ def _line(check: Check) -> str:
     return f"{check.status:<5} {check.id}  {msg}"[:200]
 
 
+def resolve_context(opts: dict[str, Any]) -> HostContext:
+    """The host's sysfs root, /dev and library: explicit options first, else this host's
+    environment (``QATMIG_SYSFS_ROOT``, ``QATMIG_DEV_ROOT``, ``QATMIG_LIBQATZIP``), else
+    ``/sys`` and ``/dev``. Resolved on the host itself, so fleet hosts can differ."""
+    from ..devices import dev_root_for
+
+    sysfs = opts.get("sysfs_root") or os.environ.get("QATMIG_SYSFS_ROOT") or "/sys"
+    dev = opts.get("dev_root") or os.environ.get("QATMIG_DEV_ROOT") or dev_root_for(sysfs)
+    return HostContext(sysfs, dev, opts.get("library") or None)
+
+
 def certify_host(opts: dict[str, Any], progress: Progress = _noop) -> dict[str, Any]:
     """Run every stage on this host; never raises for a host problem (it is a check)."""
     from .bench import LoopbackBench, bench_checks, run_case
@@ -43,8 +54,7 @@ def certify_host(opts: dict[str, Any], progress: Progress = _noop) -> dict[str, 
     t0 = time.monotonic()
     started = utc_now()
     prof = load_certify_profile(opts["profile"])
-    ctx = HostContext(opts.get("sysfs_root") or "/sys", opts.get("dev_root") or "/dev",
-                      opts.get("library"))
+    ctx = resolve_context(opts)
     raw_dir = Path(opts["raw_dir"])
     raw_dir.mkdir(parents=True, exist_ok=True)
     checks: list[Check] = []

@@ -158,6 +158,7 @@ def run_suite(
     offset = 0
     seen: list[dict[str, Any]] = []
     done_ids: set[str] = set()
+    worst: dict[str, str] = {}
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=raw_dir, start_new_session=True)
@@ -173,12 +174,14 @@ def run_suite(
                     seen.append(ev)
                     if ev.get("event") == "collected":
                         collected = int(ev["count"])
-                    elif ev.get("event") == "report" and (
-                        ev.get("when") == "teardown" and ev["nodeid"] not in done_ids
-                    ):
-                        done_ids.add(ev["nodeid"])
-                        if on_test:
-                            on_test(len(done_ids), collected, ev["nodeid"], ev["outcome"])
+                    elif ev.get("event") == "report":
+                        nid = ev["nodeid"]
+                        if ev.get("outcome") != "passed" and worst.get(nid) != "failed":
+                            worst[nid] = ev["outcome"]
+                        if ev.get("when") == "teardown" and nid not in done_ids:
+                            done_ids.add(nid)
+                            if on_test:
+                                on_test(len(done_ids), collected, nid, worst.get(nid, "passed"))
                 if finished:
                     break
                 if time.monotonic() - t0 > limit:
