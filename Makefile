@@ -7,16 +7,21 @@ QEMU   := $(shell command -v qemu-system-x86_64 2>/dev/null)
 
 .PHONY: setup system-deps demo test lint bench bench-qemu soak clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# pip and setuptools talk a lot (and this machine's pip config adds warnings of its own): the
+# install log goes to a file, shown only when the install fails.
+$(STAMP): pyproject.toml setup.py
+	@echo "setting up $(VENV) (pip log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } \
+	  >$(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; \
+	  echo "setup failed: the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 setup: $(STAMP)
 
 # Real QEMU 7.2 is the migration peer of the interop tests; install it when we can (root + apt).
-system-deps:
+# QEMU 10.0 (Debian bookworm-backports) is fetched and unpacked into a cache, never installed.
+system-deps: setup
 	@if [ -z "$(QEMU)" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing qemu-system-x86 (interop peer)"; \
@@ -25,6 +30,7 @@ system-deps:
 	    echo "qemu-system-x86_64 not found and not root: QEMU interop tests will skip (sudo apt-get install qemu-system-x86)"; \
 	  fi; \
 	fi
+	@$(PY) -m qatmig_engine.qemu.fetch || echo "QEMU 10.0 not fetched: its interop tests will skip"
 
 demo: setup
 	$(VENV)/bin/qatmig migrate --guest-size 256M --multifd-channels 2 --multifd-compression zstd
@@ -37,7 +43,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # Benchmarks write their tables into docs/performance.md with --update-docs (see each --help).
+# `make bench`: the small `qatmig bench` matrix (engine and, when installed, QEMU; 256 MiB
+# Silesia guest, 2 channels, none/zlib/zstd) into bench-results/, then the micro-benchmarks.
 bench: setup
+	$(VENV)/bin/qatmig bench --guest-size 256M --channels 2 --multifd-compression none,zlib,zstd -o bench-results
 	$(PY) benchmarks/bench_codecs.py
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_standin.py --limit 8M

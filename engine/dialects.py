@@ -1,11 +1,14 @@
 """Wire dialects: what differs between QEMU releases on the multifd wire.
 
-A dialect is chosen by name (``qemu-7.2``, ``qemu-9.0``, ``qemu-9.2``); ``10.x`` peers speak
-``qemu-9.2`` for RAM and add device-state packets, which this engine recognises and refuses.
+A dialect is chosen by name (``qemu-7.2``, ``qemu-9.0``, ``qemu-9.2``, ``qemu-10.0``).
+``qemu-10.0`` is ``qemu-9.2`` plus the main channel's ``MIG_CMD_SWITCHOVER_START`` command, which
+10.0 sources send before the stop-and-copy stage for 10.0+ machine types; 10.x device-state
+packets are recognised and refused in every dialect.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .constants import (
@@ -49,6 +52,10 @@ class Dialect:
     channel_by_magic: bool
     #: Error wording generation: "7" for the 7.x/9.0 texts, "new" for 9.2+.
     wording: str
+    #: Machine type written in CONFIGURATION when the caller names none (that release's ``pc``).
+    machine_type: str = "pc-i440fx-7.2"
+    #: 10.0+: knows QEMU_VM_COMMAND MIG_CMD_SWITCHOVER_START (sent for 10.0+ machine types).
+    switchover_start: bool = False
 
     def method_flag(self, method: str) -> int:
         """Flag bit of ``method``; ParameterError if this release does not know it."""
@@ -71,6 +78,7 @@ DIALECTS: dict[str, Dialect] = {
         flush_after_each_section=True,
         channel_by_magic=False,
         wording="7",
+        machine_type="pc-i440fx-7.2",
     ),
     "qemu-9.0": Dialect(
         name="qemu-9.0",
@@ -82,6 +90,7 @@ DIALECTS: dict[str, Dialect] = {
         flush_after_each_section=False,
         channel_by_magic=True,
         wording="7",
+        machine_type="pc-i440fx-9.0",
     ),
     "qemu-9.2": Dialect(
         name="qemu-9.2",
@@ -93,6 +102,20 @@ DIALECTS: dict[str, Dialect] = {
         flush_after_each_section=False,
         channel_by_magic=True,
         wording="new",
+        machine_type="pc-i440fx-9.2",
+    ),
+    "qemu-10.0": Dialect(
+        name="qemu-10.0",
+        compression_mask=0x3E,
+        methods=("none", "zlib", "zstd", "qatzip", "qpl", "uadk"),
+        has_zero_pages=True,
+        zero_page_detection=("none", "legacy", "multifd"),
+        default_zero_page_detection="multifd",
+        flush_after_each_section=False,
+        channel_by_magic=True,
+        wording="new",
+        machine_type="pc-i440fx-10.0",
+        switchover_start=True,
     ),
 }
 
@@ -100,7 +123,7 @@ DEFAULT_DIALECT = "qemu-9.2"
 
 
 def get_dialect(name: str | Dialect) -> Dialect:
-    """Look a dialect up by name (``qemu-7.2``, ``qemu-9.0``, ``qemu-9.2``)."""
+    """Look a dialect up by name (``qemu-7.2``, ``qemu-9.0``, ``qemu-9.2``, ``qemu-10.0``)."""
     if isinstance(name, Dialect):
         return name
     try:
@@ -109,3 +132,16 @@ def get_dialect(name: str | Dialect) -> Dialect:
         raise ParameterError(
             f"unknown dialect '{name}': choose one of {', '.join(DIALECTS)}"
         ) from None
+
+
+def machine_sends_switchover_start(machine_type: str) -> bool:
+    """Whether a 10.0+ QEMU with this machine type sends MIG_CMD_SWITCHOVER_START.
+
+    QEMU's ``send-switchover-start`` migration property defaults on and ``hw_compat_9_2`` turns
+    it off, so versioned machine types before 10.0 (``pc-i440fx-9.2``, ``pc-q35-7.2``) do not
+    send it; 10.0+ ones and unversioned ones (``microvm``, ``none``) do.
+    """
+    m = re.search(r"-(\d+)\.(\d+)$", machine_type)
+    if m is None:
+        return True
+    return (int(m.group(1)), int(m.group(2))) >= (10, 0)

@@ -17,12 +17,15 @@ class ParameterError(QatmigError, ValueError):
 
 def format_location(
     *, connection: int | None = None, channel: int | None = None,
-    packet_num: int | None = None, field: str | None = None,
+    packet_num: int | None = None, field: str | None = None, offset: int | None = None,
 ) -> str:
-    """``connection 2, channel 1, packet 42, field flags`` (unknown parts left out)."""
+    """``connection 2, channel 1, packet 42, byte 1416, field flags`` (unknown parts left out).
+
+    ``offset`` is the byte offset in the connection's stream (source -> destination).
+    """
     parts = [f"{name} {value}" for name, value in (
         ("connection", connection), ("channel", channel), ("packet", packet_num),
-        ("field", field)) if value is not None]
+        ("byte", offset), ("field", field)) if value is not None]
     return ", ".join(parts)
 
 

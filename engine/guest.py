@@ -13,10 +13,12 @@ itself is never modified either.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,7 +87,13 @@ class RAMBlock:
         flags = mmap.MAP_PRIVATE
         if prealloc:
             flags |= getattr(mmap, "MAP_POPULATE", 0)
-        mm = mmap.mmap(-1, size, flags=flags)
+        try:
+            mm = mmap.mmap(-1, size, flags=flags)
+        except (OSError, OverflowError) as exc:
+            raise ParameterError(
+                f"RAM block {name!r}: cannot map {size} bytes of memory: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
         # QEMU madvises guest RAM MADV_HUGEPAGE (physmem.c, ram_block_add): with transparent
         # huge pages in "madvise" mode this turns 512 first-touch faults into one.
         if hasattr(mmap, "MADV_HUGEPAGE"):
@@ -116,12 +124,24 @@ class RAMBlock:
             if size is None:
                 raise ParameterError("a destination guest image needs a size (--guest-size)")
             _check_size(name, size, page_size)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if os.path.isdir(path):
+                raise ParameterError(f"guest image {path} is a directory: give a file name")
             try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise _image_error(path, "create or open it for writing", exc) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ParameterError(
+                        f"guest image {path} is not a regular file (a destination's RAM lives "
+                        "in a file it can resize, e.g. in /dev/shm)"
+                    )
                 # Truncate first so the destination starts as a sparse file of zeros.
                 os.ftruncate(fd, 0)
                 os.ftruncate(fd, size)
                 mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+            except (OSError, OverflowError) as exc:
+                raise _image_error(path, f"make it {size} bytes long", exc) from None
             finally:
                 os.close(fd)
             return cls(name, mm, size, page_size=page_size, path=path, writable=True)
@@ -130,9 +150,13 @@ class RAMBlock:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise ParameterError(f"cannot open guest image {path}: {exc.strerror}") from None
+            raise _image_error(path, "open it", exc) from None
         try:
-            file_size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                raise ParameterError(f"guest image {path} is {kind}: give an image file")
+            file_size = st.st_size
             if size is None:
                 size = file_size
             _check_size(name, size, page_size)
@@ -141,7 +165,10 @@ class RAMBlock:
                     f"guest image {path} has {file_size} bytes, fewer than the guest size {size}"
                 )
             access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_COPY
-            mm = mmap.mmap(fd, size, access=access)
+            try:
+                mm = mmap.mmap(fd, size, access=access)
+            except (OSError, OverflowError) as exc:
+                raise _image_error(path, "map it", exc) from None
         finally:
             os.close(fd)
         return cls(name, mm, size, page_size=page_size, path=path, writable=(mode == "c"))
@@ -256,11 +283,34 @@ def dirty_runs(bitmap: bytes | bytearray) -> Iterator[tuple[int, int]]:
         yield m.start(), m.end() - m.start()
 
 
+#: Largest RAM block accepted (2^52 bytes: x86-64's physical address space; QEMU refuses more).
+MAX_BLOCK_BYTES = 1 << 52
+
+
 def _check_size(name: str, size: int, page_size: int) -> None:
     if not isinstance(size, int) or size <= 0 or size % page_size:
         raise ParameterError(
             f"RAM block {name!r}: size {size} must be a positive multiple of {page_size} bytes"
         )
+    if size > MAX_BLOCK_BYTES:
+        raise ParameterError(
+            f"RAM block {name!r}: size {size} bytes is above the {MAX_BLOCK_BYTES >> 40} TiB "
+            "a guest can address"
+        )
+
+
+def _image_error(path: str, what: str, exc: BaseException) -> ParameterError:
+    """A clear ParameterError for an OS error on a guest image file (no traceback)."""
+    why = getattr(exc, "strerror", None) or str(exc)
+    hint = ""
+    errno_ = getattr(exc, "errno", None)
+    if errno_ == errno.ENOENT:
+        hint = " (does its directory exist?)"
+    elif errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = " (not writable here: pick a file you may write, e.g. under /dev/shm)"
+    elif errno_ in (errno.EFBIG, errno.ENOSPC) or isinstance(exc, OverflowError):
+        hint = " (the file system cannot hold a file this large: lower --guest-size)"
+    return ParameterError(f"guest image {path}: cannot {what}: {why}{hint}")
 
 
 @dataclass(frozen=True)
@@ -354,6 +404,18 @@ class GuestMemory:
 
 
 # ---------------------------------------------------------------------- deterministic filler
+#: What :func:`fill_stale` writes: no page of it is zero, and it is unlike any corpus page.
+STALE_BYTE = 0xA5
+
+
+def fill_stale(block: RAMBlock) -> None:
+    """Fill ``block`` with non-zero stale bytes (a reused destination's leftover RAM)."""
+    chunk = bytes([STALE_BYTE]) * min(block.used_length, 1 << 20)
+    for off in range(0, block.used_length, len(chunk)):
+        n = min(len(chunk), block.used_length - off)
+        block.view[off : off + n] = chunk[:n]
+
+
 def fill_deterministic(block: RAMBlock, seed: int = 0) -> None:
     """Fill ``block`` with deterministic, Silesia-like mixed content (fallback filler).
 

@@ -10,8 +10,15 @@ Layout (migration/savevm.c, migration/ram.c; all integers big-endian)::
        [be64(MULTIFD_FLUSH)] be64(EOS)              (flush: 8.1+ per-round dialects)
     7e be32(id)                                     section footer
     02 be32(id) <records> be64(EOS) 7e be32(id)     SECTION_PART, once per round
+    [08 be16(11) be16(0)]                           QEMU_VM_COMMAND MIG_CMD_SWITCHOVER_START
+                                                    (qemu-10.0, 10.0+ machine types)
     03 be32(id) <records> be64(EOS) 7e be32(id)     SECTION_END (the stop-and-copy stage)
     00                                              EOF
+
+A QEMU_VM_COMMAND (``08 be16(cmd) be16(len) data``) may stand between sections. The decoder
+reports MIG_CMD_SWITCHOVER_START as a :class:`VmCommand` event in dialects that know it
+(``qemu-10.0``) and refuses every other command with a StreamError naming it (field
+``command``); a subclass or caller may widen :attr:`MainStreamDecoder.accepted_commands`.
 
 A record is be64(offset | flags): ZERO (0x02) is followed by the idstr when CONTINUE (0x20) is
 clear and one fill byte; PAGE (0x08) by the idstr rule and one page of data.
@@ -23,7 +30,7 @@ schemas, so it is passed on as an opaque blob (:class:`DeviceState`) until the p
 It is the one parser of these bytes: the engine's destination and the validating tap both read
 its events. Every :class:`StreamError` it raises names the ``field`` at fault (``magic``,
 ``version``, ``configuration``, ``section``, ``footer``, ``block list``, ``ram flags``,
-``ramblock``, ``offset``).
+``ramblock``, ``offset``, ``command``).
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ import struct
 from dataclasses import dataclass
 
 from .constants import (
+    MIG_CMD_ARGS,
+    MIG_CMD_SWITCHOVER_START,
     MULTIFD_MAGIC,
+    QEMU_VM_COMMAND,
     QEMU_VM_CONFIGURATION,
     QEMU_VM_EOF,
     QEMU_VM_FILE_MAGIC,
@@ -51,10 +61,11 @@ from .constants import (
     RAM_SAVE_FLAG_ZERO,
     TARGET_PAGE_SIZE,
 )
-from .dialects import Dialect, get_dialect
+from .dialects import DIALECTS, Dialect, get_dialect, machine_sends_switchover_start
 from .errors import StreamError
 
-#: Machine type written in CONFIGURATION by default (QEMU 7.2's ``pc``).
+#: QEMU 7.2's ``pc`` machine type. The encoder's default is the dialect's own
+#: (:attr:`Dialect.machine_type`); a real QEMU destination needs its exact name.
 DEFAULT_MACHINE_TYPE = "pc-i440fx-7.2"
 #: Section id QEMU 7.2 gives the ram section on a ``pc`` machine (observed).
 RAM_SECTION_ID = 2
@@ -149,9 +160,33 @@ class EndOfFile:  # QEMU_VM_EOF in a RAM-only stream
     pass
 
 
+@dataclass(frozen=True)
+class VmCommand:
+    """A QEMU_VM_COMMAND section the decoder accepted (e.g. MIG_CMD_SWITCHOVER_START)."""
+
+    command: int  # enum qemu_vm_cmd value
+    name: str  # QEMU's name, e.g. "MIG_CMD_SWITCHOVER_START"
+    data: bytes = b""
+
+
+def command_name(command: int) -> str:
+    """QEMU's name of an enum qemu_vm_cmd value (``MIG_CMD_<n>?`` when unknown)."""
+    entry = MIG_CMD_ARGS.get(command)
+    return entry[0] if entry else f"unknown MIG_CMD {command}"
+
+
+def dialects_with_command(command: int) -> list[str]:
+    """Names of the dialects whose decoder accepts ``command`` (for mismatch hints)."""
+    return [d.name for d in DIALECTS.values() if command in _accepted(d)]
+
+
+def _accepted(dialect: Dialect) -> frozenset[int]:
+    return frozenset({MIG_CMD_SWITCHOVER_START}) if dialect.switchover_start else frozenset()
+
+
 Event = (
     FileHeader | Configuration | SectionHeader | MemSize | ZeroPage | Page | MultifdFlush
-    | EndOfSection | Footer | RamEnd | DeviceState | EndOfFile
+    | EndOfSection | Footer | RamEnd | DeviceState | EndOfFile | VmCommand
 )
 
 
@@ -163,12 +198,12 @@ class MainStreamEncoder:
         self,
         dialect: str | Dialect,
         *,
-        machine_type: str = DEFAULT_MACHINE_TYPE,
+        machine_type: str | None = None,
         section_id: int = RAM_SECTION_ID,
         page_size: int = TARGET_PAGE_SIZE,
     ) -> None:
         self.dialect = get_dialect(dialect)
-        self.machine_type = machine_type
+        self.machine_type = machine_type or self.dialect.machine_type
         self.section_id = section_id
         self.page_size = page_size
         self._last_block: str | None = None
@@ -198,6 +233,31 @@ class MainStreamEncoder:
     def section_part(self) -> bytes:
         self._last_block = None
         return bytes([QEMU_VM_SECTION_PART]) + _BE32.pack(self.section_id)
+
+    @property
+    def sends_switchover_start(self) -> bool:
+        """True when a QEMU of this dialect and machine type sends MIG_CMD_SWITCHOVER_START."""
+        return self.dialect.switchover_start and machine_sends_switchover_start(
+            self.machine_type
+        )
+
+    def command(self, command: int, data: bytes = b"") -> bytes:
+        """A QEMU_VM_COMMAND section (``08 be16(cmd) be16(len) data``)."""
+        name, length = MIG_CMD_ARGS.get(command, (command_name(command), -1))
+        if length != -1 and len(data) != length:
+            raise StreamError(f"{name} carries {length} bytes, not {len(data)}")
+        if len(data) > 0xFFFF:
+            raise StreamError(f"{name} payload of {len(data)} bytes exceeds 65535")
+        return bytes([QEMU_VM_COMMAND]) + struct.pack(">HH", command, len(data)) + data
+
+    def switchover_start(self) -> bytes:
+        """MIG_CMD_SWITCHOVER_START (5 bytes), sent by 10.0+ before the stop-and-copy stage."""
+        if not self.dialect.switchover_start:
+            raise StreamError(
+                f"MIG_CMD_SWITCHOVER_START does not exist in the {self.dialect.name} dialect "
+                "(a QEMU 10.0 command)"
+            )
+        return self.command(MIG_CMD_SWITCHOVER_START)
 
     def section_end(self) -> bytes:
         self._last_block = None
@@ -287,6 +347,14 @@ class MainStreamDecoder:
         self.eof = False
         self.bytes_in = 0
         self.device_state_bytes = 0
+        #: Bytes dropped from the front of the buffer (stream offset of ``_buf[0]``).
+        self._consumed = 0
+        #: Stream offset of the item a StreamError was raised for (None before any error).
+        self.error_offset: int | None = None
+        #: enum qemu_vm_cmd values reported as :class:`VmCommand`; any other is refused.
+        self.accepted_commands: frozenset[int] = _accepted(self.dialect)
+        #: Names of the commands received, in order.
+        self.commands: list[str] = []
 
     # ------------------------------------------------------------------ public
     @property
@@ -336,8 +404,12 @@ class MainStreamDecoder:
                     # Rewind to the start of the incomplete item; complete ones are kept.
                     self._pos = self._mark
                     break
+        except StreamError:
+            self.error_offset = self._consumed + self._mark
+            raise
         finally:
             if self._pos:
+                self._consumed += self._pos
                 del self._buf[: self._pos]
                 self._pos = 0
         return events
@@ -535,10 +607,40 @@ class MainStreamDecoder:
             raise StreamError(
                 "device state (SECTION_FULL) before the RAM section's END", field="section"
             )
+        elif kind == QEMU_VM_COMMAND:
+            self._command(events)
         else:
             raise StreamError(
                 f"unknown section type 0x{kind:02x} on the main channel", field="section type"
             )
+
+    def _command(self, events: list[Event]) -> None:
+        cmd = self._u8() << 8
+        cmd |= self._u8()
+        n = self._u8() << 8
+        n |= self._u8()
+        data = self._take(n)  # be16: at most 65535 bytes
+        name = command_name(cmd)
+        if cmd not in self.accepted_commands:
+            where = dialects_with_command(cmd)
+            hint = (
+                f": the source speaks {' or '.join(where)} (this side {self.dialect.name})"
+                if where
+                else ""
+            )
+            raise StreamError(
+                f"QEMU_VM_COMMAND {name} (command {cmd}, {n} bytes) is not supported by this "
+                f"destination in the {self.dialect.name} dialect{hint}",
+                field="command",
+            )
+        length = MIG_CMD_ARGS[cmd][1]
+        if length != -1 and n != length:
+            raise StreamError(
+                f"QEMU_VM_COMMAND {name} with {n} bytes of payload, expected {length}",
+                field="command",
+            )
+        self.commands.append(name)
+        events.append(VmCommand(cmd, name, data))
 
     def _ram_records(self, events: list[Event]) -> None:
         buf = self._buf

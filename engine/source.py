@@ -33,7 +33,7 @@ from .constants import MULTIFD_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
 from .errors import MigrationError
 from .guest import GuestMemory, RAMBlock, dirty_runs
-from .mainstream import DEFAULT_MACHINE_TYPE, MainStreamEncoder
+from .mainstream import MainStreamEncoder
 from .params import MigrationParameters
 from .ratelimit import RateLimiter
 from .stats import MigrationStats, SideCounters
@@ -150,20 +150,25 @@ class _Sender(transport.ChannelThread):
                 bufs.append(view[run_start : prev + ps])
                 payload_len = n * ps
             else:
-                # Gather into a private buffer: the guest may change pages while they are
-                # compressed (QEMU copies for zlib for the same reason).
-                pos = 0
+                parts = []
                 run_start = prev = normal[0]
                 for o in normal[1:]:
                     if o != prev + ps:
-                        ln = prev + ps - run_start
-                        gview[pos : pos + ln] = view[run_start : prev + ps]
-                        pos += ln
+                        parts.append(view[run_start : prev + ps])
                         run_start = o
                     prev = o
-                ln = prev + ps - run_start
-                gview[pos : pos + ln] = view[run_start : prev + ps]
-                payload = self.compressor.compress(gview[: n * ps])
+                parts.append(view[run_start : prev + ps])
+                # A method that copies its input as it goes (zstd) reads guest memory in
+                # place; the others get a private copy, since the guest may change pages
+                # while they are compressed (QEMU copies for zlib for the same reason).
+                payload = self.compressor.compress_parts(parts)
+                if payload is None:
+                    pos = 0
+                    for part in parts:
+                        ln = len(part)
+                        gview[pos : pos + ln] = part
+                        pos += ln
+                    payload = self.compressor.compress(gview[: n * ps])
                 payload_len = len(payload)
                 bufs = [payload]
             hdr = Packet(
@@ -192,7 +197,7 @@ class Source:
         uuid: str | bytes | None = None,
         timeout: float = transport.DEFAULT_TIMEOUT,
         workload: Workload | None = None,
-        machine_type: str = DEFAULT_MACHINE_TYPE,
+        machine_type: str | None = None,
         max_iters: int = DEFAULT_MAX_ITERS,
         progress: Callable[[int], None] | None = None,
         wait_for_destination: float | None = None,
@@ -466,6 +471,8 @@ class Source:
             f = final[name]
             for first, count in dirty_runs(bm):
                 f[first : first + count] = b"\x01" * count
+        if enc.sends_switchover_start:
+            self._main_write(enc.switchover_start())
         self._main_write(enc.section_end())
         _, zrec = self._queue_pages(final)
         self._zero_records += zrec

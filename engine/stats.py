@@ -93,6 +93,8 @@ class MigrationStats:
     guest_mapped_bytes: int | None = None
     device_state_bytes: int = 0
     machine_type: str | None = None
+    #: QEMU_VM_COMMAND sections on the main channel, by QEMU's name, in order.
+    vm_commands: list[str] = field(default_factory=list)
     role: str = "both"  # source, destination, both
 
     # ------------------------------------------------------------------ derived
@@ -294,3 +296,31 @@ class MigrationStats:
         "method", "channels", "total ms", "downtime ms", "Mbps", "pages/s", "send %",
         "recv %", "ratio", "verified",
     )
+    #: What the table's less obvious columns count; printed under every table of these rows.
+    TABLE_LEGEND = (
+        "Mbps: megabits/s on the wire (compressed bytes as sent, all channels)  "
+        "pages/s: guest pages moved per second\n"
+        "send/recv %: CPU time of that end / wall time (100% = one core)  "
+        "ratio: guest bytes / wire payload bytes (higher = smaller on the wire)"
+    )
+
+    def summary(self) -> str:
+        """One sentence a person reads first: what moved, how, how fast, whether it matched."""
+        verb = {"source": "sent", "destination": "received"}.get(self.role, "migrated")
+        pages = self.normal_pages + self.zero_pages
+        how = ", ".join(
+            ([] if self.compression_level is None else [f"level {self.compression_level}"])
+            + [f"dialect {self.dialect}"]
+        )
+        corpus = f", corpus {self.corpus}" if self.corpus else ""
+        plural = "s" if self.multifd_channels != 1 else ""
+        what = (f"{verb} {self.total_ram_bytes / (1 << 20):,.0f} MiB of guest RAM ({pages:,} pages"
+                f"{corpus}) over {self.multifd_channels} {self.multifd_compression} channel"
+                f"{plural} ({how})")
+        if self.status != "completed":
+            return f"{what}: FAILED: {self.error}"
+        check = {True: "destination RAM verified identical to the source",
+                 False: "destination RAM DIFFERS from the source",
+                 None: "RAM not compared here (compare both ends' sha256 digests)"}[self.verified]
+        return (f"{what} in {self.total_time_ms / 1000:.2f} s at {self.throughput_mbps:,.0f} "
+                f"Mbps: {check}.")

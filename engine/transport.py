@@ -8,6 +8,7 @@ legitimately stay quiet while another carries the bulk of a round.
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import threading
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .errors import ChannelClosed, MigrationError, PeerTimeout
+from .errors import ChannelClosed, MigrationError, ParameterError, PeerTimeout
 
 T = TypeVar("T")
 
@@ -30,11 +31,28 @@ class Cancelled(MigrationError):
     """The migration was cancelled because another part of it failed."""
 
 
+def check_timeout(value: float) -> float:
+    """``value`` as a network timeout in seconds: finite and above 0 (ParameterError else).
+
+    nan and inf would wait forever, 0 or less would fail before a peer can answer.
+    """
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"timeout must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(t) or t <= 0:
+        raise ParameterError(
+            f"timeout must be a finite number of seconds above 0, not {value!r} "
+            "(it bounds every network wait)"
+        )
+    return t
+
+
 class Activity:
     """Last time any byte moved on any channel of one migration (shared by all threads)."""
 
     def __init__(self, idle_timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.idle_timeout = float(idle_timeout)
+        self.idle_timeout = check_timeout(idle_timeout)
         self.cancel = threading.Event()
         self._last = time.monotonic()
         #: The migration's failure: the first root cause any thread reported.

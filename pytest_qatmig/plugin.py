@@ -19,13 +19,18 @@ from .fixtures import (
     get_state,
     multifd_pair,
     qat_device,
+    qatmig_direction,
     qatmig_impl,
+    qatmig_peer,
     silesia_guest_memory,
 )
 from .results import perf_table
 from .state import OPTIONS, is_worker
 
-__all__ = ["multifd_pair", "qat_device", "qatmig_impl", "silesia_guest_memory"]
+__all__ = [
+    "multifd_pair", "qat_device", "qatmig_direction", "qatmig_impl", "qatmig_peer",
+    "silesia_guest_memory",
+]
 
 MARKERS = (
     "qat_hw: needs a ready Intel QAT device owned by this worker; skips (with the reason) "
@@ -35,6 +40,8 @@ MARKERS = (
     "max_total_ms=None, min_pages_per_second=None): check every multifd_pair migration of the "
     "test against these thresholds (the host profile may set defaults and per-test overrides); "
     "the test holds its device's performance lock while it runs.",
+    "qatmig_cross: run the test once per direction of the cross matrix (impl-to-impl, "
+    "impl-to-peer, peer-to-impl; the peer is --qatmig-peer); multifd_pair then pairs those ends.",
     "qatmig_requires(*capabilities): skip (UNIMPLEMENTED) unless the implementation under test "
     "has every capability, e.g. 'qatzip', 'zstd', 'dialect:qemu-7.2', 'tls'.",
 )
@@ -42,6 +49,7 @@ MARKERS = (
 METAVARS = {
     "impl": "SPEC", "devices": "auto|sw|BDF,...", "profile": "FILE.yaml",
     "guest_size": "SIZE", "corpus": "stand-in|silesia|DIR", "sysfs_root": "DIR",
+    "peer": "SPEC", "matrix": "default|full",
 }
 PERF_LOCK_TIMEOUT = 1800.0
 _PERF_LOCK = pytest.StashKey[contextlib.ExitStack]()
@@ -94,6 +102,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.release()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("qatmig_cross") is None:
+        return
+    if "qatmig_direction" not in metafunc.fixturenames:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: qatmig_cross needs the multifd_pair fixture")
+    dirs = get_state(metafunc.config).directions()
+    metafunc.parametrize("qatmig_direction", dirs, indirect=True, ids=list(dirs))
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = get_state(config)
     lines = [state.header_line()]
@@ -104,6 +122,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def _skip_here(reason: str) -> None:
+    """Skip the running test, reported at the test's own line (``-rs``), not at this plugin's."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = get_state(item.config)
@@ -112,14 +135,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         caps = state.capabilities()
         missing = [c for c in needs if c not in caps]
         if missing:
-            pytest.skip(
+            _skip_here(
                 f"UNIMPLEMENTED: implementation {getattr(state.impl, 'name', '?')!r} lacks "
                 f"{', '.join(missing)} (has: {', '.join(sorted(caps)) or 'nothing'})"
             )
     if item.get_closest_marker("qat_hw") is not None:
         device = state.worker_device()
         if not device.hw_ready:
-            pytest.skip(
+            _skip_here(
                 f"qat_hw: no ready QAT device for this worker ({device.reason or 'software'}). "
                 "Enable: a QAT device with 'dc' in cfg_services and state up, and "
                 "--qatmig-devices=auto or a list of PCI addresses"

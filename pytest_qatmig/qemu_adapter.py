@@ -23,7 +23,36 @@ from .results import MigrationResult
 MIB = 1 << 20
 
 
+def _reported(mapping: dict[str, Any], key: str, kind: type) -> Any:
+    """``mapping[key]`` converted to ``kind``, or None when QEMU did not report it."""
+    value = mapping.get(key)
+    return None if value is None else kind(value)
+
+
+def wire_fields(ram: dict[str, Any], version: tuple[int, int], compression: str) -> dict[str, Any]:
+    """``throughput_mbps`` / ``transferred_bytes`` in the engine's meaning (bytes on the wire),
+    and QEMU's own ``mbps`` / ``transferred`` under their own names.
+
+    QEMU up to 8.0 counts multifd pages at their *uncompressed* size at enqueue time (fixed in
+    8.1): with compression its ``mbps`` is not a wire rate, so the wire fields are None (not
+    reported) rather than a flattering number under the engine's name. Without compression the
+    uncompressed size is what goes on the wire.
+    """
+    counts = "wire" if version >= (8, 1) or compression == "none" else "uncompressed"
+    qemu_mbps = _reported(ram, "mbps", float)
+    qemu_transferred = _reported(ram, "transferred", int)
+    return {
+        "throughput_mbps": qemu_mbps if counts == "wire" else None,
+        "transferred_bytes": qemu_transferred if counts == "wire" else None,
+        "qemu_mbps": qemu_mbps,
+        "qemu_transferred_bytes": qemu_transferred,
+        "qemu_byte_accounting": counts,
+    }
+
+
 def _dialect_for(version: tuple[int, int]) -> str:
+    if version >= (10, 0):
+        return "qemu-10.0"
     if version >= (9, 2):
         return "qemu-9.2"
     if version >= (9, 0):
@@ -81,17 +110,17 @@ class QemuPair:
             ram = info.get("ram", {})
             fields = {
                 "status": info.get("status"),
-                "total_time_ms": float(info.get("total-time", 0)),
-                "downtime_ms": float(info.get("downtime", 0)),
-                "throughput_mbps": float(ram.get("mbps", 0.0)),
-                "pages_per_second": float(ram.get("pages-per-second", 0)),
-                "transferred_bytes": int(ram.get("transferred", 0)),
-                "normal_pages": int(ram.get("normal", 0)),
-                "zero_pages": int(ram.get("duplicate", 0)),
-                "dirty_sync_count": int(ram.get("dirty-sync-count", 0)),
+                # Missing means missing: None, never 0 (0 would pass any max threshold).
+                "total_time_ms": _reported(info, "total-time", float),
+                "downtime_ms": _reported(info, "downtime", float),
+                "pages_per_second": _reported(ram, "pages-per-second", float),
+                "pages_per_second_reported": _reported(ram, "pages-per-second", float),
+                "normal_pages": _reported(ram, "normal", int),
+                "zero_pages": _reported(ram, "duplicate", int),
+                "dirty_sync_count": _reported(ram, "dirty-sync-count", int),
                 "send_cpu_percent": round(send_cpu, 1),
-                "pages_per_second_reported": float(ram.get("pages-per-second", 0)),
                 "recv_cpu_percent": round(recv_cpu, 1),
+                **wire_fields(ram, self.impl.version, spec.compression),
             }
         except QemuError as exc:
             fields = {

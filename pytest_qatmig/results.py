@@ -37,7 +37,13 @@ class MigrationResult(Mapping[str, Any]):
 
     Every implementation returns at least ``status, total_time_ms, downtime_ms,
     throughput_mbps, pages_per_second, transferred_bytes, normal_pages, zero_pages,
-    send_cpu_percent, recv_cpu_percent, verified``.
+    send_cpu_percent, recv_cpu_percent, verified``; a value the implementation did not report
+    is None (never a stand-in 0), and a ``qatmig_perf`` threshold on it fails.
+
+    One definition of the byte figures: ``transferred_bytes`` counts bytes on the wire (all
+    channels, headers included, after compression) and ``throughput_mbps`` is those bits per
+    second over the migration's active time, in 10^6 bit/s. A figure counted otherwise (QEMU
+    <= 8.0 counts uncompressed page bytes) travels under its own name (``qemu_mbps``).
     """
 
     REQUIRED = (
@@ -107,8 +113,13 @@ def check_thresholds(result: Mapping[str, Any], thresholds: Mapping[str, float])
             continue
         field_name, kind = PERF_THRESHOLDS[key]
         value = result.get(field_name)
-        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-            failures.append(f"{field_name} is {value!r}, cannot check {key}={limit}")
+        if value is None:
+            # Missing means missing: a limit on a value nobody measured fails, it never passes.
+            failures.append(f"{field_name} not reported, cannot check {key}={limit:g}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or (
+            isinstance(value, float) and math.isnan(value)
+        ):
+            failures.append(f"{field_name} is {value!r}, cannot check {key}={limit:g}")
         elif kind == "min" and value < limit:
             failures.append(f"{field_name} {value:.1f} < {key} {limit:g}")
         elif kind == "max" and value > limit:

@@ -35,6 +35,16 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "'silesia' (the real corpus, see QATMIG_SILESIA) or a directory of files",
     ),
     "sysfs_root": ("/sys", "where to look for QAT devices (a fake tree for testing; default /sys)"),
+    "peer": (
+        "reference",
+        "the other end of the cross directions impl-to-peer and peer-to-impl: any "
+        "--qatmig-impl value (default reference; e.g. qemu:/usr/bin/qemu-system-x86_64)",
+    ),
+    "matrix": (
+        "default",
+        "'default': each conformance check once per direction; 'full': every method x "
+        "dialect x channel count (slow)",
+    ),
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
@@ -66,6 +76,37 @@ def option_value(config: pytest.Config, name: str) -> str | None:
     return value
 
 
+def _check_devices(value: str, sysfs_root: str) -> None:
+    """Every address named in --qatmig-devices exists (a typo would silently run nothing)."""
+    mode, bdfs = dev.parse_devices_value(value)
+    if mode != "list":
+        return
+    pci = Path(sysfs_root) / "bus" / "pci" / "devices"
+    missing = [b for b in bdfs if not (pci / (b if b.count(":") == 2 else f"0000:{b}")).exists()]
+    if missing:
+        found = [d.bdf for d in dev.discover(sysfs_root)]
+        raise pytest.UsageError(
+            f"--qatmig-devices: no PCI device {', '.join(missing)} under {pci}; QAT endpoints "
+            f"there: {', '.join(found) or 'none'} (`qatmig devices` lists them; use 'auto' or "
+            "'sw' for the software path)"
+        )
+
+
+def _check_corpus(corpus: str) -> None:
+    """A corpus other than the built-in stand-in must be there before any test starts."""
+    if corpus.lower() in ("stand-in", "standin"):
+        return
+    from qatmig_engine.errors import CorpusError
+    from qatmig_engine.silesia.corpus import open_corpus
+
+    try:
+        open_corpus(corpus)
+    except CorpusError as exc:
+        raise pytest.UsageError(
+            f"--qatmig-corpus {corpus}: {str(exc).replace('--corpus', '--qatmig-corpus')}"
+        ) from None
+
+
 @dataclass
 class Settings:
     impl: str
@@ -75,6 +116,8 @@ class Settings:
     guest_size_text: str
     corpus: str
     sysfs_root: str
+    peer: str = "reference"
+    matrix: str = "default"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -88,7 +131,14 @@ class Settings:
         sysfs_root = values["sysfs_root"] or "/sys"
         if not os.path.isdir(sysfs_root):
             raise pytest.UsageError(f"--qatmig-sysfs-root: {sysfs_root} is not a directory")
+        _check_devices(values["devices"] or "auto", sysfs_root)
+        _check_corpus(corpus)
+        matrix = values["matrix"] or "default"
+        if matrix not in ("default", "full"):
+            raise pytest.UsageError(f"--qatmig-matrix: {matrix!r} is not 'default' or 'full'")
         return cls(
+            peer=values["peer"] or "reference",
+            matrix=matrix,
             impl=values["impl"] or "reference",
             devices=values["devices"] or "auto",
             profile=values["profile"],
@@ -105,6 +155,7 @@ class QatmigState:
     settings: Settings
     profile: Any = None
     _impl: Any = None
+    _peer: Any = None
     _capabilities: frozenset[str] | None = None
     _devices: list[dev.QatDevice] | None = None
     _lease: dev.DeviceLease | None = None
@@ -126,6 +177,31 @@ class QatmigState:
             except ImplementationError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self._impl
+
+    @property
+    def peer(self) -> Any:
+        """The peer implementation (``--qatmig-peer``), loaded on first use."""
+        if self._peer is None:
+            if self.settings.peer == self.settings.impl:
+                self._peer = self.impl
+            else:
+                from .adapters import ImplementationError, load_implementation
+
+                try:
+                    self._peer = load_implementation(self.settings.peer)
+                except ImplementationError as exc:
+                    raise pytest.UsageError(
+                        str(exc).replace("--qatmig-impl", "--qatmig-peer")) from None
+        return self._peer
+
+    def directions(self) -> tuple[str, ...]:
+        """Directions of the cross matrix this run covers (a peer equal to the implementation
+        under test adds nothing beyond impl-to-impl)."""
+        from .roles import DIRECTIONS
+
+        if self.settings.peer == self.settings.impl:
+            return DIRECTIONS[:1]
+        return DIRECTIONS
 
     def capabilities(self) -> frozenset[str]:
         if self._capabilities is None:

@@ -39,7 +39,12 @@ def test_migrate_table_row(capsys):
     assert lines[0].split()[:3] == ["method", "channels", "total"]
     row = lines[2].split()
     assert row[0] == "none" and row[1] == "3" and row[-1] == "yes"
-    assert lines[3] == "guest: 2 MiB, corpus filler, dialect qemu-9.2"
+    assert lines[3].startswith("Mbps: megabits/s on the wire") and "100% = one core" in lines[4]
+    assert lines[5] == (
+        "migrated 2 MiB of guest RAM (512 pages, corpus filler) over 3 none channels (dialect "
+        f"qemu-9.2) in {float(row[2]) / 1000:.2f} s at {int(row[4]):,} Mbps: destination RAM "
+        "verified identical to the source."
+    )
 
 
 def test_migrate_qatzip_reports_backend(capsys):

@@ -53,6 +53,15 @@ def test_each_method_completes_and_verifies(method):
         assert j["qat_backend"] == "sw" and j["qat_fallback_events"] == []
 
 
+@pytest.mark.parametrize(("machine", "commands"), [
+    (None, ["MIG_CMD_SWITCHOVER_START"]), ("pc-i440fx-9.2", [])])
+def test_qemu_10_dialect_sends_switchover_start_for_10_machine_types(machine, commands):
+    st = _run("zstd", "qemu-10.0", machine_type=machine)
+    assert st.status == "completed", st.error
+    assert st.verified is True
+    assert st.vm_commands == commands
+
+
 @pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.0"])
 @pytest.mark.parametrize("method", ["none", "zstd"])
 def test_older_dialects(dialect, method):

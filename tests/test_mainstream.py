@@ -8,6 +8,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qatmig_engine.constants import MIG_CMD_ARGS, MIG_CMD_SWITCHOVER_START
+from qatmig_engine.dialects import get_dialect, machine_sends_switchover_start
 from qatmig_engine.errors import StreamError
 from qatmig_engine.mainstream import (
     Configuration,
@@ -22,6 +24,7 @@ from qatmig_engine.mainstream import (
     Page,
     RamEnd,
     SectionHeader,
+    VmCommand,
     ZeroPage,
 )
 
@@ -34,6 +37,8 @@ def build(dialect, records, *, trailer=None):
     out = bytearray(enc.header() + enc.section_start(BLOCKS) + enc.end_of_round())
     for i, rnd in enumerate(records):
         last = i == len(records) - 1
+        if last and enc.sends_switchover_start:
+            out += enc.switchover_start()
         out += enc.section_end() if last else enc.section_part()
         for kind, blk, off, data in rnd:
             if kind == "zero":
@@ -68,14 +73,22 @@ def rounds():
     return [[(k, b, o, bytes([o // 4096 % 251 + 1]) * 4096) for k, b, o in r] for r in ROUNDS]
 
 
-@pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.0", "qemu-9.2"])
+@pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.0", "qemu-9.2", "qemu-10.0"])
 @pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
 def test_round_trip(dialect, chunk):
     data = build(dialect, rounds())
     dec, events = decode(dialect, data, chunk)
     kinds = [type(e) for e in events]
     assert kinds[0] is FileHeader
-    assert events[1] == Configuration("pc-i440fx-7.2")
+    assert events[1] == Configuration(get_dialect(dialect).machine_type)
+    commands = [e for e in events if isinstance(e, VmCommand)]
+    if dialect == "qemu-10.0":  # sent once, right before the stop-and-copy SECTION_END
+        assert commands == [VmCommand(MIG_CMD_SWITCHOVER_START, "MIG_CMD_SWITCHOVER_START")]
+        at = events.index(commands[0])
+        assert events[at + 1] == SectionHeader(3, 2)
+        assert dec.commands == ["MIG_CMD_SWITCHOVER_START"]
+    else:
+        assert commands == []
     assert events[2] == SectionHeader(1, 2, "ram", 0, 4)
     assert events[3] == MemSize(sum(n for _, n in BLOCKS), tuple(BLOCKS))
     flushes = kinds.count(MultifdFlush)
@@ -197,6 +210,67 @@ def test_errors_name_the_field():
     assert _err(head + enc.eos() + b"\x7e\x00\x00\x00\x09").field == "footer"
     assert _err(enc.header() + b"\x09").field == "section type"
     assert _err(enc.header() + b"\x04\x00\x00\x00\x01\x05timer").field == "section"
+
+
+SWITCHOVER_START = b"\x08\x00\x0b\x00\x00"  # as QEMU 10.0 sends it (qemu-10.0-observed.md)
+
+
+def _stream_with(dialect, command_bytes, machine_type=None):
+    enc = MainStreamEncoder(dialect, machine_type=machine_type)
+    return (enc.header() + enc.section_start(BLOCKS) + enc.end_of_round() + command_bytes
+            + enc.section_end() + enc.end_of_round() + enc.eof())
+
+
+def test_switchover_start_bytes_match_qemu_10():
+    enc = MainStreamEncoder("qemu-10.0")
+    assert enc.machine_type == "pc-i440fx-10.0" and enc.sends_switchover_start
+    assert enc.switchover_start() == SWITCHOVER_START
+    with pytest.raises(StreamError, match="MIG_CMD_SWITCHOVER_START does not exist"):
+        MainStreamEncoder("qemu-9.2").switchover_start()
+
+
+@pytest.mark.parametrize(("machine", "sends"), [
+    ("pc-i440fx-10.0", True), ("pc-q35-10.1", True), ("pc-i440fx-11.0", True),
+    ("microvm", True), ("pc-i440fx-9.2", False), ("pc-q35-7.2", False), ("pc-i440fx-2.12", False),
+])
+def test_machine_type_decides_switchover_start(machine, sends):
+    assert machine_sends_switchover_start(machine) is sends
+    assert MainStreamEncoder("qemu-10.0", machine_type=machine).sends_switchover_start is sends
+    assert not MainStreamEncoder("qemu-9.2", machine_type=machine).sends_switchover_start
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_switchover_start_is_an_event_in_qemu_10(chunk):
+    dec, events = decode("qemu-10.0", _stream_with("qemu-10.0", SWITCHOVER_START), chunk)
+    assert VmCommand(11, "MIG_CMD_SWITCHOVER_START") in events and dec.complete
+    # a 10.0 source with a 9.2 machine type sends none: the 10.0 decoder takes that too
+    dec, events = decode("qemu-10.0", _stream_with("qemu-10.0", b"", "pc-i440fx-9.2"))
+    assert dec.complete and not any(isinstance(e, VmCommand) for e in events)
+
+
+def test_switchover_start_in_an_older_dialect_names_the_dialect():
+    err = _err(_stream_with("qemu-9.2", SWITCHOVER_START), "qemu-9.2")
+    assert err.field == "command"
+    assert "MIG_CMD_SWITCHOVER_START" in str(err) and "qemu-10.0" in str(err)
+    assert "unknown section type" not in str(err)
+
+
+OTHER_COMMANDS = sorted(set(MIG_CMD_ARGS) - {MIG_CMD_SWITCHOVER_START} | {12, 0xFFFF})
+
+
+@pytest.mark.parametrize("cmd", OTHER_COMMANDS)
+def test_other_commands_are_refused_by_name(cmd):
+    name, length = MIG_CMD_ARGS.get(cmd, (f"unknown MIG_CMD {cmd}", 0))
+    payload = bytes(max(length, 0))
+    raw = b"\x08" + struct.pack(">HH", cmd, len(payload)) + payload
+    for dialect in ("qemu-7.2", "qemu-10.0"):
+        err = _err(_stream_with(dialect, raw), dialect)
+        assert err.field == "command" and name in str(err), str(err)
+
+
+def test_switchover_start_with_a_payload_is_refused():
+    err = _err(_stream_with("qemu-10.0", b"\x08\x00\x0b\x00\x02ab"), "qemu-10.0")
+    assert err.field == "command" and "expected 0" in str(err)
 
 
 def test_multifd_magic_on_the_main_channel_says_what_happened():

@@ -21,7 +21,7 @@ CASES = [
     ("impl", "pytest_qatmig.testing:loopback_copy", "impl", "pytest_qatmig.testing:loopback_copy"),
     ("devices", "0000:6b:00.0,0000:70:00.0", "devices", "0000:6b:00.0,0000:70:00.0"),
     ("guest_size", "16M", "guest_size", 16 << 20),
-    ("corpus", "silesia", "corpus", "silesia"),
+    ("corpus", "corp", "corpus", "corp"),
     ("sysfs_root", "fake/sys", "sysfs_root", "fake/sys"),
 ]
 
@@ -30,7 +30,10 @@ CASES = [
 def test_every_option_cli_and_ini(pytester: pytest.Pytester, form: str) -> None:
     """Each option, given on the command line or as its ini key, reaches the settings."""
     pytester.makepyfile(CHECK.format(cases=[(attr, exp) for _, _, attr, exp in CASES]))
-    (pytester.path / "fake" / "sys").mkdir(parents=True)
+    for bdf in ("0000:6b:00.0", "0000:70:00.0"):
+        (pytester.path / "fake" / "sys" / "bus" / "pci" / "devices" / bdf).mkdir(parents=True)
+    (pytester.path / "corp").mkdir()
+    (pytester.path / "corp" / "text").write_bytes(b"some corpus file " * 1000)
     if form == "cli":
         args = [f"--qatmig-{name.replace('_', '-')}={value}" for name, value, _, _ in CASES]
         result = pytester.runpytest("-p", "qatmig", *args)
@@ -87,6 +90,11 @@ def test_defaults_and_cli_beats_ini(pytester: pytest.Pytester) -> None:
         (["--qatmig-impl=os:getcwd"], "*is not an Implementation*"),
         (["--qatmig-sysfs-root=/nonexistent/sys"], "*/nonexistent/sys is not a directory*"),
         (["--qatmig-profile=/nonexistent.yaml"], "*cannot read host profile /nonexistent.yaml*"),
+        (["--qatmig-devices=0000:99:00.0"],
+         "ERROR: --qatmig-devices: no PCI device 0000:99:00.0 under /sys/bus/pci/devices; QAT "
+         "endpoints there: *(`qatmig devices` lists them; use 'auto' or 'sw'*"),
+        (["--qatmig-corpus=/nonexistent/corpus"],
+         "ERROR: --qatmig-corpus /nonexistent/corpus: corpus '/nonexistent/corpus' is neither*"),
     ],
 )
 def test_bad_values_are_usage_errors(
@@ -96,6 +104,22 @@ def test_bad_values_are_usage_errors(
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_real_corpus_missing_is_a_usage_error_naming_the_pytest_option(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QATMIG_CACHE_DIR", str(pytester.path / "cache"))
+    monkeypatch.delenv("QATMIG_SILESIA", raising=False)
+    pytester.makepyfile("def test_x(silesia_guest_memory): pass")
+    result = pytester.runpytest("-p", "qatmig", "--qatmig-corpus=silesia")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "ERROR: --qatmig-corpus silesia: the real Silesia corpus is not available: set "
+        "QATMIG_SILESIA*or use --qatmig-corpus stand-in"
+    ])
+    assert "Traceback" not in result.stderr.str()
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
     guests = [json.loads(p.read_text()) for p in out.glob("*.img-record")]
     assert len(guests) == 6 and len({g["worker"] for g in guests}) >= 2, guests
     assert len({(g["inode"], g["mtime"]) for g in guests}) == 1, "image built more than once"
-    assert {g["corpus"] for g in guests} == {"stand-in"}
+    assert {g["corpus"] for g in guests} == {"stand-in (silesia-standin v1)"}
     assert sorted(p.suffix for p in (cache / "images").iterdir()) == [".img", ".json"]
     assert not default_lock_dir(root).exists(), "workers left their device lock files"
 

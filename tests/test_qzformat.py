@@ -324,3 +324,22 @@ def test_gzip_binary_reads_every_layout() -> None:
         res = subprocess.run(["gzip", "-dc"], input=buf, capture_output=True, timeout=30,
                              check=True)
         assert res.stdout == data
+
+
+@pytest.mark.parametrize("out_chunk", [1000, 65536])
+def test_incremental_decoder_member_ending_during_an_unconsumed_tail_pull(out_chunk: int) -> None:
+    """Several highly compressible members fed at once: a member ends while the decoder pulls
+    ``unconsumed_tail`` at the output bound, where CPython sets both ``unconsumed_tail`` and
+    ``unused_data`` (the leftover was subtracted twice: wrong dest_sz, 'QZ header says')."""
+    text = b"".join(b"%06d Lorem ipsum dolor sit amet\n" % (k % 1000) for k in range(9000))
+    members = [qz.compress(text[i:], 1) for i in (0, 7, 300)]
+    data = b"".join(members)
+    for feed in (len(data), 4096):
+        dec = qz.GzipExtDecoder(out_chunk=out_chunk)
+        out = bytearray()
+        for i in range(0, len(data), feed):
+            for piece in dec.feed(data[i:i + feed]):
+                out += piece
+        dec.finish()
+        assert bytes(out) == text + text[7:] + text[300:]
+        assert dec.members == 3 and dec.total_in == len(data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,40 @@ def test_info_without_sidecar_is_valid_json(tmp_path: Path,
     assert info["zero_pages"] == 2 and info["seed"] is None and info["zero_ratio"] is None
     assert main(["guest", "info", str(img), "--no-ratios"]) == 0
     assert "unknown" in capsys.readouterr().out
+
+
+def _qatmig(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user meets it: a separate process, its exit status and its stderr."""
+    return subprocess.run([sys.executable, "-m", "qatmig_engine.cli", *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"", b"\0" * 4097],
+                         ids=["text", "empty", "partial-page"])
+def test_info_on_a_file_that_is_not_an_image(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "f").write_bytes(content)
+    r = _qatmig("guest", "info", "f", cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (f"qatmig: error: f is not a guest RAM image: {len(content)} bytes is "
+                        "not a whole number of 4096-byte pages (and it has no f.json sidecar)\n")
+
+
+def test_info_on_a_raw_ram_dump_without_sidecar(tmp_path: Path) -> None:
+    (tmp_path / "ram.img").write_bytes(b"\0" * 4096 + b"\1" * 4096)
+    r = _qatmig("guest", "info", "ram.img", "--json", "--no-ratios", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["pages"] == 2 and info["zero_pages_scanned"] == 1
+
+
+def test_build_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    env_args = ("guest", "build", "--size", "64K", "-q", "-o", "g.img")
+    (tmp_path / "g.img").write_bytes(b"keep me")
+    r = _qatmig(*env_args, cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr == ("qatmig: error: g.img exists: pass --force to overwrite it, or choose "
+                        "another -o FILE\n")
+    assert (tmp_path / "g.img").read_bytes() == b"keep me"
+    r = _qatmig(*env_args, "--force", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.img").stat().st_size == 64 << 10

@@ -36,6 +36,16 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def timeout_arg(text: str) -> float:
+    """argparse ``type=`` for network timeouts: finite seconds above 0."""
+    from ..transport import check_timeout
+
+    try:
+        return check_timeout(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -48,19 +58,26 @@ def print_json(obj: Any, out: TextIO | None = None) -> None:
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Plain aligned text table (numbers right-aligned)."""
-    rows = [["" if c is None else str(c) for c in r] for r in rows]
+    """Plain aligned text table: numeric columns (and their headers) right-aligned, a missing
+    value shown as ``-`` in its column's alignment."""
+    rows = [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in rows:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
 
     def is_num(s: str) -> bool:
-        return bool(re.fullmatch(r"[-+]?[\d,._]+%?", s))
+        return bool(re.fullmatch(r"[-+]?[\d,._]+[%x×]?", s))
+
+    numeric = [
+        any(is_num(r[i]) for r in rows if i < len(r))
+        and all(is_num(r[i]) or r[i] in ("-", "") for r in rows if i < len(r))
+        for i in range(len(widths))
+    ]
 
     def fmt(r: Sequence[str]) -> str:
-        cells = zip(r, widths, strict=False)
-        return "  ".join(c.rjust(w) if is_num(c) else c.ljust(w) for c, w in cells)
+        cells = zip(r, widths, numeric, strict=False)
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in cells)
 
     lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in rows]

@@ -4,9 +4,11 @@ list the corpus."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
+from ..errors import ParameterError
 from ._common import add_json_flag, format_table, print_json, progress, size_arg
 
 EPILOG = """\
@@ -53,6 +55,8 @@ def register(subparsers: Any) -> None:
     out.add_argument("--cached", action="store_true",
                      help="build into the user cache (once) and print its path")
     b.add_argument("--sha256", action="store_true", help="also hash the whole image")
+    b.add_argument("--force", action="store_true",
+                   help="overwrite FILE when it exists (without it, an existing file is an error)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json_flag(b)
     b.set_defaults(func=run_build)
@@ -83,6 +87,9 @@ def run_build(args: argparse.Namespace) -> int:
     from ..silesia.corpus import open_corpus
     from ..silesia.image import build_guest_image, cached_guest_image, read_image_info
 
+    if args.output and not args.force and os.path.lexists(args.output):
+        raise ParameterError(f"{args.output} exists: pass --force to overwrite it, or choose "
+                             "another -o FILE")
     corpus = open_corpus(args.corpus)
     with progress(args.size, "guest image", quiet=args.quiet or args.json) as bar:
         if args.cached:

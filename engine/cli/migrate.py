@@ -8,10 +8,18 @@ import threading
 import time
 from typing import Any
 
+from ..dialects import DEFAULT_DIALECT, DIALECTS
 from ..errors import ParameterError
 from ..params import MigrationParameters
 from ..stats import MigrationStats
-from ._common import add_json_flag, format_table, print_json, progress, size_arg
+from ._common import (
+    add_json_flag,
+    format_table,
+    print_json,
+    progress,
+    size_arg,
+    timeout_arg,
+)
 
 EPILOG_MIGRATE = """\
 examples:
@@ -73,8 +81,8 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                    help="switch over once the rest fits in this many ms (default 300)")
     g.add_argument("--zero-page-detection", choices=("none", "legacy", "multifd"),
                    help="default: the dialect's (legacy for qemu-7.2, multifd for 9.x)")
-    g.add_argument("--dialect", default="qemu-9.2", choices=("qemu-7.2", "qemu-9.0", "qemu-9.2"),
-                   help="which QEMU release's wire to speak (default qemu-9.2)")
+    g.add_argument("--dialect", default=DEFAULT_DIALECT, choices=tuple(DIALECTS),
+                   help=f"which QEMU release's wire to speak (default {DEFAULT_DIALECT})")
     g.add_argument("--qat-backend", default="auto", choices=("auto", "hw", "sw"),
                    help="qatzip only: hardware when a ready device exists (auto)")
     g.add_argument("--qat-fallback", type=_on_off, default=True, metavar="on|off",
@@ -93,7 +101,7 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
                    "QEMU without -uuid); both sides must agree")
-    g.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    g.add_argument("--timeout", type=timeout_arg, default=30.0, metavar="S",
                    help="fail when no byte moves on any channel for S seconds (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
@@ -159,9 +167,12 @@ def _report(st: MigrationStats, args: argparse.Namespace) -> int:
         print_json(st.to_json())
     else:
         print(format_table(MigrationStats.TABLE_HEADERS, [st.table_row()]))
-        if st.corpus:
-            print(f"guest: {st.total_ram_bytes >> 20} MiB, corpus {st.corpus}, dialect "
-                  f"{st.dialect}")
+        print(MigrationStats.TABLE_LEGEND)
+        print(st.summary())
+        if st.verified is None:
+            for end, digest in (("sent", st.source_digest), ("received", st.destination_digest)):
+                if digest:
+                    print(f"sha256 of the {end} RAM: {digest}")
         if st.qat_backend:
             print(f"qatzip backend: {st.qat_backend}")
             for reason in st.qat_fallback_reasons or ():
@@ -200,7 +211,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         st = migrate_loopback(
             size, params, guest_image=args.guest_image, dirty_rate=args.dirty_rate,
             dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
-            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus,
+            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus, ramblock=args.ramblock,
             destination_image=args.destination_image,
             destination_prealloc=args.destination_prealloc,
         )
@@ -250,8 +261,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     try:
         st = send(host, port, args.guest_image, _params(args), guest_size=args.guest_size,
                   ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
-                  timeout=args.timeout, progress=bar, machine_type=args.machine_type,
-                  max_iters=args.max_iters, digest=not args.no_digest)
+                  dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
+                  machine_type=args.machine_type, max_iters=args.max_iters,
+                  digest=not args.no_digest)
     finally:
         bar.close()
     return _report(st, args)
@@ -312,9 +324,10 @@ def register(subparsers: Any) -> None:
         formatter_class=fmt)
     p.add_argument("target", type=_hostport, metavar="HOST:PORT")
     _add_guest(p)
-    p.add_argument("--machine-type", default="pc-i440fx-7.2",
+    p.add_argument("--machine-type", default=None,
                    help="machine type in the CONFIGURATION section (the destination's "
-                   "exact -machine type name for a real QEMU destination)")
+                   "exact -machine type name for a real QEMU destination; default the "
+                   "dialect's pc, e.g. pc-i440fx-10.0 for qemu-10.0)")
     p.add_argument("--no-digest", action="store_true",
                    help="skip the sha256 of the sent RAM (saves ~2 CPU-s per GiB)")
     _add_params(p)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qatmig_engine.cli._common import add_json_flag, print_json
+from qatmig_engine.cli._common import add_json_flag, print_json, timeout_arg
 from qatmig_engine.errors import ParameterError
 
 EPILOG = """\
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="the destination's migrate-incoming address")
     p.add_argument("--replay", nargs="+", type=Path, metavar="FILE",
                    help="check recorded connections offline (accept order, main first)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--timeout", type=timeout_arg, default=60.0, metavar="S",
                    help="give up after S seconds without a byte moving (default 60)")
     p.add_argument("--dialect", default="qemu-7.2",
                    help="wire dialect of the peers (default qemu-7.2)")

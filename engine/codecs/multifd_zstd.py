@@ -60,6 +60,21 @@ class ZstdCompressor(Compressor):
                 f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
             ) from None
 
+    def compress_parts(self, parts: list[memoryview]) -> bytes:
+        # ZSTD_compressStream2(ZSTD_e_continue) copies its input into the stream's window
+        # before returning (as QEMU's multifd-zstd relies on: it compresses straight from
+        # guest RAM), so the pieces are fed in place; the output is the same stream as
+        # compress() of the gathered pages.
+        z = self._z
+        try:
+            out = [z.compress(p) for p in parts]
+            out.append(z.flush(_FLUSH_BLOCK))
+        except zstandard.ZstdError as exc:
+            raise CodecError(
+                f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
+            ) from None
+        return b"".join(out)
+
 
 def _zstd_error(code: int) -> str:
     return str(_ffi.string(_lib.ZSTD_getErrorName(code)).decode("ascii", "replace"))
@@ -92,24 +107,51 @@ class ZstdDecompressor(Decompressor):
         self._in = _ffi.new("ZSTD_inBuffer *")
         self._out = _ffi.new("ZSTD_outBuffer *")
         self._spare = _ffi.new("char[1]")
+        #: Frames that ended (``ZSTD_e_end``) so far; QEMU's sender never ends its frame, the
+        #: receiver does not care, the wire judge does.
+        self.frames_ended = 0
 
     def _fail(self, why: str, exc: CodecError) -> CodecError:
         self._broken = why
         return exc
 
     def decompress(self, payload: bytes | memoryview, normal_pages: int) -> memoryview | bytes:
+        # expected_size validates normal_pages before anything is allocated.
+        out = bytearray(_shared.expected_size(normal_pages, self.page_size, self.channel))
+        self.decompress_into(payload, normal_pages, memoryview(out))
+        return memoryview(out) if out else b""
+
+    def decompress_into(self, payload: bytes | memoryview, normal_pages: int,
+                        out: memoryview) -> None:
+        """Decode straight into ``out`` (e.g. guest memory): libzstd writes there, no staging
+        buffer and no copy."""
         ch = self.channel
         n = len(payload)
         expected = _shared.stream_payload_check("zstd", ch, self._broken, n, normal_pages,
                                                 self.page_size)
+        if len(out) != expected:
+            raise ValueError(f"decompress_into: out has {len(out)} bytes, not {expected}")
         if expected == 0:
-            return b""
+            return
+        # The cffi views export the buffers of ``payload`` and ``out``; they must be released
+        # on every path (an error included) before the frame dies. A view left to the garbage
+        # collector keeps an export on the receiver's memoryview: at interpreter exit the
+        # memoryview is cleared first ("BufferError: memoryview has 1 exported buffer") and
+        # the later release reads freed memory (SIGSEGV).
+        with _ffi.from_buffer(payload) as src, \
+                _ffi.from_buffer(out, require_writable=True) as dst:
+            try:
+                self._decode(src, n, dst, expected)
+            finally:
+                self._in.src = _ffi.NULL
+                self._out.dst = _ffi.NULL
+
+    def _decode(self, src: Any, n: int, dst: Any, expected: int) -> None:
+        ch = self.channel
         lib, ds, inb, outb = _lib, self._ds, self._in, self._out
-        out = bytearray(expected)
-        src = _ffi.from_buffer(payload)
         inb.src, inb.size, inb.pos = src, n, 0
-        dst = _ffi.from_buffer(out)
         outb.dst, outb.size, outb.pos = dst, expected, 0
+        ret = 0
         # Like QEMU's receiver: run until the input is used up or the output is full. A frame
         # that ends inside the packet is followed by the next frame (libzstd restarts).
         while inb.pos < n and outb.pos < expected:
@@ -117,6 +159,8 @@ class ZstdDecompressor(Decompressor):
             if lib.ZSTD_isError(ret):
                 raise self._fail("decompress error", CodecError(
                     f"multifd {ch}: decompressStream returned {_zstd_error(ret)}", channel=ch))
+            if ret == 0:
+                self.frames_ended += 1
         got = outb.pos
         if got < expected:
             raise self._fail("size mismatch", _shared.size_mismatch(
@@ -133,6 +177,8 @@ class ZstdDecompressor(Decompressor):
             if lib.ZSTD_isError(ret):
                 raise self._fail("decompress error", CodecError(
                     f"multifd {ch}: decompressStream returned {_zstd_error(ret)}", channel=ch))
+            if ret == 0 and had_input:
+                self.frames_ended += 1
             if outb.pos:
                 raise self._fail("size mismatch", _shared.size_mismatch(
                     ch, expected + 1, expected,
@@ -149,8 +195,6 @@ class ZstdDecompressor(Decompressor):
             raise self._fail("trailing data", CodecError(
                 f"multifd {ch}: payload ends inside a zstd block (libzstd expects {hint} more "
                 f"bytes); a packet must end at a ZSTD_e_flush boundary", channel=ch))
-        del src, dst  # held until here: libzstd had raw pointers into both buffers
-        return memoryview(out)
 
 
 SPEC = _shared.StreamSpec(

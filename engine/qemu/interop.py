@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qatmig_engine.errors import MigrationError, QemuError, QemuTimeout
-from qatmig_engine.qemu.process import QemuProcess, proc_cpu_seconds
+from qatmig_engine.qemu.process import UNLIMITED_BANDWIDTH, QemuProcess, proc_cpu_seconds
 from qatmig_engine.tap import TapChecker, TapProxy, TapReport
 
 #: The ``qatmig`` command line run by this interpreter (no dependency on PATH).
@@ -202,23 +202,26 @@ def _tap(port: int, method: str, channels: int, check: bool,
 # ------------------------------------------------------------------------------ directions
 def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
                  workdir: str, tap: bool = False, check: bool = True,
-                 timeout: float = 120.0) -> InteropRun:
-    """QEMU 7.2 -> QEMU 7.2 (optionally through the tap)."""
+                 binary: str | None = None, max_bandwidth: int = UNLIMITED_BANDWIDTH,
+                 poll: float = 0.05, timeout: float = 120.0) -> InteropRun:
+    """QEMU -> QEMU (``binary``, default the system QEMU; optionally through the tap).
+    ``max_bandwidth`` in bytes/s (QEMU's parameter); ``poll`` is the query-migrate period."""
     run = InteropRun("qemu->qemu", method, channels, size)
-    with QemuProcess(ram_file=src_img, ram_size=size, name="src",
+    with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
                      workdir=f"{workdir}/qsrc") as src, \
          QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
-                     workdir=f"{workdir}/qdst") as dst:
+                     binary=binary, workdir=f"{workdir}/qdst") as dst:
         for q in (src, dst):
-            q.setup_migration(channels=channels, compression=method)
+            q.setup_migration(channels=channels, compression=method,
+                              max_bandwidth=max_bandwidth)
         port = dst.migrate_incoming()
         proxy = _tap(port, method, channels, check, timeout) if tap else None
         target = proxy.start() if proxy else port
         cpu0 = (src.cpu_seconds(), dst.cpu_seconds())
         t0 = time.monotonic()
         src.migrate(f"tcp:127.0.0.1:{target}")
-        run.source = src.wait_migration(timeout)
-        run.destination = dst.wait_migration(timeout)
+        run.source = src.wait_migration(timeout, poll=poll)
+        run.destination = dst.wait_migration(timeout, poll=poll)
         run.wall_s = time.monotonic() - t0
         run.src_cpu_s = src.cpu_seconds() - cpu0[0]
         run.dst_cpu_s = dst.cpu_seconds() - cpu0[1]
@@ -312,9 +315,9 @@ _RUNNER = """
 import json, resource, sys, time
 from qatmig_engine import api
 from qatmig_engine.params import MigrationParameters
-role, port, img, size, method, ch, dialect, timeout = sys.argv[1:9]
+role, port, img, size, method, ch, dialect, timeout, bw = sys.argv[1:10]
 params = MigrationParameters(multifd_channels=int(ch), multifd_compression=method,
-                             dialect=dialect)
+                             dialect=dialect, max_bandwidth=int(bw))
 def cpu():
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -333,21 +336,25 @@ print(json.dumps({"stats": st.to_json(), "t0": t0, "t1": t1, "cpu_s": c1 - c0}),
 
 
 def _runner(role: str, port: int, img: str, size: int, method: str, channels: int,
-            dialect: str, timeout: float) -> subprocess.Popen[str]:
+            dialect: str, timeout: float, max_bandwidth: int = 0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", _RUNNER, role, str(port), img, str(size), method, str(channels),
-         dialect, str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         dialect, str(timeout), str(max_bandwidth)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
 def engine_to_engine_measured(src_img: str, dst_img: str, size: int, method: str,
                               channels: int, *, workdir: str, tap: bool = False,
-                              dialect: str = "qemu-7.2", timeout: float = 120.0) -> InteropRun:
+                              dialect: str = "qemu-7.2", max_bandwidth: int = 0,
+                              timeout: float = 120.0) -> InteropRun:
     """engine -> engine for benchmarks: two processes running api.send / api.listen without
     whole-guest digests; wall time from the start of send to the later end, CPU seconds of
-    each process over its migration only (what is measured for QEMU)."""
+    each process over its migration only (what is measured for QEMU). ``max_bandwidth`` in
+    bytes/s, 0 = unlimited (the engine's default)."""
     run = InteropRun("engine->engine", method, channels, size)
-    listen = _runner("listen", 0, dst_img, size, method, channels, dialect, timeout)
+    listen = _runner("listen", 0, dst_img, size, method, channels, dialect, timeout,
+                     max_bandwidth)
     try:
         line = ""
         if listen.stdout is not None:
@@ -359,7 +366,8 @@ def engine_to_engine_measured(src_img: str, dst_img: str, size: int, method: str
         port = int(line.split()[1])
         proxy = _tap(port, method, channels, False, timeout) if tap else None
         target = proxy.start() if proxy else port
-        send = _runner("send", target, src_img, size, method, channels, dialect, timeout)
+        send = _runner("send", target, src_img, size, method, channels, dialect, timeout,
+                       max_bandwidth)
         _cpu, out, err = _communicate(send, timeout)
         _cpu, dout, derr = _communicate(listen, timeout)
         src, dst = _engine_json(out), _engine_json(dout)

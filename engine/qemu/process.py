@@ -31,8 +31,18 @@ INSTALL_HINT = "install it with: apt-get install qemu-system-x86 (or `make syste
 
 
 def find_qemu(binary: str | None = None) -> str | None:
-    """Path of qemu-system-x86_64 (``$QATMIG_QEMU`` or ``PATH``), or None."""
+    """Path of qemu-system-x86_64 (``$QATMIG_QEMU`` or ``PATH``), or None.
+
+    A folder is taken as a QEMU 10.0 fetched by :mod:`qatmig_engine.qemu.fetch` (its cache
+    folder or unpacked root): the answer is then its wrapper script, which supplies
+    QEMU_MODULE_DIR and both ``-L``.
+    """
     name = binary or os.environ.get("QATMIG_QEMU") or QEMU_BINARY
+    if os.path.isdir(name):
+        from qatmig_engine.qemu.fetch import qemu10_at
+
+        q = qemu10_at(name)
+        return str(q.wrapper) if q is not None else None
     if os.sep in name:
         return name if os.access(name, os.X_OK) else None
     return shutil.which(name)

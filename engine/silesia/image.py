@@ -234,7 +234,11 @@ def build_guest_image(path: str | os.PathLike[str], size: int,
     _check(size, zero_ratio, seed)
     src, name = _corpus_name(corpus)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    check_free_space(path.parent, size, zero_ratio)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.fchmod(fd, 0o644)
     h = hashlib.sha256() if sha256 else None
@@ -260,10 +264,36 @@ def build_guest_image(path: str | os.PathLike[str], size: int,
                               path=str(path))
         _write_sidecar(path, info)
         os.replace(tmp_name, path)
+    except OSError as exc:  # ENOSPC or EDQUOT despite the check (another writer), EIO, ...
+        raise CorpusError(
+            f"cannot write guest image {path}: {exc.strerror or exc} (partial file removed)"
+        ) from None
     finally:
+        # Also on SIGTERM: the CLI turns it into an exception, so this runs.
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return info
+
+
+#: Space left free on the file system after writing an image (bytes).
+FREE_SPACE_MARGIN = 256 << 20
+
+
+def check_free_space(directory: str | os.PathLike[str], size: int, zero_ratio: float) -> None:
+    """Refuse, before writing anything, an image whose data would not fit ``directory``'s
+    file system (zero pages are holes of a sparse file and take no space)."""
+    need = int(size * (1.0 - float(zero_ratio))) + FREE_SPACE_MARGIN
+    try:
+        st = os.statvfs(directory)
+    except OSError:  # no statvfs here: the write itself will tell
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise CorpusError(
+            f"a {size >> 20} MiB guest image needs about {need >> 20} MiB in {directory}, only "
+            f"{free >> 20} MiB are free: lower --guest-size, use --corpus filler (anonymous "
+            "memory, no file), or point QATMIG_CACHE_DIR at a larger file system"
+        )
 
 
 def guest_image_bytes(size: int, corpus: str | os.PathLike[str] | Corpus | None = "stand-in",
@@ -319,6 +349,11 @@ def read_image_info(path: str | os.PathLike[str]) -> GuestImageInfo:
         info.path = str(path)
         return info
     size = path.stat().st_size
+    if size == 0 or size % PAGE_SIZE:
+        raise CorpusError(
+            f"{path} is not a guest RAM image: {size} bytes is not a whole number of "
+            f"{PAGE_SIZE}-byte pages (and it has no {side.name} sidecar)"
+        )
     return GuestImageInfo(size=size, pages=size // PAGE_SIZE, zero_pages=count_zero_pages(path),
                           corpus="unknown (no sidecar)", zero_ratio=None, seed=None,
                           layout="unknown", path=str(path))

@@ -1,0 +1,156 @@
+"""``qatmig bench``: the matrix command end to end (as a subprocess), its JSON/CSV/plots, and the
+pure parts (bandwidth parsing, dialect per QEMU version, aggregation, ratios)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from qatmig_engine import bench
+from qatmig_engine.dialects import DEFAULT_DIALECT
+from qatmig_engine.errors import ParameterError
+from qemu_support import QEMU_MARKS
+
+QATMIG = [sys.executable, "-c",
+          "import sys; from qatmig_engine.cli import main; sys.exit(main(sys.argv[1:]))"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*QATMIG, "bench", "--guest", "mixed", "--guest-size", "4M",
+                           "-o", str(tmp_path / "out"), *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_bench_engine_matrix_json_csv_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="plots need matplotlib: pip install -e '.[test]'")
+    p = _bench(tmp_path, "--impl", "engine", "--multifd-compression", "none,zstd",
+               "--channels", "1,2", "--max-bandwidth", "unlimited,1Gbit", "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert [i["label"] for i in res["impls"]] == [f"engine ({DEFAULT_DIALECT})"]
+    assert len(res["cells"]) == 2 * 2 * 2 and len(res["runs"]) == 8
+    keys = {(c["method"], c["channels"], c["max_bandwidth"]) for c in res["cells"]}
+    assert keys == {(m, c, b) for m in ("none", "zstd") for c in (1, 2)
+                    for b in (0, 125_000_000)}
+    for c in res["cells"]:
+        assert c["wall_s"] > 0 and c["src_cpu_s"] > 0 and c["dst_cpu_s"] > 0
+        assert c["throughput_mbps"] == pytest.approx(4 * 2**20 * 8 / c["wall_s"] / 1e6)
+        assert c["ratios"] == {}  # no QEMU in the matrix: nothing to compare with
+    assert len(res["meta"]["loadavg_before"]) == 3 and res["meta"]["repeat"] == 1
+    out = tmp_path / "out"
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert len(rows) == 8 and rows[0]["impl"] == f"engine ({DEFAULT_DIALECT})"
+    assert {"total_ms", "downtime_ms", "throughput_mbps", "pages_per_second",
+            "send_cpu_percent", "recv_cpu_percent"} <= set(rows[0])
+    assert json.loads((out / "results.json").read_text())["cells"] == res["cells"]
+    for name in ("bench-unlimited.png", "bench-1Gbit.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert "| method | channels | max-bandwidth | total ms |" in (out / "tables.md").read_text()
+
+
+def test_bench_table_and_no_plots(tmp_path: Path) -> None:
+    p = _bench(tmp_path, "--impl", "engine@qemu-7.2", "--multifd-compression", "zlib",
+               "--no-plots")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "engine (qemu-7.2)"
+    assert lines[1].split()[:3] == ["method", "channels", "max-bandwidth"]
+    assert lines[3].split()[:3] == ["zlib", "1", "unlimited"] or \
+        lines[3].split()[:3] == ["zlib", "2", "unlimited"]
+    assert "load average" in p.stdout
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--impl", "qemu:/nonexistent/qemu"), "not an executable"),
+    (("--impl", "engine@qemu-1.0"), "unknown dialect"),
+    (("--max-bandwidth", "fast"), "cannot parse bandwidth"),
+    (("--channels", "two"), "comma-separated list of integers"),
+    (("--impl", "engine@qemu-7.2", "--multifd-compression", "qatzip"), "qatzip"),
+])
+def test_bench_bad_arguments_one_line(tmp_path: Path, args: tuple[str, ...],
+                                      message: str) -> None:
+    p = _bench(tmp_path, *args)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("qatmig: error:") and message in p.stderr
+
+
+@pytest.mark.parametrize("text, want", [
+    ("unlimited", 0), ("0", 0), ("1Gbit", 125_000_000), ("10Gbit", 1_250_000_000),
+    ("512M", 512 << 20), ("1.25G", int(1.25 * (1 << 30))), ("100Mbit", 12_500_000),
+])
+def test_parse_bandwidth(text: str, want: int) -> None:
+    assert bench.parse_bandwidth(text) == want
+
+
+def test_format_bandwidth_round_trips_links() -> None:
+    for text in ("unlimited", "1Gbit", "10Gbit", "100Mbit"):
+        assert bench.format_bandwidth(bench.parse_bandwidth(text)) == text
+
+
+def test_dialect_for_version() -> None:
+    assert bench.dialect_for_version("QEMU emulator version 7.2.22 (Debian)") == "qemu-7.2"
+    assert bench.dialect_for_version("QEMU emulator version 9.1.0") == "qemu-9.0"
+    newest = max(bench.DIALECTS, key=lambda d: tuple(int(x) for x in d[5:].split(".")))
+    assert bench.dialect_for_version("QEMU emulator version 10.0.2 (Debian)") == newest
+    with pytest.raises(ParameterError):
+        bench.dialect_for_version("QEMU emulator version 6.2.0")
+
+
+def test_resolve_impls_pairs_engine_with_each_qemu_dialect() -> None:
+    exe = sys.executable  # any executable stands for the binary; its version is faked
+    fake = {exe: "QEMU emulator version 7.2.22"}
+
+    impls = bench.resolve_impls(["engine", f"qemu:{exe}"], version_of=fake.__getitem__)
+    assert [(i.kind, i.dialect) for i in impls] == [("engine", "qemu-7.2"), ("qemu", "qemu-7.2")]
+    assert bench.baseline_for(impls[0], impls) == [impls[1]]
+    assert [i.label for i in bench.resolve_impls(["engine"])] == [f"engine ({DEFAULT_DIALECT})"]
+
+
+def _run(impl: str, wall: float, src: float, dst: float, k: int = 0) -> bench.RunResult:
+    return bench.RunResult(impl, "zstd", 2, 0, k, wall, src, dst, 5.0, None, None)
+
+
+def test_aggregate_median_spread_and_ratios() -> None:
+    e = bench.aggregate([_run("engine (qemu-7.2)", w, 1.0 + w, 1.0)
+                         for w in (1.0, 3.0, 2.0)], 1 << 30)
+    assert (e.wall_s, e.wall_s_min, e.wall_s_max, e.runs) == (2.0, 1.0, 3.0, 3)
+    assert e.src_cpu_s == 3.0 and e.cpu_s_spread == pytest.approx(2.0)
+    assert e.cpu_s_per_gib == pytest.approx(4.0)
+    q = bench.aggregate([_run("QEMU 7.2", 4.0, 1.5, 0.5)], 1 << 30)
+    impls = [bench.Impl("engine", "qemu-7.2", "engine (qemu-7.2)"),
+             bench.Impl("qemu", "qemu-7.2", "QEMU 7.2", "/usr/bin/qemu-system-x86_64")]
+    bench.add_ratios([e, q], impls)
+    assert e.ratios["QEMU 7.2"] == {"wall_s": 0.5, "src_cpu_s": 2.0, "dst_cpu_s": 2.0,
+                                    "cpu_s": 2.0}
+    assert q.ratios == {}
+
+
+def _needs_qemu(fn):  # type: ignore[no-untyped-def]
+    for mark in QEMU_MARKS:
+        fn = mark(fn)
+    return fn
+
+
+@_needs_qemu
+def test_bench_engine_vs_qemu_ratio_columns(tmp_path: Path) -> None:
+    p = _bench(tmp_path, "--impl", "engine,qemu", "--multifd-compression", "zstd",
+               "--channels", "2", "--no-plots", "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    labels = [i["label"] for i in res["impls"]]
+    assert labels[0] == "engine (qemu-7.2)" and labels[1].startswith("QEMU 7.")
+    eng = next(c for c in res["cells"] if c["impl"] == labels[0])
+    q = next(c for c in res["cells"] if c["impl"] == labels[1])
+    assert set(eng["ratios"]) == {labels[1]}
+    assert eng["ratios"][labels[1]]["cpu_s"] == pytest.approx(eng["cpu_s"] / q["cpu_s"])
+    assert q["downtime_ms"] is not None
+    header = (tmp_path / "out" / "tables.txt").read_text().splitlines()[1]
+    assert f"CPU ÷ {labels[1]}" in header
