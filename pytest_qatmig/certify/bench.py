@@ -32,32 +32,97 @@ HIGHER_IS_BETTER = {"throughput_mbps": True, "pages_per_second": True,
 
 
 class BenchEngine(Protocol):
-    """Runs one migration of a case and returns the engine's stats JSON."""
+    """Measures one case ``repeat`` times; one stats dict (the engine's JSON names) per run.
+    Raises ``MigrationError`` when a run did not complete with the destination RAM equal."""
 
     name: str
 
-    def migrate(self, case: BenchCase, *, guest_size: int, corpus: str, ctx: HostContext,
-                timeout: float) -> dict[str, Any]: ...
+    def measure(self, case: BenchCase, *, repeat: int, guest_size: int, corpus: str,
+                ctx: HostContext, timeout: float) -> list[dict[str, Any]]: ...
 
 
 class LoopbackBench:
-    """Both ends in this process over 127.0.0.1 (``qatmig_engine.api.migrate_loopback``)."""
+    """Both ends in this process over 127.0.0.1 (``qatmig_engine.api.migrate_loopback``):
+    every parameter of a case (levels, the QAT backend, the host's sysfs root and library)."""
 
     name = "qatmig_engine.api.migrate_loopback"
 
-    def migrate(self, case: BenchCase, *, guest_size: int, corpus: str, ctx: HostContext,
-                timeout: float) -> dict[str, Any]:
+    def measure(self, case: BenchCase, *, repeat: int, guest_size: int, corpus: str,
+                ctx: HostContext, timeout: float) -> list[dict[str, Any]]:
         from qatmig_engine.api import migrate_loopback
         from qatmig_engine.params import MigrationParameters
 
-        params = MigrationParameters(**case.params)
+        out = []
+        for _ in range(repeat):
+            params = MigrationParameters(**case.params)
+            if case.compression == "qatzip":
+                params.extra["qat_sysfs_root"] = ctx.sysfs_root
+                params.extra["qat_dev_root"] = ctx.dev_root
+                if ctx.library:
+                    params.extra["qat_library"] = ctx.library
+            stats = dict(migrate_loopback(guest_size, params, corpus=corpus,
+                                          timeout=timeout).to_json())
+            out.append(stats)
+            if stats.get("status") != "completed" or stats.get("verified") is not True:
+                break
+        return out
+
+
+class MatrixBench:
+    """``qatmig bench``'s measurement (``qatmig_engine.bench.run_matrix``): source and
+    destination in two processes, CPU per process, the same guest image for every case.
+    It takes a method, channels and a link; so it measures the cases that need nothing else
+    (default level, no QAT: qatzip cases need the backend, sysfs root and library)."""
+
+    name = "qatmig bench (qatmig_engine.bench.run_matrix)"
+
+    @staticmethod
+    def can_measure(case: BenchCase) -> bool:
+        from qatmig_engine.params import MigrationParameters
+
+        defaults = MigrationParameters()
         if case.compression == "qatzip":
-            params.extra["qat_sysfs_root"] = ctx.sysfs_root
-            params.extra["qat_dev_root"] = ctx.dev_root
-            if ctx.library:
-                params.extra["qat_library"] = ctx.library
-        stats = migrate_loopback(guest_size, params, corpus=corpus, timeout=timeout)
-        return dict(stats.to_json())
+            return False
+        known = {"multifd_compression", "multifd_channels", "max_bandwidth", "dialect",
+                 "multifd_zlib_level", "multifd_zstd_level"}
+        if set(case.params) - known:
+            return False
+        return all(case.params.get(k, getattr(defaults, k)) == getattr(defaults, k)
+                   for k in ("multifd_zlib_level", "multifd_zstd_level"))
+
+    def measure(self, case: BenchCase, *, repeat: int, guest_size: int, corpus: str,
+                ctx: HostContext, timeout: float) -> list[dict[str, Any]]:
+        from qatmig_engine.bench import Matrix, parse_impl, run_matrix
+
+        dialect = case.params.get("dialect")
+        impl = parse_impl(f"engine@{dialect}" if dialect else "engine")
+        guest = "silesia" if corpus in ("stand-in", "silesia", "auto") else corpus
+        m = Matrix(impls=[impl], methods=[case.compression], channels=[case.channels],
+                   bandwidths=[int(case.params.get("max_bandwidth") or 0)], size=guest_size,
+                   guest=guest, repeat=repeat, timeout=timeout)
+        result = run_matrix(m)
+        out = []
+        for r in result["runs"]:
+            # the engine's own total time and mbps (transferred bytes, QEMU's meaning), as the
+            # loopback cases report them; CPU = each process's CPU seconds over the wall time
+            wall = r["wall_s"] or float("nan")
+            total_ms = r.get("reported_total_ms") or wall * 1000
+            out.append({
+                "status": "completed", "verified": True,  # run_matrix raises otherwise
+                "total_time_ms": total_ms, "downtime_ms": r["downtime_ms"],
+                "throughput_mbps": r.get("reported_mbps"),
+                "pages_per_second": guest_size / 4096 / (total_ms / 1000),
+                "send_cpu_percent": 100 * r["src_cpu_s"] / wall,
+                "recv_cpu_percent": 100 * r["dst_cpu_s"] / wall,
+                "compression_ratio": None, "transferred_bytes": r.get("wire_bytes"),
+                "corpus": result["meta"]["guest"]["description"],
+            })
+        return out
+
+
+def engine_for(case: BenchCase) -> BenchEngine:
+    """``qatmig bench``'s measurement when it can express the case, else the loopback."""
+    return MatrixBench() if MatrixBench.can_measure(case) else LoopbackBench()
 
 
 @dataclass
@@ -68,6 +133,7 @@ class CaseResult:
     failures: list[str] = field(default_factory=list)
     error: str = ""
     duration_s: float = 0.0
+    engine: str = ""
 
     def to_json(self) -> dict[str, Any]:
         c = self.case
@@ -76,6 +142,7 @@ class CaseResult:
             "level": c.level, "params": c.params, "thresholds": c.thresholds,
             "median": self.median, "runs": self.runs, "failures": self.failures,
             "error": self.error, "duration_s": round(self.duration_s, 3),
+            "engine": self.engine,
             "status": ERROR if self.error else (FAIL if self.failures else PASS),
         }
 
@@ -87,17 +154,22 @@ def _median(values: list[Any]) -> float | None:
 
 def run_case(engine: BenchEngine, case: BenchCase, prof: CertifyProfile, ctx: HostContext,
              *, repeat: int, guest_size: int, progress: Progress | None = None) -> CaseResult:
-    res = CaseResult(case)
+    from qatmig_engine.errors import MigrationError
+
+    res = CaseResult(case, engine=engine.name)
     t0 = time.monotonic()
-    for i in range(repeat):
-        if progress:
-            progress(f"{case.id}: run {i + 1}/{repeat}")
-        try:
-            stats = engine.migrate(case, guest_size=guest_size, corpus=prof.bench_corpus,
-                                   ctx=ctx, timeout=prof.bench_timeout)
-        except Exception as exc:  # any crash of the engine: the case could not be measured
-            res.error = f"{type(exc).__name__}: {exc}"
-            break
+    if progress:
+        progress(f"{case.id}: {repeat} run(s) with {engine.name}")
+    try:
+        runs = engine.measure(case, repeat=repeat, guest_size=guest_size,
+                              corpus=prof.bench_corpus, ctx=ctx, timeout=prof.bench_timeout)
+    except MigrationError as exc:  # a run failed: the host (or engine) did not migrate
+        runs = []
+        res.failures.append(f"a run did not complete with equal RAM: {str(exc)[:1500]}")
+    except Exception as exc:  # any other crash: the case could not be measured
+        runs = []
+        res.error = f"{type(exc).__name__}: {exc}"
+    for i, stats in enumerate(runs):
         keep = {k: stats.get(k) for k in (*METRICS, "status", "verified", "error",
                                           "qat_backend", "qat_fallback_reasons", "corpus",
                                           "dialect", "normal_pages", "zero_pages")}
@@ -106,7 +178,6 @@ def run_case(engine: BenchEngine, case: BenchCase, prof: CertifyProfile, ctx: Ho
             res.failures.append(
                 f"run {i + 1}: status {stats.get('status')}, verified {stats.get('verified')}"
                 + (f": {stats.get('error')}" if stats.get("error") else ""))
-            break
     res.duration_s = time.monotonic() - t0
     if res.runs:
         res.median = {m: _median([r.get(m) for r in res.runs]) for m in METRICS}

@@ -213,12 +213,13 @@ def seed_table(cases: list[dict[str, Any]]) -> list[str]:
                            if r.get("qat_backend")})
         if backends:
             label += f" ({'/'.join(backends)})"
+        how = "qatmig bench" if "run_matrix" in str(c.get("engine")) else "loopback"
         rows.append([label, c["multifd_channels"],
                      *(_num(med.get(f)) for _, f in PERF_COLUMNS),
-                     _num(med.get("compression_ratio"), 2), len(c.get("runs", [])),
+                     _num(med.get("compression_ratio"), 2), len(c.get("runs", [])), how,
                      _thresholds_text(c.get("thresholds", {})), c["status"]])
-    return _table(["method", "channels", *SEED_HEADERS, "ratio", "runs", "thresholds",
-                   "result"], rows)
+    return _table(["method", "channels", *SEED_HEADERS, "ratio", "runs", "measured by",
+                   "thresholds", "result"], rows)
 
 
 def _host_md(host: dict[str, Any], fleet: bool) -> list[str]:
@@ -230,8 +231,10 @@ def _host_md(host: dict[str, Any], fleet: bool) -> list[str]:
     if bench.get("cases"):
         lines += [f"{h} Benchmark", "",
                   f"{bench.get('guest_size', 0) >> 20} MiB {bench.get('corpus')} guest, "
-                  f"{bench.get('repeat')} run(s) per case, medians, measured with "
-                  f"`{bench.get('engine')}` on loopback; load average after: "
+                  f"{bench.get('repeat')} run(s) per case, medians over 127.0.0.1 ("
+                  "`qatmig bench`: two processes, `qatmig_engine.bench.run_matrix`; loopback: "
+                  "both ends in one process, `migrate_loopback`, for cases `qatmig bench` "
+                  "cannot express); load average after: "
                   f"{', '.join(f'{x:.2f}' for x in bench.get('load_average_after', []))}.", ""]
         lines += [*seed_table(bench["cases"]), ""]
     comp = host.get("comparison")

@@ -47,7 +47,7 @@ def resolve_context(opts: dict[str, Any]) -> HostContext:
 
 def certify_host(opts: dict[str, Any], progress: Progress = _noop) -> dict[str, Any]:
     """Run every stage on this host; never raises for a host problem (it is a check)."""
-    from .bench import LoopbackBench, bench_checks, run_case
+    from .bench import bench_checks, engine_for, run_case
     from .profile import load_certify_profile, parse_size
     from .suite import run_suite, suite_checks
 
@@ -112,17 +112,17 @@ def certify_host(opts: dict[str, Any], progress: Progress = _noop) -> dict[str, 
                             "the profile lists no benchmark cases (certify.bench.cases)"))
         progress("line", "[3/3] benchmark: the profile has no cases")
     else:
-        engine = LoopbackBench()
         guest_size = (parse_size(opts["bench_guest_size"], "--bench-guest-size")
                       if opts.get("bench_guest_size") else prof.bench_guest_size)
         repeat = int(opts.get("repeat") or prof.bench_repeat)
-        bench.update(engine=engine.name, guest_size=guest_size, corpus=prof.bench_corpus,
-                     repeat=repeat)
+        engines = {c.id: engine_for(c) for c in cases}
+        bench.update(engine=", ".join(sorted({e.name for e in engines.values()})),
+                     guest_size=guest_size, corpus=prof.bench_corpus, repeat=repeat)
         progress("line", f"[3/3] benchmark: {len(cases)} case(s), {guest_size >> 20} MiB "
-                 f"{prof.bench_corpus} guest, {repeat} run(s) each, loopback")
+                 f"{prof.bench_corpus} guest, {repeat} run(s) each")
         results = []
         for case in cases:
-            r = run_case(engine, case, prof, ctx, repeat=repeat, guest_size=guest_size,
+            r = run_case(engines[case.id], case, prof, ctx, repeat=repeat, guest_size=guest_size,
                          progress=lambda text: progress("status", "  " + text))
             results.append(r)
             for c in bench_checks([r]):
