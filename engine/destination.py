@@ -46,6 +46,7 @@ from .stats import MigrationStats, SideCounters, peak_rss_bytes
 from .transport import Activity, Cancelled
 from .wire import (
     InitPacket,
+    PacketOrder,
     PacketValidator,
     decode_packet,
     duplicate_channel_error,
@@ -73,6 +74,8 @@ class _Receiver(transport.ChannelThread):
         self.counters = SideCounters(multifd_bytes=MULTIFD_INIT_PACKET_SIZE)
         self.resume = threading.Semaphore(0)
         self.in_sync = False
+        #: sync rounds this channel has passed (its packets belong to round ``round``)
+        self.round = 0
         self.eof = False
         self.decompressor: Any = None
 
@@ -113,6 +116,7 @@ class _Receiver(transport.ChannelThread):
             dialect, dst.method, dst.ramblocks, ps, ch, max_payload=spec.max_payload
         )
         zero = dst.zero_page
+        order = dst.order
         sock = self.sock
         c = self.counters
         scratch = memoryview(bytearray(page_count(ps) * ps)) if not is_none else None
@@ -128,6 +132,7 @@ class _Receiver(transport.ChannelThread):
             if (pkt.normal_pages or pkt.zero_pages) and not dst.blocks_ready.is_set():
                 act.wait(dst.blocks_ready, f"{what} (waiting for the RAM block list)")
             validator.check(pkt)
+            order.check(pkt, ch, self.round, dst.ramblocks)
             c.packets += 1
             n = pkt.normal_pages
             if n or pkt.zero_pages:
@@ -191,6 +196,7 @@ class _Receiver(transport.ChannelThread):
                 dst.sync_arrived.release()
                 while not self.resume.acquire(timeout=transport.TICK):
                     act.check(f"{what} (waiting for the end of the round on the main channel)")
+                self.round += 1
 
 
 class Destination:
@@ -245,6 +251,7 @@ class Destination:
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        self.order = PacketOrder(self.dialect, self.page_size)
         self.main_counters = SideCounters()
         self.completed_at: float | None = None
         self.stats = MigrationStats(role="destination")
@@ -341,6 +348,7 @@ class Destination:
                 self._check("main channel (waiting for a SYNC packet on every channel)")
         self.act.raise_failure()
         self.stats.dirty_sync_count += 1
+        self.order.end_round()
         for r in self.receivers:
             r.in_sync = False
             r.resume.release()
