@@ -27,7 +27,7 @@ from . import transport
 from .codecs import get_codec
 from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
-from .errors import ChannelClosed, MigrationError, PacketError, PeerTimeout, StreamError
+from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
     Configuration,
@@ -46,6 +46,7 @@ from .stats import MigrationStats, SideCounters, peak_rss_bytes
 from .transport import Activity, Cancelled
 from .wire import (
     InitPacket,
+    PacketOrder,
     PacketValidator,
     decode_packet,
     duplicate_channel_error,
@@ -73,6 +74,8 @@ class _Receiver(transport.ChannelThread):
         self.counters = SideCounters(multifd_bytes=MULTIFD_INIT_PACKET_SIZE)
         self.resume = threading.Semaphore(0)
         self.in_sync = False
+        #: sync rounds this channel has passed (its packets belong to round ``round``)
+        self.round = 0
         self.eof = False
         self.decompressor: Any = None
 
@@ -113,10 +116,9 @@ class _Receiver(transport.ChannelThread):
             dialect, dst.method, dst.ramblocks, ps, ch, max_payload=spec.max_payload
         )
         zero = dst.zero_page
+        order = dst.order
         sock = self.sock
         c = self.counters
-        last_num: int | None = None
-        page_mask = ps - 1
         scratch = memoryview(bytearray(page_count(ps) * ps)) if not is_none else None
         ones = b"\x01" * page_count(ps)
         while True:
@@ -130,26 +132,9 @@ class _Receiver(transport.ChannelThread):
             if (pkt.normal_pages or pkt.zero_pages) and not dst.blocks_ready.is_set():
                 act.wait(dst.blocks_ready, f"{what} (waiting for the RAM block list)")
             validator.check(pkt)
-            n = pkt.normal_pages
-            # Stricter than QEMU, which checks neither: packet_num comes from one global
-            # counter, so it never goes back on a channel, and a packet with pages never reuses
-            # one (QEMU 7.2 repeats the number only in the empty packet after a SYNC); offsets
-            # are page addresses.
-            num = pkt.packet_num
-            if last_num is not None and (
-                num < last_num or (num == last_num and (n or pkt.zero_pages))
-            ):
-                raise PacketError(
-                    f"multifd {ch}: packet_num {num} after {last_num} (a packet with pages "
-                    "must have a new, higher number on its channel)",
-                    channel=ch, packet_num=num, field="packet_num")
-            last_num = num
-            if any(o & page_mask for o in pkt.offsets):
-                bad = next(o for o in pkt.offsets if o & page_mask)
-                raise PacketError(
-                    f"multifd {ch}: offset {bad:#x} is not page aligned",
-                    channel=ch, packet_num=pkt.packet_num, field="offset")
+            order.check(pkt, ch, self.round, dst.ramblocks)
             c.packets += 1
+            n = pkt.normal_pages
             if n or pkt.zero_pages:
                 blk = dst.guest.block(pkt.ramblock)
                 if blk is None:  # pragma: no cover - the validator checked the name
@@ -211,6 +196,7 @@ class _Receiver(transport.ChannelThread):
                 dst.sync_arrived.release()
                 while not self.resume.acquire(timeout=transport.TICK):
                     act.check(f"{what} (waiting for the end of the round on the main channel)")
+                self.round += 1
 
 
 class Destination:
@@ -265,6 +251,7 @@ class Destination:
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        self.order = PacketOrder(self.dialect, self.page_size)
         self.main_counters = SideCounters()
         self.completed_at: float | None = None
         self.stats = MigrationStats(role="destination")
@@ -361,6 +348,7 @@ class Destination:
                 self._check("main channel (waiting for a SYNC packet on every channel)")
         self.act.raise_failure()
         self.stats.dirty_sync_count += 1
+        self.order.end_round()
         for r in self.receivers:
             r.in_sync = False
             r.resume.release()

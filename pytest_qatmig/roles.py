@@ -242,7 +242,8 @@ class RolePair:
             address = tuple(incoming.address)
             if self.judge:
                 checker = TapChecker(dialect=self.spec.dialect, method=self.spec.compression,
-                                     channels=self.spec.channels, uuid=vm_uuid)
+                                     channels=self.spec.channels, uuid=vm_uuid,
+                                     level=self.spec.level)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
                                  timeout=timeout)
                 address = ("127.0.0.1", proxy.start())
