@@ -341,6 +341,16 @@ def check_isolated(prog: Path) -> str:
     return out
 
 
+def check_pristine(cwd: Path, env: dict[str, str]) -> None:
+    """The suite, started in ``cwd`` with ``env``, imports this repository's engine."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import qatmig_engine; print(qatmig_engine.__file__)"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=cwd, env=env).stdout.strip()
+    if not Path(out).resolve().is_relative_to(ENGINE_SRC.resolve()):
+        raise RuntimeError(f"the suite would import {out}, not the pristine engine in "
+                           f"{ENGINE_SRC}: its judge and peer would be mutated too")
+
+
 # ---------------------------------------------------------------------------------- run
 @dataclass
 class Outcome:
@@ -383,10 +393,15 @@ def run_suite(prog: Path, *, select: str | None = None, workers: int = 2,
         cmd += ["-k", select]
     cmd += list(extra)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Never beside the mutant's package: "python -m" puts the working directory first on
+    # sys.path, and the suite would import the mutated engine as its judge and its peer.
+    cwd = prog.parent / "suite-run"
+    cwd.mkdir(exist_ok=True)
+    check_pristine(cwd, env)
     t0 = time.monotonic()
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                            cwd=prog.parent, start_new_session=True)
+                            cwd=cwd, start_new_session=True)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) \
             else (exc.stdout or "")
