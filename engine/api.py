@@ -24,7 +24,7 @@ from pathlib import Path
 from . import transport
 from .destination import Destination
 from .errors import ChannelClosed, ParameterError
-from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic
+from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic, fill_stale
 from .params import MigrationParameters
 from .source import DEFAULT_MAX_ITERS, Source
 from .stats import MigrationStats
@@ -106,6 +106,7 @@ def migrate_loopback(
     corpus: str = "auto",
     verify: bool = True,
     destination_prealloc: bool = False,
+    destination_stale: bool = False,
 ) -> MigrationStats:
     """Migrate a guest over 127.0.0.1 with source and destination in this process.
 
@@ -115,6 +116,9 @@ def migrate_loopback(
     ``dirty_rate`` pages/s are dirtied while the migration runs (``dirty_pattern`` random or
     sequential over ``hot_pages``). ``destination_prealloc`` faults the destination's RAM
     in before the migration starts (QEMU's ``prealloc=on``), so page faults are not timed.
+    ``destination_stale`` fills the destination's RAM with non-zero bytes first (what a
+    reused destination, e.g. a QEMU whose memory-backend-file already existed, holds), so a
+    receiver that skips zero pages cannot verify by luck.
     """
     params = params or MigrationParameters()
     params.validate()
@@ -135,12 +139,17 @@ def migrate_loopback(
             dst_blocks.append(RAMBlock.anonymous(b.name, b.used_length,
                                                  prealloc=destination_prealloc))
     dst_guest = GuestMemory(dst_blocks)
+    if destination_stale:
+        for blk in dst_blocks:
+            fill_stale(blk)
     workload = None
     try:
         if dirty_rate:
             workload = Workload(guest, dirty_rate, pattern=dirty_pattern, hot_pages=hot_pages)
         dst = Destination(dst_guest, params, host="127.0.0.1", port=0, uuid=uuid,
-                          timeout=timeout, progress=None)
+                          timeout=timeout, progress=None,
+                          # Stale RAM is not known to be zero: every zero page must be written.
+                          fresh_ram=not destination_stale)
         host, port = dst.address
         dst_stats: list[MigrationStats] = []
         t = threading.Thread(target=lambda: dst_stats.append(dst.run()),
@@ -172,6 +181,7 @@ def migrate_loopback(
         st.device_state_bytes = d.device_state_bytes
         st.vm_commands = d.vm_commands
         st.peak_rss_bytes = d.peak_rss_bytes
+        st.guest_mapped_bytes = d.guest_mapped_bytes
         if s.status != "completed" or d.status != "completed":
             st.status = "failed"
             st.error = _root_error(s, d)
@@ -241,7 +251,7 @@ def listen(
     guest = GuestMemory([blk])
     try:
         dst = Destination(guest, params, host=host, port=port, uuid=uuid, timeout=timeout,
-                          ramblock=ramblock, progress=progress)
+                          ramblock=ramblock, progress=progress, fresh_ram=True)
         if on_ready is not None:
             on_ready(dst.address)
         st = dst.run()

@@ -46,6 +46,7 @@ from .stats import MigrationStats, SideCounters, peak_rss_bytes
 from .transport import Activity, Cancelled
 from .wire import (
     InitPacket,
+    PacketOrder,
     PacketValidator,
     decode_packet,
     duplicate_channel_error,
@@ -73,6 +74,8 @@ class _Receiver(transport.ChannelThread):
         self.counters = SideCounters(multifd_bytes=MULTIFD_INIT_PACKET_SIZE)
         self.resume = threading.Semaphore(0)
         self.in_sync = False
+        #: sync rounds this channel has passed (its packets belong to round ``round``)
+        self.round = 0
         self.eof = False
         self.decompressor: Any = None
 
@@ -113,8 +116,11 @@ class _Receiver(transport.ChannelThread):
             dialect, dst.method, dst.ramblocks, ps, ch, max_payload=spec.max_payload
         )
         zero = dst.zero_page
+        order = dst.order
         sock = self.sock
         c = self.counters
+        scratch = memoryview(bytearray(page_count(ps) * ps)) if not is_none else None
+        ones = b"\x01" * page_count(ps)
         while True:
             if not self._readable():
                 return
@@ -126,6 +132,7 @@ class _Receiver(transport.ChannelThread):
             if (pkt.normal_pages or pkt.zero_pages) and not dst.blocks_ready.is_set():
                 act.wait(dst.blocks_ready, f"{what} (waiting for the RAM block list)")
             validator.check(pkt)
+            order.check(pkt, ch, self.round, dst.ramblocks)
             c.packets += 1
             n = pkt.normal_pages
             if n or pkt.zero_pages:
@@ -133,36 +140,42 @@ class _Receiver(transport.ChannelThread):
                 if blk is None:  # pragma: no cover - the validator checked the name
                     raise StreamError(f"multifd: unknown ram block {pkt.ramblock}")
                 view = blk.view
+                received = dst.received.get(blk.name)
             if n:
                 offs = pkt.offsets[:n]
                 nps = pkt.next_packet_size
+                # Contiguous runs of the packet's normal pages: (start, end) byte offsets.
+                runs = []
+                start = prev = offs[0]
+                for o in offs[1:]:
+                    if o != prev + ps:
+                        runs.append((start, prev + ps))
+                        start = o
+                    prev = o
+                runs.append((start, prev + ps))
                 if is_none:
                     # Straight into guest memory, one recv per contiguous run of pages.
-                    start = prev = offs[0]
-                    for o in offs[1:]:
-                        if o != prev + ps:
-                            blk.populate(start, prev + ps - start)
-                            transport.recv_into_exact(sock, view[start : prev + ps], act, what)
-                            start = o
-                        prev = o
-                    blk.populate(start, prev + ps - start)
-                    transport.recv_into_exact(sock, view[start : prev + ps], act, what)
+                    for a, b in runs:
+                        blk.populate(a, b - a)
+                        transport.recv_into_exact(sock, view[a:b], act, what)
                 else:
                     transport.recv_into_exact(sock, pview[:nps], act, what)
-                    data = memoryview(self.decompressor.decompress(pview[:nps], n))
-                    pos = 0
-                    start = prev = offs[0]
-                    for o in offs[1:]:
-                        if o != prev + ps:
-                            ln = prev + ps - start
-                            blk.populate(start, ln)
-                            view[start : start + ln] = data[pos : pos + ln]
-                            pos += ln
-                            start = o
-                        prev = o
-                    ln = prev + ps - start
-                    blk.populate(start, ln)
-                    view[start : start + ln] = data[pos : pos + ln]
+                    if len(runs) == 1:
+                        # One run: decode straight into guest memory, no staging copy.
+                        a, b = runs[0]
+                        blk.populate(a, b - a)
+                        self.decompressor.decompress_into(pview[:nps], n, view[a:b])
+                    else:
+                        data = scratch[: n * ps]
+                        self.decompressor.decompress_into(pview[:nps], n, data)
+                        pos = 0
+                        for a, b in runs:
+                            blk.populate(a, b - a)
+                            view[a:b] = data[pos : pos + b - a]
+                            pos += b - a
+                if received is not None:
+                    for a, b in runs:
+                        received[a // ps : b // ps] = ones[: (b - a) // ps]
                 c.multifd_bytes += nps
                 c.payload_bytes += nps
                 c.normal_pages += n
@@ -170,6 +183,10 @@ class _Receiver(transport.ChannelThread):
                     dst.progress(n * ps)
             if pkt.zero_pages:
                 for o in pkt.offsets[n : n + pkt.zero_pages]:
+                    # Like QEMU's receivedmap: a page of fresh RAM never written is zero
+                    # already; not even reading it saves a page fault per zero page.
+                    if received is not None and not received[o // ps]:
+                        continue
                     if view[o : o + ps].tobytes() != zero:
                         view[o : o + ps] = zero
                 c.zero_pages += pkt.zero_pages
@@ -179,6 +196,7 @@ class _Receiver(transport.ChannelThread):
                 dst.sync_arrived.release()
                 while not self.resume.acquire(timeout=transport.TICK):
                     act.check(f"{what} (waiting for the end of the round on the main channel)")
+                self.round += 1
 
 
 class Destination:
@@ -186,7 +204,8 @@ class Destination:
 
     ``guest`` holds the blocks the destination has memory for (e.g. ``pc.ram`` backed by the
     ``--guest-image`` file); blocks the source lists beyond those get anonymous memory.
-    ``ramblock`` (if set) must be among the source's blocks.
+    ``ramblock`` (if set) must be among the source's blocks. ``fresh_ram``: the blocks of
+    ``guest`` are all zero (just created), so zero pages for pages never written are skipped.
     """
 
     def __init__(
@@ -202,6 +221,7 @@ class Destination:
         ramblock: str | None = None,
         max_extra_block_bytes: int = DEFAULT_MAX_EXTRA_BLOCK_BYTES,
         progress: Callable[[int], None] | None = None,
+        fresh_ram: bool = False,
     ) -> None:
         params.validate()
         self.guest = guest
@@ -231,9 +251,16 @@ class Destination:
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        self.order = PacketOrder(self.dialect, self.page_size)
         self.main_counters = SideCounters()
         self.completed_at: float | None = None
         self.stats = MigrationStats(role="destination")
+        #: QEMU's receivedmap, one byte per page, for blocks known to start all zero
+        #: (``fresh_ram``: the caller just created them; blocks added for the source's extra
+        #: RAM blocks): a zero page for a page never written needs no read and no write.
+        self.received: dict[str, bytearray] = (
+            {b.name: bytearray(b.pages) for b in guest.blocks} if fresh_ram else {}
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -321,6 +348,7 @@ class Destination:
                 self._check("main channel (waiting for a SYNC packet on every channel)")
         self.act.raise_failure()
         self.stats.dirty_sync_count += 1
+        self.order.end_round()
         for r in self.receivers:
             r.in_sync = False
             r.resume.release()
@@ -338,6 +366,7 @@ class Destination:
                         f"than the {self.max_extra} allowed (is --ramblock right?)"
                     )
                 self.guest.add(RAMBlock.anonymous(name, length, page_size=self.page_size))
+                self.received[name] = bytearray(length // self.page_size)
             elif blk.used_length != length:
                 raise StreamError(
                     f"Length mismatch: {name}: 0x{length:x} in != 0x{blk.used_length:x}: the "
@@ -360,13 +389,21 @@ class Destination:
         if t is ZeroPage:
             view = self.guest.block(ev.block).view  # type: ignore[union-attr]
             o = ev.offset
+            received = self.received.get(ev.block)
             if ev.fill:
                 view[o : o + ps] = bytes([ev.fill]) * ps
+                if received is not None:
+                    received[o // ps] = 1
+            elif received is not None and not received[o // ps]:
+                pass  # fresh RAM never written: zero already (QEMU's receivedmap)
             elif view[o : o + ps].tobytes() != self.zero_page:
                 view[o : o + ps] = self.zero_page
             self.main_counters.zero_pages += 1
         elif t is Page:
             self.guest.block(ev.block).write_page(ev.offset, ev.data)  # type: ignore[union-attr]
+            received = self.received.get(ev.block)
+            if received is not None:
+                received[ev.offset // ps] = 1
             self.main_counters.normal_pages += 1
         elif t is EndOfSection:
             if self.dialect.flush_after_each_section:

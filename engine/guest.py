@@ -404,6 +404,18 @@ class GuestMemory:
 
 
 # ---------------------------------------------------------------------- deterministic filler
+#: What :func:`fill_stale` writes: no page of it is zero, and it is unlike any corpus page.
+STALE_BYTE = 0xA5
+
+
+def fill_stale(block: RAMBlock) -> None:
+    """Fill ``block`` with non-zero stale bytes (a reused destination's leftover RAM)."""
+    chunk = bytes([STALE_BYTE]) * min(block.used_length, 1 << 20)
+    for off in range(0, block.used_length, len(chunk)):
+        n = min(len(chunk), block.used_length - off)
+        block.view[off : off + n] = chunk[:n]
+
+
 def fill_deterministic(block: RAMBlock, seed: int = 0) -> None:
     """Fill ``block`` with deterministic, Silesia-like mixed content (fallback filler).
 

@@ -150,20 +150,25 @@ class _Sender(transport.ChannelThread):
                 bufs.append(view[run_start : prev + ps])
                 payload_len = n * ps
             else:
-                # Gather into a private buffer: the guest may change pages while they are
-                # compressed (QEMU copies for zlib for the same reason).
-                pos = 0
+                parts = []
                 run_start = prev = normal[0]
                 for o in normal[1:]:
                     if o != prev + ps:
-                        ln = prev + ps - run_start
-                        gview[pos : pos + ln] = view[run_start : prev + ps]
-                        pos += ln
+                        parts.append(view[run_start : prev + ps])
                         run_start = o
                     prev = o
-                ln = prev + ps - run_start
-                gview[pos : pos + ln] = view[run_start : prev + ps]
-                payload = self.compressor.compress(gview[: n * ps])
+                parts.append(view[run_start : prev + ps])
+                # A method that copies its input as it goes (zstd) reads guest memory in
+                # place; the others get a private copy, since the guest may change pages
+                # while they are compressed (QEMU copies for zlib for the same reason).
+                payload = self.compressor.compress_parts(parts)
+                if payload is None:
+                    pos = 0
+                    for part in parts:
+                        ln = len(part)
+                        gview[pos : pos + ln] = part
+                        pos += ln
+                    payload = self.compressor.compress(gview[: n * ps])
                 payload_len = len(payload)
                 bufs = [payload]
             hdr = Packet(

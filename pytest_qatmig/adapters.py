@@ -7,7 +7,9 @@ through the small :class:`Implementation` protocol below. Select one with ``--qa
 * ``reference`` (default) or any other name registered in the entry-point group
   ``qatmig.implementations`` (the entry point is a zero-argument factory);
 * ``package.module:factory`` — a zero-argument callable returning an Implementation;
-* ``qemu:/path/to/qemu-system-x86_64`` (or just ``qemu``) — a real QEMU, black-box over QMP.
+* ``qemu:/path/to/qemu-system-x86_64`` (or just ``qemu``) — a real QEMU, black-box over QMP;
+* ``exec:PROGRAM [ARGS]`` — a program in any language driven through the exec: command-line
+  contract (docs/conformance.md), e.g. ``exec:qatmig`` or a wrapper script.
 
 Third parties register theirs in their own ``pyproject.toml``::
 
@@ -138,6 +140,45 @@ class ReferencePair:
         self._closed = True
 
 
+class ReferenceIncoming:
+    """The reference engine's destination role, running in a thread of this process."""
+
+    def __init__(self, params: Any, ctx: Any) -> None:
+        import threading
+
+        from qatmig_engine.destination import Destination
+        from qatmig_engine.guest import GuestMemory, RAMBlock
+
+        blk = RAMBlock.from_file(ctx.ramblock, ctx.ram, ctx.ram_size, mode="w")
+        self._guest = GuestMemory([blk])
+        try:
+            self._dst = Destination(self._guest, params, host="127.0.0.1", port=0,
+                                    uuid=ctx.uuid, timeout=ctx.timeout, ramblock=ctx.ramblock)
+        except BaseException:
+            self._guest.close()
+            raise
+        self.address: tuple[str, int] = tuple(self._dst.address)  # type: ignore[assignment]
+        self.machine_type: str | None = None
+        self._stats: list[Any] = []
+        self._thread = threading.Thread(target=lambda: self._stats.append(self._dst.run()),
+                                        name="qatmig-reference-destination", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        self._thread.join(timeout)
+        if self._thread.is_alive() or not self._stats:
+            self._dst.act.cancel.set()
+            self._thread.join(10)
+            return {"status": "failed", "error": f"destination did not finish in {timeout:g} s"}
+        return dict(self._stats[0].to_json())
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._dst.act.cancel.set()
+            self._thread.join(30)
+        self._guest.close()
+
+
 class ReferenceImplementation:
     """Adapter for ``qatmig_engine`` (the reference engine in this repository)."""
 
@@ -188,6 +229,23 @@ class ReferenceImplementation:
     def pair(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> ReferencePair:
         return ReferencePair(self.parameters(spec, device), workdir)
 
+    # ---- roles (pytest_qatmig.roles): the engine's two ends in this process
+    def validate(self, spec: PairSpec) -> None:
+        self.parameters(spec, None).validate()
+
+    def destination(self, spec: PairSpec, ctx: Any) -> ReferenceIncoming:
+        return ReferenceIncoming(self.parameters(spec, ctx.device), ctx)
+
+    def source(self, spec: PairSpec, ctx: Any, address: tuple[str, int]) -> dict[str, Any]:
+        from qatmig_engine.api import send
+        from qatmig_engine.mainstream import DEFAULT_MACHINE_TYPE
+
+        st = send(address[0], address[1], ctx.ram, self.parameters(spec, ctx.device),
+                  guest_size=ctx.ram_size, ramblock=ctx.ramblock, uuid=ctx.uuid,
+                  timeout=ctx.timeout, machine_type=ctx.machine_type or DEFAULT_MACHINE_TYPE,
+                  digest=False)
+        return dict(st.to_json())
+
     def codec(self, method: str) -> Any:
         from qatmig_engine.codecs import get_codec
 
@@ -226,7 +284,11 @@ def load_implementation(spec: str) -> Implementation:
     text = spec.strip()
     if not text:
         raise ImplementationError("--qatmig-impl is empty (default: reference)")
-    if text == "qemu" or text.startswith("qemu:"):
+    if text.startswith("exec:"):
+        from .exec_adapter import exec_factory
+
+        impl = exec_factory(text[len("exec:"):])
+    elif text == "qemu" or text.startswith("qemu:"):
         binary = text[len("qemu:"):] if text.startswith("qemu:") else None
         impl = qemu_factory(binary or None)
     elif ":" in text:
@@ -256,11 +318,14 @@ def load_implementation(spec: str) -> Implementation:
                 f"{ENTRY_POINT_GROUP!r}: {known}; or use module:factory or qemu:PATH)"
             )
         impl = eps[0].load()()
-    missing = [m for m in ("capabilities", "pair") if not callable(getattr(impl, m, None))]
+    needed = ("capabilities", "destination", "source") if not callable(
+        getattr(impl, "pair", None)) else ("capabilities",)
+    missing = [m for m in needed if not callable(getattr(impl, m, None))]
     if missing:
         raise ImplementationError(
             f"--qatmig-impl={text}: {type(impl).__name__} is not an Implementation "
-            f"(missing {', '.join(missing)}(); see docs/plugin.md)"
+            f"(missing {', '.join(missing)}(); it needs capabilities() and either the roles "
+            "destination() + source() or pair(); see docs/plugin.md)"
         )
     if not getattr(impl, "name", None):
         try:

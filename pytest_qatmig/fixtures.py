@@ -42,6 +42,8 @@ class GuestImage:
 
     path: Path
     size: int
+    #: The corpus the image was built from (e.g. ``stand-in (silesia-standin v1)``,
+    #: ``silesia``, ``dir:/path``), read from the image's sidecar.
     corpus: str
 
     def __fspath__(self) -> str:
@@ -56,6 +58,19 @@ class GuestImage:
 def qatmig_impl(request: pytest.FixtureRequest) -> Implementation:
     """The adapter of the implementation under test (``--qatmig-impl``)."""
     return get_state(request.config).impl
+
+
+@pytest.fixture(scope="session")
+def qatmig_peer(request: pytest.FixtureRequest) -> Implementation:
+    """The other end of the cross directions (``--qatmig-peer``, default ``reference``)."""
+    return get_state(request.config).peer
+
+
+@pytest.fixture
+def qatmig_direction(request: pytest.FixtureRequest) -> str:
+    """Which ends ``multifd_pair`` connects: ``impl-to-impl`` unless the test is marked
+    ``qatmig_cross`` (then once per direction: impl-to-impl, impl-to-peer, peer-to-impl)."""
+    return str(getattr(request, "param", "impl-to-impl"))
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +93,11 @@ def silesia_guest_memory(
     lock_root = base.parent if is_worker(request.config) else base
     with file_lock(lock_root / "qatmig-guest-image.lock", GUEST_BUILD_TIMEOUT):
         path = cached_guest_image(s.guest_size, corpus=s.corpus)
-    return GuestImage(path=Path(path), size=s.guest_size, corpus=s.corpus)
+    from qatmig_engine.silesia.image import read_image_info
+
+    # The corpus actually used ("auto" resolves to the real corpus or the stand-in), as the
+    # image's sidecar records it; not the option text.
+    return GuestImage(path=Path(path), size=s.guest_size, corpus=read_image_info(path).corpus)
 
 
 def _cached_guest_image() -> Callable[..., Any]:
@@ -119,6 +138,7 @@ class RecordingPair:
         self._state = state
         self._device = device
         self.results: list[MigrationResult] = []
+        self.judge = True
 
     @property
     def source(self) -> Any:
@@ -133,9 +153,26 @@ class RecordingPair:
         return self._pair
 
     def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
-        """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...)."""
+        """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
+
+        Between ends with roles every byte passes the wire judge: a deviation fails the test
+        (naming the connection, channel, packet and field) unless the pair was made with
+        ``judge=False``."""
         result = MigrationResult.from_stats(self._pair.migrate(guest, timeout=timeout))
         self.results.append(result)
+        wire_errors = result.get("wire_errors") or []
+        if wire_errors and self.judge:
+            src = result.get("source_implementation", "?")
+            dst = result.get("destination_implementation", "?")
+            shown = "\n  ".join(wire_errors[:20])
+            more = f"\n  ... and {len(wire_errors) - 20} more" if len(wire_errors) > 20 else ""
+            pytest.fail(
+                f"wire judge: the stream from source {src} to destination {dst} "
+                f"({result.get('direction')}, {self.spec.compression}, "
+                f"{result.get('dialect')}, {self.spec.channels} channel(s)) deviates from the "
+                f"spec in {len(wire_errors)} place(s):\n  {shown}{more}",
+                pytrace=False,
+            )
         record: dict[str, Any] = {
             "nodeid": self._item.nodeid,
             "impl": getattr(self._state.impl, "name", "?"),
@@ -185,14 +222,31 @@ def _workdir_parent() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
+def _ends(state: QatmigState, direction: str) -> tuple[Any, Any]:
+    impl = state.impl
+    if direction == "impl-to-impl":
+        return impl, impl
+    if direction == "impl-to-peer":
+        return impl, state.peer
+    if direction == "peer-to-impl":
+        return state.peer, impl
+    raise pytest.UsageError(f"unknown qatmig_direction {direction!r}")
+
+
 @pytest.fixture
 def multifd_pair(
-    request: pytest.FixtureRequest, qatmig_impl: Implementation, qat_device: QatDevice
+    request: pytest.FixtureRequest, qatmig_impl: Implementation, qat_device: QatDevice,
+    qatmig_direction: str,
 ) -> Iterator[Callable[..., RecordingPair]]:
-    """Factory of connected (source, destination) pairs of the implementation under test:
+    """Factory of connected (source, destination) pairs:
     ``multifd_pair(channels=2, compression="none", level=None, max_bandwidth=0, dialect=None,
-    **options)``. Teardown closes every pair and fails the test if a thread, child process,
-    file descriptor (socket, file) or file in the pair's work directory was left behind."""
+    judge=True, **options)``. Ends with roles (destination/source) are paired by the suite:
+    source of one end, destination of the other (``qatmig_direction``), RAM files written and
+    read by the suite, every byte through the wire judge. Teardown closes every pair and fails
+    the test if a thread, child process, file descriptor (socket, file) or file in the pair's
+    work directory was left behind."""
+    from .roles import RolePair, Unsupported, has_roles
+
     state = get_state(request.config)
     before = Snapshot.take()
     made: list[RecordingPair] = []
@@ -203,16 +257,29 @@ def multifd_pair(
         level: int | None = None,
         max_bandwidth: int = 0,
         dialect: str | None = None,
+        judge: bool = True,
         **options: Any,
     ) -> RecordingPair:
         spec = PairSpec(channels, compression, level, max_bandwidth, dialect, dict(options))
+        src, dst = _ends(state, qatmig_direction)
+        if not (has_roles(src) and has_roles(dst)) and qatmig_direction != "impl-to-impl":
+            pytest.skip(f"UNIMPLEMENTED: {qatmig_direction} needs the destination/source "
+                        "roles on both ends (docs/plugin.md, Implementations)")
         workdir = Path(tempfile.mkdtemp(prefix="qatmig-pair-", dir=_workdir_parent()))
         try:
-            pair = qatmig_impl.pair(spec, device=qat_device, workdir=workdir)
+            if has_roles(src) and has_roles(dst):
+                pair: Any = RolePair(src, dst, spec, workdir=workdir, device=qat_device,
+                                     direction=qatmig_direction, judge=judge)
+            else:
+                pair = qatmig_impl.pair(spec, device=qat_device, workdir=workdir)
+        except Unsupported as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            pytest.skip(f"UNIMPLEMENTED ({qatmig_direction}): {exc}")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         wrapped = RecordingPair(pair, spec, request.node, state, qat_device, workdir)
+        wrapped.judge = judge
         made.append(wrapped)
         return wrapped
 

@@ -35,6 +35,16 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "'silesia' (the real corpus, see QATMIG_SILESIA) or a directory of files",
     ),
     "sysfs_root": ("/sys", "where to look for QAT devices (a fake tree for testing; default /sys)"),
+    "peer": (
+        "reference",
+        "the other end of the cross directions impl-to-peer and peer-to-impl: any "
+        "--qatmig-impl value (default reference; e.g. qemu:/usr/bin/qemu-system-x86_64)",
+    ),
+    "matrix": (
+        "default",
+        "'default': each conformance check once per direction; 'full': every method x "
+        "dialect x channel count (slow)",
+    ),
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
@@ -106,6 +116,8 @@ class Settings:
     guest_size_text: str
     corpus: str
     sysfs_root: str
+    peer: str = "reference"
+    matrix: str = "default"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -121,7 +133,12 @@ class Settings:
             raise pytest.UsageError(f"--qatmig-sysfs-root: {sysfs_root} is not a directory")
         _check_devices(values["devices"] or "auto", sysfs_root)
         _check_corpus(corpus)
+        matrix = values["matrix"] or "default"
+        if matrix not in ("default", "full"):
+            raise pytest.UsageError(f"--qatmig-matrix: {matrix!r} is not 'default' or 'full'")
         return cls(
+            peer=values["peer"] or "reference",
+            matrix=matrix,
             impl=values["impl"] or "reference",
             devices=values["devices"] or "auto",
             profile=values["profile"],
@@ -138,6 +155,7 @@ class QatmigState:
     settings: Settings
     profile: Any = None
     _impl: Any = None
+    _peer: Any = None
     _capabilities: frozenset[str] | None = None
     _devices: list[dev.QatDevice] | None = None
     _lease: dev.DeviceLease | None = None
@@ -159,6 +177,31 @@ class QatmigState:
             except ImplementationError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self._impl
+
+    @property
+    def peer(self) -> Any:
+        """The peer implementation (``--qatmig-peer``), loaded on first use."""
+        if self._peer is None:
+            if self.settings.peer == self.settings.impl:
+                self._peer = self.impl
+            else:
+                from .adapters import ImplementationError, load_implementation
+
+                try:
+                    self._peer = load_implementation(self.settings.peer)
+                except ImplementationError as exc:
+                    raise pytest.UsageError(
+                        str(exc).replace("--qatmig-impl", "--qatmig-peer")) from None
+        return self._peer
+
+    def directions(self) -> tuple[str, ...]:
+        """Directions of the cross matrix this run covers (a peer equal to the implementation
+        under test adds nothing beyond impl-to-impl)."""
+        from .roles import DIRECTIONS
+
+        if self.settings.peer == self.settings.impl:
+            return DIRECTIONS[:1]
+        return DIRECTIONS
 
     def capabilities(self) -> frozenset[str]:
         if self._capabilities is None:
@@ -234,9 +277,14 @@ class QatmigState:
             if s.sysfs_root != "/sys":
                 devs += f" [sysfs {s.sysfs_root}]"
         from .adapters import describe
+        from .roles import has_roles
 
+        peer = ""
+        if s.peer != s.impl and has_roles(self.impl):
+            peer = (f" | peer {describe(self.peer)} (cross directions: "
+                    f"{', '.join(self.directions())})")
         return (
-            f"qatmig: implementation {describe(self.impl)} | devices {devs} | "
+            f"qatmig: implementation {describe(self.impl)}{peer} | devices {devs} | "
             f"corpus {s.corpus}, guest {s.guest_size_text}"
         )
 

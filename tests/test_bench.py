@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from qatmig_engine import bench
+from qatmig_engine.dialects import DEFAULT_DIALECT
 from qatmig_engine.errors import ParameterError
 from qemu_support import QEMU_MARKS
 
@@ -32,7 +33,7 @@ def test_bench_engine_matrix_json_csv_plots(tmp_path: Path) -> None:
                "--channels", "1,2", "--max-bandwidth", "unlimited,1Gbit", "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
-    assert [i["label"] for i in res["impls"]] == ["engine (qemu-9.2)"]
+    assert [i["label"] for i in res["impls"]] == [f"engine ({DEFAULT_DIALECT})"]
     assert len(res["cells"]) == 2 * 2 * 2 and len(res["runs"]) == 8
     keys = {(c["method"], c["channels"], c["max_bandwidth"]) for c in res["cells"]}
     assert keys == {(m, c, b) for m in ("none", "zstd") for c in (1, 2)
@@ -44,7 +45,7 @@ def test_bench_engine_matrix_json_csv_plots(tmp_path: Path) -> None:
     assert len(res["meta"]["loadavg_before"]) == 3 and res["meta"]["repeat"] == 1
     out = tmp_path / "out"
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
-    assert len(rows) == 8 and rows[0]["impl"] == "engine (qemu-9.2)"
+    assert len(rows) == 8 and rows[0]["impl"] == f"engine ({DEFAULT_DIALECT})"
     assert {"total_ms", "downtime_ms", "throughput_mbps", "pages_per_second",
             "send_cpu_percent", "recv_cpu_percent"} <= set(rows[0])
     assert json.loads((out / "results.json").read_text())["cells"] == res["cells"]
@@ -110,7 +111,7 @@ def test_resolve_impls_pairs_engine_with_each_qemu_dialect() -> None:
     impls = bench.resolve_impls(["engine", f"qemu:{exe}"], version_of=fake.__getitem__)
     assert [(i.kind, i.dialect) for i in impls] == [("engine", "qemu-7.2"), ("qemu", "qemu-7.2")]
     assert bench.baseline_for(impls[0], impls) == [impls[1]]
-    assert [i.label for i in bench.resolve_impls(["engine"])] == ["engine (qemu-9.2)"]
+    assert [i.label for i in bench.resolve_impls(["engine"])] == [f"engine ({DEFAULT_DIALECT})"]
 
 
 def _run(impl: str, wall: float, src: float, dst: float, k: int = 0) -> bench.RunResult:

@@ -106,7 +106,7 @@ def test_guest_memory_from_a_corpus_directory(
         import os
 
         def test_guest(silesia_guest_memory, multifd_pair):
-            assert silesia_guest_memory.corpus == {str(corpus)!r}
+            assert silesia_guest_memory.corpus == {"dir:" + str(corpus.resolve())!r}
             assert silesia_guest_memory.size == os.path.getsize(silesia_guest_memory) == 1 << 20
             assert silesia_guest_memory.pages == 256
             result = multifd_pair(compression="zlib", level=1).migrate(silesia_guest_memory)

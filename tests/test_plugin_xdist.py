@@ -81,7 +81,7 @@ def test_n_auto_one_worker_per_ready_device_each_owning_its_own(
     guests = [json.loads(p.read_text()) for p in out.glob("*.img-record")]
     assert len(guests) == 6 and len({g["worker"] for g in guests}) >= 2, guests
     assert len({(g["inode"], g["mtime"]) for g in guests}) == 1, "image built more than once"
-    assert {g["corpus"] for g in guests} == {"stand-in"}
+    assert {g["corpus"] for g in guests} == {"stand-in (silesia-standin v1)"}
     assert sorted(p.suffix for p in (cache / "images").iterdir()) == [".img", ".json"]
     assert not default_lock_dir(root).exists(), "workers left their device lock files"
 
@@ -104,8 +104,25 @@ def test_crash_once():
         open(flag, "w").close()
         os._exit(1)
 """
-    # The crash comes first and the rest is slow enough that the replacement gets tests.
-    pytester.makepyfile(crash_first + RECORD.format(out=str(out), n=8, sleep=0.5))
+    # The crash comes first; the surviving worker then holds each of its tests until the
+    # replacement has run one (bounded), so the replacement gets tests however slowly it starts
+    # on a loaded machine, instead of by the luck of a sleep.
+    wait_for_replacement = f"""
+
+@pytest.fixture(autouse=True)
+def _hold_until_a_replacement_ran(request):
+    flag = os.path.join({str(out)!r}, "replacement-ran")
+    if request.node.name == "test_crash_once":
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER") not in ("gw0", "gw1"):
+        open(flag, "w").close()
+        return
+    deadline = time.monotonic() + 120
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+    pytester.makepyfile(crash_first + RECORD.format(out=str(out), n=8, sleep=0)
+                        + wait_for_replacement)
 
     result = pytester.runpytest_subprocess(
         *LEAN, "-n", "2", "--max-worker-restart=2", f"--qatmig-sysfs-root={root}"

@@ -372,3 +372,88 @@ def test_env_variable_loads_the_same_library(lib, monkeypatch):
         pytest.skip("the real library is resolved by the system loader, not by path")
     monkeypatch.setenv("QATMIG_LIBQATZIP", lib.requested)
     assert load_library() is lib
+
+
+# ------------------------------------------------------------- the library's stateful bugs
+
+def test_failed_decompress_does_not_poison_the_next_call(lib, mixed):
+    """libqatzip keeps a failed inflate stream in the session (every later qzDecompress returns
+    QZ_DATA_ERROR, even on valid input): the binding sets the session up afresh first."""
+    with QzSession(lib) as s:
+        good = s.compress(mixed)
+        bad = bytearray(good)
+        bad[len(bad) // 2] ^= 0xFF
+        with pytest.raises(QatLibraryError):
+            s.decompress(bytes(bad), len(mixed))
+        assert s.resets == 1
+        assert s.decompress(good, len(mixed)) == mixed
+        with pytest.raises(QatLibraryError, match="produced"):  # stops inside the member
+            s.decompress(good[: len(good) // 3], len(mixed))
+        assert s.decompress(good, len(mixed)) == mixed
+
+
+def test_a_reused_session_decompresses_packet_after_packet(lib, mixed):
+    with QzSession(lib) as s:
+        outs = [s.compress(mixed[i:i + 65536]) for i in range(0, len(mixed), 65536)]
+        for i, out in enumerate(outs):
+            assert s.decompress(out, 65536) == mixed[i * 65536:(i + 1) * 65536]
+        assert s.resets == 0
+
+
+_MANY_CALLS = """
+import ctypes, sys
+from qatmig_engine.qat.binding import LIBRARY_SOFTWARE_CALL_BUDGET, QzSession, load_library
+lib = load_library(sys.argv[1])
+data = bytes(range(256)) * 256
+with QzSession(lib) as s:
+    for i in range({calls}):
+        out = s.compress(data)
+        assert s.decompress(out, len(data)) == data
+    engine_calls = s.engine_calls
+libc = ctypes.CDLL(None)
+key = ctypes.c_uint()
+rc = libc.pthread_key_create(ctypes.byref(key), None)  # what OpenSSL's init needs
+print(engine_calls, rc, LIBRARY_SOFTWARE_CALL_BUDGET)
+"""
+
+
+def test_software_path_key_leak_never_exhausts_the_process(lib, double):
+    """Without a device every library call leaks a pthread key; past ~1020 the process dies
+    (the double aborts there). 1100 compress + decompress pairs in a fresh process: the binding
+    stops calling the library at its budget and serves the rest with the engine's producer."""
+    import subprocess
+    import sys
+
+    path = lib.path or lib.requested
+    p = subprocess.run([sys.executable, "-c", _MANY_CALLS.format(calls=1100), path],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    engine_calls, rc, budget = map(int, p.stdout.split())
+    assert rc == 0
+    assert engine_calls == 2 * 1100 - (budget - 1)
+
+
+def _size_class_input(kind: str, n: int) -> bytes:
+    import random
+
+    rng = random.Random(f"{kind}-{n}")
+    if kind == "random":  # incompressible: stored blocks, flushes of up to 32 K literals
+        return rng.randbytes(n)
+    line = b"%06d qatmig byte-exactness line\n"
+    return b"".join(line % (k % 977) for k in range(n // 30 + 1))[:n]
+
+
+@pytest.mark.parametrize("level", range(1, 10))
+@pytest.mark.parametrize("kind", ["random", "text"])
+@pytest.mark.parametrize("n", [1, 1000, 65536, 65537, 200_000, 524_288])
+def test_engine_producer_equals_the_library_software_path(lib, level, kind, n):
+    """qzformat.compress == one qzCompress(last=1) of the library's software path, at every
+    level and size class (levels >= 4 on incompressible data used to carry a second empty
+    stored block at a full-flush point)."""
+    from qatmig_engine.codecs import qzformat
+
+    data = _size_class_input(kind, n)
+    with QzSession(lib, level=level, max_input=n) as s:
+        if s.hardware:
+            pytest.skip("a QAT device is present: the library's bytes are the device's")
+        assert qzformat.compress(data, level) == s.compress(data)

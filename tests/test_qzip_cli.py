@@ -184,3 +184,17 @@ def test_help_teaches() -> None:
     res = subprocess.run([*_cli(), "qzip", "--help"], capture_output=True, timeout=60, text=True)
     assert res.returncode == 0
     assert "examples:" in res.stdout and "gzip -d" in res.stdout
+
+
+def test_empty_file_is_one_34_byte_member(tmp_path: Path) -> None:
+    """libqatzip writes QZ_COMPRESSED_SZ_OF_EMPTY_FILE (34) bytes for no input, not nothing."""
+    src = tmp_path / "empty"
+    src.write_bytes(b"")
+    assert main(["qzip", "-q", "-k", str(src)]) == 0
+    out = (tmp_path / "empty.gz").read_bytes()
+    assert len(out) == qzformat.QZ_COMPRESSED_SZ_OF_EMPTY_FILE
+    assert out == qzformat.compress(b"")
+    assert zlib.decompress(out, 31) == b""
+    src.unlink()
+    assert main(["qzip", "-q", "-d", str(tmp_path / "empty.gz")]) == 0
+    assert src.read_bytes() == b""

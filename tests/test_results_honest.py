@@ -298,3 +298,47 @@ def test_threshold_on_a_missing_field_fails():
         "send_cpu_percent not reported, cannot check max_send_cpu=50",
     )
     assert check_thresholds(r, {"min_mbps": 5}).ok
+
+
+# ----------------------------------------------------------------------------- options
+def test_send_passes_dirty_pattern_to_the_workload(monkeypatch, capsys, tmp_path):
+    import qatmig_engine.api as api
+
+    seen: dict[str, Any] = {}
+
+    class RecordingWorkload(api.Workload):
+        def __init__(self, guest: Any, rate: int, **kw: Any) -> None:
+            seen.update(kw)
+            super().__init__(guest, rate, **kw)
+
+    monkeypatch.setattr(api, "Workload", RecordingWorkload)
+    image = tmp_path / "src.img"
+    image.write_bytes(b"\x11" * MiB)
+    # Nobody listens on the port: the send fails, after the workload was built.
+    rc = main(["send", "127.0.0.1:9", "--guest-image", str(image), "--dirty-rate", "100",
+               "--dirty-pattern", "sequential", "--timeout", "2", "--json", "--quiet"])
+    capsys.readouterr()
+    assert rc == 1
+    assert seen.get("pattern") == "sequential"
+
+
+def test_migrate_ramblock_names_the_block_on_the_wire(monkeypatch, capsys):
+    names: list[str] = []
+    original = Destination._mem_size
+
+    def mem_size(self: Destination, ev: Any) -> None:
+        names.extend(name for name, _ in ev.blocks)
+        original(self, ev)
+
+    monkeypatch.setattr(Destination, "_mem_size", mem_size)
+    rc = main(["migrate", "--guest-size", "1M", "--corpus", "filler", "--ramblock", "my.ram",
+               "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["verified"] is True
+    assert names == ["my.ram"]
+
+
+def test_migrate_json_reports_guest_mapped_bytes(capsys):
+    rc = main(["migrate", "--guest-size", "2M", "--corpus", "filler", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["guest_mapped_bytes"] == 2 * MiB

@@ -14,7 +14,9 @@ from ..errors import QatmigError, WireError
 
 #: Subcommand modules in help order. Each defines ``register(subparsers)``, which adds its
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
-SUBCOMMAND_MODULES = ("migrate", "qzip", "guest", "devices", "tap", "bench")
+SUBCOMMAND_MODULES = (
+    "migrate", "verify", "contract", "qzip", "guest", "devices", "tap", "bench", "certify",
+)
 
 EPILOG = """\
 examples:
@@ -22,10 +24,12 @@ examples:
   qatmig migrate --multifd-compression qatzip --qat-backend auto --json
   qatmig listen --listen 127.0.0.1:4444 --guest-image dst.img --guest-size 1G
   qatmig send 127.0.0.1:4444 --guest-image src.img
+  qatmig verify src.img dst.img    # did listen/send deliver the source's RAM? (or --json reports)
   qatmig guest build --size 1G --corpus stand-in -o guest.img
   qatmig devices --json
   qatmig qzip -L 1 file            # QATzip gzip-ext, like QATzip's own qzip tool
   qatmig bench --channels 2,4,8    # the seed table: engine vs real QEMU, CSV/JSON/plots
+  qatmig certify --profile fixtures/hosts/software-only.yaml -o out/   # certify this host
 
 Every reporting command takes --json. Parameter names are QEMU's (migrate-set-parameters).
 """

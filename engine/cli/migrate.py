@@ -211,7 +211,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         st = migrate_loopback(
             size, params, guest_image=args.guest_image, dirty_rate=args.dirty_rate,
             dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
-            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus,
+            uuid=args.uuid, max_iters=args.max_iters, corpus=args.corpus, ramblock=args.ramblock,
             destination_image=args.destination_image,
             destination_prealloc=args.destination_prealloc,
         )
@@ -261,8 +261,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     try:
         st = send(host, port, args.guest_image, _params(args), guest_size=args.guest_size,
                   ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
-                  timeout=args.timeout, progress=bar, machine_type=args.machine_type,
-                  max_iters=args.max_iters, digest=not args.no_digest)
+                  dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
+                  machine_type=args.machine_type, max_iters=args.max_iters,
+                  digest=not args.no_digest)
     finally:
         bar.close()
     return _report(st, args)

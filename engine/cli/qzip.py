@@ -71,10 +71,14 @@ def register(subparsers: Any) -> None:
 
 # --------------------------------------------------------------------------- streaming cores
 def _compress_stream(src: BinaryIO, level: int, tick: Callable[[int], Any]) -> Iterator[bytes]:
+    first = True
     while True:
         block = _read_block(src, BLOCK_SIZE)
         if not block:
+            if first:  # an empty input is still one member (34 bytes), as qzip writes it
+                yield qzformat.compress(b"", level)
             return
+        first = False
         tick(len(block))
         yield qzformat.compress(block, level)
         if len(block) < BLOCK_SIZE:

@@ -28,6 +28,14 @@ class Compressor(ABC):
         Called once per packet with the whole packet (never page by page). Raises CodecError.
         """
 
+    def compress_parts(self, parts: list[memoryview]) -> bytes | memoryview | None:
+        """Compress one packet given as pieces of guest memory (its runs of contiguous normal
+        pages, in order), or return None: then the caller gathers the pieces into a private
+        buffer and calls :meth:`compress`. A method overrides this only when it copies its
+        input before returning (so a page the guest changes later cannot corrupt the stream)
+        and the output equals :meth:`compress` of the gathered pages."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (hardware sessions); idempotent."""
 
@@ -45,6 +53,13 @@ class Decompressor(ABC):
         :class:`~qatmig_engine.errors.PayloadSizeError` when the payload yields more or fewer
         bytes, :class:`~qatmig_engine.errors.CodecError` when it is corrupt. Never anything else.
         """
+
+    def decompress_into(self, payload: bytes | memoryview, normal_pages: int,
+                        out: memoryview) -> None:
+        """Like :meth:`decompress`, writing the pages into ``out`` (exactly
+        ``normal_pages * page_size`` bytes, e.g. guest memory). Methods that can decode in
+        place override this (no intermediate object); after an error ``out`` holds garbage."""
+        out[:] = self.decompress(payload, normal_pages)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; idempotent."""

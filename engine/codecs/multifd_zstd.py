@@ -60,6 +60,21 @@ class ZstdCompressor(Compressor):
                 f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
             ) from None
 
+    def compress_parts(self, parts: list[memoryview]) -> bytes:
+        # ZSTD_compressStream2(ZSTD_e_continue) copies its input into the stream's window
+        # before returning (as QEMU's multifd-zstd relies on: it compresses straight from
+        # guest RAM), so the pieces are fed in place; the output is the same stream as
+        # compress() of the gathered pages.
+        z = self._z
+        try:
+            out = [z.compress(p) for p in parts]
+            out.append(z.flush(_FLUSH_BLOCK))
+        except zstandard.ZstdError as exc:
+            raise CodecError(
+                f"multifd {self.channel}: compressStream error {exc}", channel=self.channel
+            ) from None
+        return b"".join(out)
+
 
 def _zstd_error(code: int) -> str:
     return str(_ffi.string(_lib.ZSTD_getErrorName(code)).decode("ascii", "replace"))
@@ -101,25 +116,35 @@ class ZstdDecompressor(Decompressor):
         return exc
 
     def decompress(self, payload: bytes | memoryview, normal_pages: int) -> memoryview | bytes:
+        # expected_size validates normal_pages before anything is allocated.
+        out = bytearray(_shared.expected_size(normal_pages, self.page_size, self.channel))
+        self.decompress_into(payload, normal_pages, memoryview(out))
+        return memoryview(out) if out else b""
+
+    def decompress_into(self, payload: bytes | memoryview, normal_pages: int,
+                        out: memoryview) -> None:
+        """Decode straight into ``out`` (e.g. guest memory): libzstd writes there, no staging
+        buffer and no copy."""
         ch = self.channel
         n = len(payload)
         expected = _shared.stream_payload_check("zstd", ch, self._broken, n, normal_pages,
                                                 self.page_size)
+        if len(out) != expected:
+            raise ValueError(f"decompress_into: out has {len(out)} bytes, not {expected}")
         if expected == 0:
-            return b""
-        out = bytearray(expected)
+            return
         # The cffi views export the buffers of ``payload`` and ``out``; they must be released
         # on every path (an error included) before the frame dies. A view left to the garbage
         # collector keeps an export on the receiver's memoryview: at interpreter exit the
         # memoryview is cleared first ("BufferError: memoryview has 1 exported buffer") and
         # the later release reads freed memory (SIGSEGV).
-        with _ffi.from_buffer(payload) as src, _ffi.from_buffer(out) as dst:
+        with _ffi.from_buffer(payload) as src, \
+                _ffi.from_buffer(out, require_writable=True) as dst:
             try:
                 self._decode(src, n, dst, expected)
             finally:
                 self._in.src = _ffi.NULL
                 self._out.dst = _ffi.NULL
-        return memoryview(out)
 
     def _decode(self, src: Any, n: int, dst: Any, expected: int) -> None:
         ch = self.channel

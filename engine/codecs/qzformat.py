@@ -97,6 +97,20 @@ def gzip_ext_header(src_sz: int, dest_sz: int, xfl: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------ producers
+def _full_flush(c: zlib._Compress) -> tuple[bytes, bytes]:
+    """``deflate(Z_FULL_FLUSH)`` as libqatzip calls it: once, with the whole output buffer.
+
+    CPython's ``flush()`` hands zlib its output in growing pieces (32 KiB first). When a
+    flush's output fills a piece, zlib is called again with Z_FULL_FLUSH and, as it must for
+    a repeated flush, appends a second empty stored block (``00 00 00 ff ff``) that the
+    library's single call never writes (levels >= 4 on incompressible data, where a flush
+    carries up to 32 K literals). Z_BLOCK first ends the pending block without a marker (a
+    repeated Z_BLOCK adds nothing); the Z_FULL_FLUSH after it then writes only the one
+    empty stored block, which always fits. The bytes are those of the single call.
+    """
+    return c.flush(zlib.Z_BLOCK), c.flush(zlib.Z_FULL_FLUSH)
+
+
 def compress(data: bytes | bytearray | memoryview, level: int = 1, *,
              hw_buff_sz: int = QZ_HW_BUFF_SZ) -> bytes:
     """One ``qzCompress(last=1)`` call of libqatzip's software path: one gzip-ext member."""
@@ -112,7 +126,7 @@ def compress(data: bytes | bytearray | memoryview, level: int = 1, *,
     pos = 0
     while n - pos > hw_buff_sz:
         parts.append(c.compress(mv[pos:pos + hw_buff_sz]))
-        parts.append(c.flush(zlib.Z_FULL_FLUSH))
+        parts.extend(_full_flush(c))
         pos += hw_buff_sz
     parts.append(c.compress(mv[pos:]))
     parts.append(c.flush(zlib.Z_FINISH))
@@ -167,10 +181,13 @@ def compress_two_calls(data: bytes | bytearray | memoryview, split: int, level: 
         pos = lo
         while hi - pos > hw_buff_sz:
             parts.append(c.compress(mv[pos:pos + hw_buff_sz]))
-            parts.append(c.flush(zlib.Z_FULL_FLUSH))
+            parts.extend(_full_flush(c))
             pos += hw_buff_sz
         parts.append(c.compress(mv[pos:hi]))
-        parts.append(c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH))
+        if last:
+            parts.append(c.flush(zlib.Z_FINISH))
+        else:
+            parts.extend(_full_flush(c))
     body = b"".join(parts)
     return gzip_ext_header(0, 0, body[8]) + body[_ZLIB_GZIP_HEADER_LEN:]
 
@@ -394,6 +411,17 @@ def inspect_members(data: bytes | bytearray | memoryview) -> list[MemberInfo]:
     return infos
 
 
+def _consumed(d: zlib._Decompress, fed: int) -> int:
+    """Input bytes a ``decompress(data, max_length)`` call of ``fed`` bytes used.
+
+    At the member's end CPython puts the rest of the input in ``unused_data`` *and* leaves it
+    in ``unconsumed_tail`` too: subtract it once.
+    """
+    if d.eof:
+        return fed - len(d.unused_data)
+    return fed - len(d.unconsumed_tail)
+
+
 class GzipExtDecoder:
     """Incremental decoder for files and pipes: :meth:`feed` chunks, then :meth:`finish`.
 
@@ -436,8 +464,7 @@ class GzipExtDecoder:
             d = self._d
             try:
                 out = d.decompress(buf, self._out_chunk)
-                consumed = len(buf) - len(d.unconsumed_tail) - len(d.unused_data)
-                self._member_in += consumed
+                self._member_in += _consumed(d, len(buf))
                 if out:
                     self._member_out += len(out)
                     yield out
@@ -446,7 +473,7 @@ class GzipExtDecoder:
                 while not d.eof and (d.unconsumed_tail or len(out) == self._out_chunk):
                     tail = d.unconsumed_tail
                     out = d.decompress(tail, self._out_chunk)
-                    self._member_in += len(tail) - len(d.unconsumed_tail) - len(d.unused_data)
+                    self._member_in += _consumed(d, len(tail))
                     if out:
                         self._member_out += len(out)
                         yield out

@@ -10,7 +10,15 @@ Struct layouts are QATzip 1.2/1.3's on x86-64 (spec qatzip.md §3) and are check
 * a session is set up and used by one thread only (sharing one crashes, QATzip issue #56);
 * :meth:`QzSession.hardware` tells whether the session really runs on a device: callers must
   not route migration traffic through the library's software path (it leaks a pthread key
-  per call and fails the whole process after ~1100 calls).
+  per call and fails the whole process after ~1020 calls: the next OpenSSL initialisation
+  segfaults). The binding counts the library's software-path calls process-wide and, past
+  :data:`LIBRARY_SOFTWARE_CALL_BUDGET`, serves a software-mode session with the engine's own
+  gzip-ext producer and decoder (:mod:`qatmig_engine.codecs.qzformat`, byte-identical with the
+  library's software path) instead of calling the library again;
+* after a failed or short ``qzDecompress`` the library leaves the session's inflate stream as
+  it was (every later call returns QZ_DATA_ERROR, even on valid input, or continues the old
+  member): the binding tears the session down and sets it up afresh before raising, and does
+  the same after a failed ``qzCompress``.
 
 Library resolution: explicit ``path`` > env ``QATMIG_LIBQATZIP`` > ``libqatzip.so.3`` through
 the system loader.
@@ -143,6 +151,29 @@ class DataFormat(IntEnum):
 
 PINNED_MEM = 1
 COMMON_MEM = 0
+#: Software-path library calls (qzInit, qzCompress, qzDecompress without a device) this process
+#: makes at most: each leaks one of the process's ~1024 pthread keys (spec qatzip.md §2.3).
+LIBRARY_SOFTWARE_CALL_BUDGET = 768
+
+
+class _SoftwareCallBudget:
+    """Process-wide count of libqatzip calls that ran its (key-leaking) software path."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Count one call; False when the budget is spent (do not call the library)."""
+        with self._lock:
+            if self.used >= self.budget:
+                return False
+            self.used += 1
+            return True
+
+
+SOFTWARE_CALLS = _SoftwareCallBudget(LIBRARY_SOFTWARE_CALL_BUDGET)
 QZ_HW_BUFF_SZ = 64 * 1024
 GZIP_EXT_HEADER = 24
 GZIP_EXT_FOOTER = 8
@@ -367,9 +398,15 @@ class QzSession:
         self._owner = threading.get_ident()
         self._sess = ffi.new("QzSession_T *")
         self._open = False
+        #: times the session was set up afresh after a failed call (dirty library state)
+        self.resets = 0
+        #: software-mode calls served by the engine's producer/decoder (budget spent)
+        self.engine_calls = 0
         self.init_rc = _check("qzInit", c.qzInit(self._sess, 1 if sw_backup else 0),
                               (Rc.QZ_OK, Rc.QZ_DUPLICATE))
         self._setup()
+        if not self.hardware:
+            SOFTWARE_CALLS.take()  # qzInit without a device leaked one key already
         self._src: Any = None
         self._dest: Any = None
         self._src_cap = 0
@@ -428,6 +465,27 @@ class QzSession:
         self.level = level
         self._setup()
 
+    def _reset(self) -> None:
+        """Tear the session down and set it up again: fresh deflate and inflate streams."""
+        self.resets += 1
+        self._lib.lib.qzTeardownSession(self._sess)
+        self._open = False
+        self._setup()
+
+    def _library_allowed(self) -> bool:
+        """Whether this call may go to the library (always on hardware; in software mode
+        while the process's key budget lasts)."""
+        if self.hardware or SOFTWARE_CALLS.take():
+            return True
+        if self.data_fmt != DataFormat.QZ_DEFLATE_GZIP_EXT:
+            raise QatError(
+                f"libqatzip's software path was called {SOFTWARE_CALLS.budget} times in this "
+                "process (each call leaks a pthread key); refusing more for data format "
+                f"{DataFormat(self.data_fmt).name}"
+            )
+        self.engine_calls += 1
+        return False
+
     # -- data ---------------------------------------------------------------------------
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         """One whole packet -> one gzip-ext buffer; every size is checked."""
@@ -436,6 +494,17 @@ class QzSession:
         n = len(src)
         if n == 0:
             raise QatError("qzCompress: empty input (a packet always has normal pages)")
+        if not self._library_allowed():
+            from ..codecs import qzformat
+
+            return qzformat.compress(src, self.level, hw_buff_sz=self.hw_buff_sz)
+        try:
+            return self._compress(src, n)
+        except QatError:
+            self._reset()
+            raise
+
+    def _compress(self, src: memoryview, n: int) -> bytes:
         self._ensure_buffers(n)
         ffi, c = self._ffi, self._lib.lib
         ffi.memmove(self._src, src, n)
@@ -463,9 +532,34 @@ class QzSession:
         return out
 
     def decompress(self, data: bytes | bytearray | memoryview, expected: int) -> bytes:
-        """Decompress to exactly ``expected`` bytes (truncation is QZ_OK in the library)."""
+        """Decompress to exactly ``expected`` bytes (truncation is QZ_OK in the library).
+
+        Any failure resets the session first: the library keeps a failed or unfinished
+        inflate stream and would feed the next call into it.
+        """
         self._own("qzDecompress")
         src = memoryview(data).cast("B")
+        if not self._library_allowed():
+            from ..codecs import qzformat
+            from ..errors import CodecError
+
+            try:
+                out = qzformat.decompress(src, max_output=expected)
+            except CodecError as exc:
+                raise QatLibraryError("qzDecompress", int(Rc.QZ_DATA_ERROR),
+                                      "QZ_DATA_ERROR", f"(engine decoder) {exc}") from None
+            if len(out) != expected:
+                raise QatLibraryError("qzDecompress", int(Rc.QZ_OK), "QZ_OK",
+                                      f"(engine decoder) produced {len(out)} of {expected} "
+                                      "expected")
+            return out
+        try:
+            return self._decompress(src, expected)
+        except QatError:
+            self._reset()
+            raise
+
+    def _decompress(self, src: memoryview, expected: int) -> bytes:
         n = len(src)
         ffi, c = self._ffi, self._lib.lib
         sbuf = ffi.from_buffer("unsigned char[]", src) if n else ffi.new("unsigned char[1]")

@@ -87,4 +87,9 @@ class DoubleControl:
         return int(self.lib.qzdouble_get(name.encode()))
 
     def reset(self) -> None:
+        """Controls and counters back to defaults, the leaked-key count included; the binding's
+        process-wide count of the same leak restarts with it (they measure one thing)."""
+        from qatmig_engine.qat import binding
+
         self.lib.qzdouble_reset()
+        binding.SOFTWARE_CALLS.used = 0

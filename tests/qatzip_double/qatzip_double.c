@@ -20,7 +20,15 @@
  *   drop_hw_after        the session falls back to software (hw_session_stat QZ_NO_HW)
  *   decompress_rc        override qzDecompress's return code (-999 = off)
  *   pinned_fail          qzMalloc(..., PINNED_MEM) returns NULL
- * Counters (qzdouble_get): init_calls, setup_calls, compress_calls, decompress_calls,
+ *   key_limit            pthread keys the process has (default 1020, as observed): see below
+ * Faithful to two stateful bugs of the real library (1.3.1, software path):
+ *   - a qzDecompress that fails (QZ_DATA_ERROR) or stops inside a member leaves the session's
+ *     inflate stream as it is: the next call continues it (every later call on a failed
+ *     session returns QZ_DATA_ERROR, even for valid input) until qzTeardownSession;
+ *   - without a device every qzInit / qzCompress / qzDecompress creates a pthread key it never
+ *     deletes (counter keys_leaked); past key_limit the real process crashes at its next
+ *     OpenSSL initialisation - the double aborts at once (SIGABRT) so a test sees it.
+ * Counters (qzdouble_get): keys_leaked, init_calls, setup_calls, compress_calls, decompress_calls,
  * last0_calls, teardown_calls, close_calls, malloc_pinned, malloc_common, free_calls,
  * live_sessions, max_compress_len (largest input of one qzCompress call).
  */
@@ -94,8 +102,9 @@ static struct control controls[] = {
     {"fail_after", -1, -1}, {"fail_rc", QZ_FAIL, QZ_FAIL},
     {"short_consume_after", -1, -1}, {"short_output_after", -1, -1},
     {"drop_hw_after", -1, -1}, {"decompress_rc", OFF, OFF}, {"pinned_fail", 0, 0},
+    {"key_limit", 1020, 1020},
     /* counters */
-    {"init_calls", 0, 0}, {"setup_calls", 0, 0}, {"compress_calls", 0, 0},
+    {"keys_leaked", 0, 0}, {"init_calls", 0, 0}, {"setup_calls", 0, 0}, {"compress_calls", 0, 0},
     {"decompress_calls", 0, 0}, {"last0_calls", 0, 0}, {"teardown_calls", 0, 0},
     {"close_calls", 0, 0}, {"malloc_pinned", 0, 0}, {"malloc_common", 0, 0},
     {"free_calls", 0, 0}, {"live_sessions", 0, 0}, {"max_compress_len", 0, 0},
@@ -148,6 +157,18 @@ void qzdouble_reset(void) {
 }
 
 /* ------------------------------------------------------------------ API */
+/* sess->internal: the session's parameters and its inflate stream (kept across calls). */
+enum { INFLATE_NULL = 0, INFLATE_ACTIVE, INFLATE_ERROR };
+struct session {
+    QzSessionParamsDeflate_T p;
+    z_stream inflate;
+    int inflate_stat;
+};
+/* The library's software path runs qzInit on every call and leaks a pthread key each time. */
+static void leak_key(const QzSession_T *sess) {
+    if (sess && sess->hw_session_stat == QZ_OK) return;
+    if (bump("keys_leaked") >= ctl("key_limit")) abort();
+}
 static unsigned char g_initialised;
 static int g_log_level = 3;
 
@@ -186,6 +207,7 @@ int qzInit(QzSession_T *sess, unsigned char sw_backup) {
     if (!sess || sw_backup > 1) return QZ_PARAMS;
     long o = ctl("init_rc");
     if (o != OFF) return (int)o;
+    if (!ctl("hw")) leak_key(NULL);
     if (ctl("hw")) {
         if (g_initialised) return QZ_DUPLICATE;
         g_initialised = 1;
@@ -224,9 +246,9 @@ int qzSetupSessionDeflate(QzSession_T *sess, QzSessionParamsDeflate_T *params) {
         sess->hw_session_stat = QZ_NOSW_NO_HW;
         return QZ_NOSW_NO_HW;
     }
-    QzSessionParamsDeflate_T *keep = malloc(sizeof(*keep));
+    struct session *keep = calloc(1, sizeof(*keep));
     if (!keep) return QZ_FAIL;
-    *keep = p;
+    keep->p = p;
     sess->internal = keep;
     sess->thd_sess_stat = QZ_OK;
     sess->total_in = sess->total_out = 0;
@@ -243,6 +265,8 @@ int qzTeardownSession(QzSession_T *sess) {
     bump("teardown_calls");
     if (!sess) return QZ_PARAMS;
     if (sess->internal) {
+        struct session *st = sess->internal;
+        if (st->inflate_stat != INFLATE_NULL) inflateEnd(&st->inflate);
         free(sess->internal);
         sess->internal = NULL;
         __atomic_fetch_sub(&find("live_sessions")->value, 1, __ATOMIC_SEQ_CST);
@@ -331,13 +355,14 @@ int qzCompress(QzSession_T *sess, const unsigned char *src, unsigned int *src_le
         if (rc != QZ_OK && rc != QZ_DUPLICATE) return rc;
     }
     if (!last) bump("last0_calls");
+    leak_key(sess);
     unsigned int n = *src_len;
     long mx = ctl("max_compress_len");
     while ((long)n > mx && !__atomic_compare_exchange_n(&find("max_compress_len")->value, &mx,
                                                        (long)n, 0, __ATOMIC_SEQ_CST,
                                                        __ATOMIC_SEQ_CST)) {
     }
-    const QzSessionParamsDeflate_T *p = sess->internal;
+    const QzSessionParamsDeflate_T *p = &((struct session *)sess->internal)->p;
     long fa = ctl("fail_after");
     if (fa >= 0 && call >= fa) {
         *src_len = 0;
@@ -394,34 +419,42 @@ int qzDecompress(QzSession_T *sess, const unsigned char *src, unsigned int *src_
         int rc = qzSetupSessionDeflate(sess, NULL);
         if (rc != QZ_OK && rc != QZ_DUPLICATE) return rc;
     }
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, 31) != Z_OK) return QZ_FAIL;
-    z.next_in = (Bytef *)src;
-    z.avail_in = *src_len;
-    z.next_out = dest;
-    z.avail_out = *dest_len;
-    int rc;
-    for (;;) {
-        rc = inflate(&z, Z_NO_FLUSH);
-        if (rc == Z_STREAM_END) {
-            /* concatenated members (hardware framing, or two outputs back to back) */
-            if (z.avail_in >= 2 && z.next_in[0] == 0x1f && z.next_in[1] == 0x8b && z.avail_out) {
-                inflateReset(&z);
-                continue;
-            }
+    leak_key(sess);
+    struct session *st = sess->internal;
+    z_stream *z = &st->inflate;
+    /* qzSWDecompressMultiGzip + qzDeflateSWDecompress: the stream lives in the session; it is
+       initialised only when no member is in progress and ended only at a member's end. */
+    unsigned int in_len = *src_len, out_len = *dest_len, tin = 0, tout = 0;
+    int ret = QZ_OK;
+    *src_len = 0;
+    *dest_len = 0;
+    while (tin < in_len && tout < out_len) {
+        if (st->inflate_stat == INFLATE_NULL) {
+            memset(z, 0, sizeof(*z));
+            if (inflateInit2(z, 31) != Z_OK) return QZ_FAIL;
+            st->inflate_stat = INFLATE_ACTIVE;
+        }
+        z->next_in = (Bytef *)(src + tin);
+        z->avail_in = in_len - tin;
+        z->next_out = dest + tout;
+        z->avail_out = out_len - tout;
+        uLong i0 = z->total_in, o0 = z->total_out;
+        int zr = inflate(z, Z_SYNC_FLUSH);
+        if (zr == Z_DATA_ERROR || zr == Z_NEED_DICT || zr == Z_STREAM_ERROR || zr == Z_MEM_ERROR) {
+            st->inflate_stat = INFLATE_ERROR; /* not ended: the bug */
+            ret = zr == Z_DATA_ERROR ? QZ_DATA_ERROR : QZ_FAIL;
             break;
         }
-        if (rc == Z_OK && z.avail_out && z.avail_in) continue;
-        break;
+        tin += (unsigned int)(z->total_in - i0);
+        tout += (unsigned int)(z->total_out - o0);
+        *src_len = tin;
+        *dest_len = tout;
+        if (zr == Z_STREAM_END) {
+            inflateEnd(z);
+            st->inflate_stat = INFLATE_NULL;
+        } else if (zr == Z_BUF_ERROR || (z->total_in == i0 && z->total_out == o0)) {
+            break; /* no progress: input ends inside a member (truncated is QZ_OK) */
+        }
     }
-    /* like the real software path: truncated input or a short output buffer is QZ_OK with
-       partial lengths; only corrupt data is an error */
-    int ret = (rc == Z_DATA_ERROR || rc == Z_NEED_DICT || rc == Z_STREAM_ERROR) ? QZ_DATA_ERROR
-                                                                            : QZ_OK;
-    *src_len = *src_len - z.avail_in;
-    *dest_len = (unsigned int)(z.next_out - dest);
-    inflateEnd(&z);
-    if (ret != QZ_OK) { *src_len = 0; *dest_len = 0; }
     return ret;
 }

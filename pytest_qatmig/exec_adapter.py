@@ -1,0 +1,304 @@
+"""``--qatmig-impl exec:PROGRAM``: an implementation that is a program, in any language.
+
+The program is driven through the command-line contract of docs/conformance.md ("The exec:
+contract"), the one ``qatmig`` itself follows: ``PROGRAM capabilities --json``, ``PROGRAM
+check PARAMS``, ``PROGRAM listen --listen 127.0.0.1:0 ... --json`` (announces ``listening on
+HOST:PORT`` on stderr) and ``PROGRAM send HOST:PORT ... --json``; one JSON object on stdout,
+exit status 0 only when the migration completed. ``PROGRAM`` may carry arguments
+(``exec:python3 -m qatmig_engine.cli``) and may be a wrapper script. Nothing of the program is
+imported: the suite only runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .adapters import ImplementationError, PairSpec
+
+#: The announcement a destination prints on stderr once it listens.
+LISTENING_RE = re.compile(r"listening on \[?([0-9A-Za-z.:-]+?)\]?:(\d+)\s*$")
+#: Seconds a program may take to answer ``capabilities``/``check`` or to start listening.
+START_TIMEOUT = 30.0
+#: Extra seconds beyond the idle timeout a finished end may take to exit.
+EXIT_GRACE = 30.0
+
+
+def _parse_json(out: str) -> dict[str, Any] | None:
+    """The one JSON object on stdout (pretty-printed or on one line), else None."""
+    text = out.strip()
+    if not text:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+class _Proc:
+    """A child in its own session (so a wrapper script's children end with it), its output
+    collected by threads (no pipe can fill up), ended by process group on close."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, start_new_session=True,
+        )
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.err_event = threading.Event()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.popen.stdout, self.out, None),
+                             name="qatmig-exec-stdout", daemon=True),
+            threading.Thread(target=self._read, args=(self.popen.stderr, self.err,
+                                                      self.err_event),
+                             name="qatmig-exec-stderr", daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[bytes], event: threading.Event | None) -> None:
+        fd = stream.fileno()
+        while True:
+            r, _w, _x = select.select([fd], [], [], 0.2)
+            if not r:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            sink.append(chunk)
+            if event is not None:
+                event.set()
+        stream.close()
+
+    @property
+    def stdout(self) -> str:
+        return b"".join(self.out).decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.err).decode(errors="replace")
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            rc = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        for t in self._readers:
+            t.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.popen.kill()
+        self.popen.wait(10)
+        for t in self._readers:
+            t.join(5)
+
+
+def _result(proc: _Proc, rc: int | None, role: str, timeout: float) -> dict[str, Any]:
+    """The end's JSON, with the contract checked: exit 0 exactly when status is completed."""
+    err = _last_line(proc.stderr)
+    if rc is None:
+        return {"status": "failed", "error": f"{role} did not exit within {timeout:g} s "
+                f"(killed); stderr: {err}", "exit_status": None}
+    data = _parse_json(proc.stdout)
+    if data is None:
+        return {"status": "failed", "exit_status": rc,
+                "error": f"{role} exited {rc} without one JSON object on stdout; stderr: {err}"}
+    data = dict(data)
+    data["exit_status"] = rc
+    status = data.get("status")
+    if (rc == 0) != (status == "completed"):
+        data["contract_error"] = (f"{role} exited {rc} with status {status!r} (the contract: "
+                                  "exit 0 exactly when the migration completed)")
+        data["status"] = "failed"
+        data["error"] = data["contract_error"]
+    elif rc != 0 and not data.get("error"):
+        data["error"] = err or f"{role} exited {rc}"
+    return data
+
+
+class ExecIncoming:
+    """``PROGRAM listen``: started, listening (its announced address), waited for."""
+
+    def __init__(self, argv: list[str], cwd: Path, timeout: float) -> None:
+        self.timeout = timeout
+        self.machine_type: str | None = None
+        self.proc = _Proc(argv, cwd)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            m = None
+            for line in self.proc.stderr.splitlines():
+                m = LISTENING_RE.search(line.strip())
+                if m:
+                    break
+            if m:
+                self.address = (m.group(1), int(m.group(2)))
+                return
+            if self.proc.popen.poll() is not None:
+                self.proc.wait(5)
+                rc = self.proc.popen.returncode
+                self.proc.kill()
+                raise RuntimeError(
+                    f"{shlex.join(argv[:2])} exited {rc} before announcing "
+                    f"'listening on HOST:PORT' on stderr: {_last_line(self.proc.stderr)}"
+                )
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(
+                    f"{shlex.join(argv[:2])} did not announce 'listening on HOST:PORT' on "
+                    f"stderr within {START_TIMEOUT:g} s"
+                )
+            self.proc.err_event.wait(0.05)
+            self.proc.err_event.clear()
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        rc = self.proc.wait(timeout + EXIT_GRACE)
+        if rc is None:
+            self.proc.kill()
+        return _result(self.proc, rc, "destination", timeout + EXIT_GRACE)
+
+    def close(self) -> None:
+        self.proc.kill()
+
+
+class ExecImplementation:
+    """An implementation run as a program through the exec: contract (see module docstring)."""
+
+    def __init__(self, command: str) -> None:
+        argv = shlex.split(command)
+        if not argv:
+            raise ImplementationError("--qatmig-impl=exec: names no program (exec:PROGRAM)")
+        # PATH first, then beside this Python (a virtualenv's bin/ that is not activated).
+        exe = shutil.which(argv[0]) or shutil.which(
+            argv[0], path=os.path.dirname(sys.executable))
+        if exe is None:
+            raise ImplementationError(
+                f"--qatmig-impl=exec:{command}: {argv[0]!r} is not an executable file or a "
+                "program on PATH"
+            )
+        self.argv = [os.path.abspath(exe) if os.sep in argv[0] else exe, *argv[1:]]
+        self.command = command
+        self.name = f"exec:{command}"
+        info = self._query()
+        caps = info.get("capabilities")
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise ImplementationError(
+                f"--qatmig-impl=exec:{command}: 'capabilities --json' must print a JSON object "
+                f"with a list of strings under \"capabilities\", not {info!r}"
+            )
+        self._caps = frozenset(caps)
+        self.info = info
+
+    def _query(self) -> dict[str, Any]:
+        try:
+            cp = subprocess.run([*self.argv, "capabilities", "--json"], capture_output=True,
+                                text=True, timeout=START_TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ImplementationError(f"--qatmig-impl=exec:{self.command}: {exc}") from None
+        data = _parse_json(cp.stdout)
+        if cp.returncode != 0 or data is None:
+            raise ImplementationError(
+                f"--qatmig-impl=exec:{self.command}: 'capabilities --json' exited "
+                f"{cp.returncode} without one JSON object on stdout: {_last_line(cp.stderr)}"
+            )
+        return data
+
+    def capabilities(self) -> frozenset[str]:
+        return self._caps
+
+    def describe(self) -> str:
+        version = self.info.get("version")
+        named = self.info.get("name")
+        label = f"{named} {version}" if named and version else (named or "")
+        return f"{self.name}" + (f" ({label})" if label else "")
+
+    # ---- parameters as QEMU's names on the command line
+    @staticmethod
+    def parameter_args(spec: PairSpec) -> list[str]:
+        args = ["--multifd-channels", str(spec.channels),
+                "--multifd-compression", spec.compression]
+        if spec.dialect is not None:
+            args += ["--dialect", spec.dialect]
+        if spec.level is not None:
+            if spec.compression not in ("zlib", "zstd", "qatzip"):
+                raise ValueError(
+                    f"level={spec.level} given but multifd-compression {spec.compression!r} "
+                    "has no level (zlib, zstd and qatzip do)"
+                )
+            args += [f"--multifd-{spec.compression}-level", str(spec.level)]
+        if spec.max_bandwidth:
+            args += ["--max-bandwidth", str(spec.max_bandwidth)]
+        for key, value in spec.options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            elif value is not False and value is not None:
+                args += [flag, str(value)]
+        return args
+
+    def validate(self, spec: PairSpec) -> None:
+        argv = [*self.argv, "check", *self.parameter_args(spec), "--quiet"]
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT,
+                                stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{shlex.join(argv)} did not answer in {START_TIMEOUT:g} s"
+                               ) from None
+        if cp.returncode != 0:
+            raise ValueError(_last_line(cp.stderr) or f"'check' exited {cp.returncode}")
+
+    def _common(self, spec: PairSpec, ctx: Any) -> list[str]:
+        return [
+            "--guest-image", os.fspath(ctx.ram), "--guest-size", str(ctx.ram_size),
+            "--ramblock", ctx.ramblock, "--uuid", ctx.uuid, "--timeout", f"{ctx.timeout:g}",
+            *self.parameter_args(spec), "--json", "--quiet",
+        ]
+
+    def destination(self, spec: PairSpec, ctx: Any) -> ExecIncoming:
+        argv = [*self.argv, "listen", "--listen", "127.0.0.1:0", *self._common(spec, ctx)]
+        return ExecIncoming(argv, ctx.workdir, ctx.timeout)
+
+    def source(self, spec: PairSpec, ctx: Any, address: tuple[str, int]) -> Mapping[str, Any]:
+        argv = [*self.argv, "send", f"{address[0]}:{address[1]}", *self._common(spec, ctx)]
+        if ctx.machine_type:
+            argv += ["--machine-type", ctx.machine_type]
+        proc = _Proc(argv, ctx.workdir)
+        try:
+            rc = proc.wait(ctx.timeout + EXIT_GRACE)
+            return _result(proc, rc, "source", ctx.timeout + EXIT_GRACE)
+        finally:
+            proc.kill()
+
+    def pair(self, spec: PairSpec, *, device: Any, workdir: Path) -> Any:
+        from .roles import RolePair
+
+        return RolePair(self, self, spec, workdir=workdir, device=device)
+
+
+def exec_factory(command: str) -> ExecImplementation:
+    return ExecImplementation(command)

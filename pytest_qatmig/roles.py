@@ -1,0 +1,344 @@
+"""Roles: an implementation as a *destination* and a *source*, and pairs built from them.
+
+The suite migrates between two roles that need not be of the same implementation (the cross
+matrix: impl -> impl, impl -> peer, peer -> impl). It owns everything that decides the verdict:
+
+* it writes the source's RAM file (a copy of the guest image) and creates the destination's;
+* it picks a fresh VM uuid per migration and gives it to both ends;
+* every byte between the two ends passes through the validating tap
+  (``qatmig_engine.tap.TapProxy`` with a ``TapChecker``); any deviation is reported;
+* it reads the destination's RAM file itself and compares its sha256 with the source's; an
+  end's own ``verified`` is kept as ``reported_verified`` and never trusted.
+
+The role contract an implementation provides (docs/plugin.md, "Implementations"):
+
+``destination(spec, ctx) -> Incoming``
+    start listening on ``127.0.0.1`` (any free port) with the migration parameters ``spec``,
+    RAM block ``ctx.ramblock`` of ``ctx.ram_size`` bytes in the file ``ctx.ram``, VM uuid
+    ``ctx.uuid``; return once it listens. ``Incoming.address`` is ``(host, port)``,
+    ``Incoming.wait(timeout)`` the destination's result mapping once it ended, ``close()``
+    releases everything; ``Incoming.machine_type`` (optional) names the exact machine type a
+    source must announce (a real QEMU destination wants its own).
+``source(spec, ctx, address) -> Mapping``
+    migrate the RAM in the file ``ctx.ram`` (written by the suite, never to be modified) to
+    ``address``; return the source's result mapping when done (completed or failed).
+``validate(spec)`` (optional)
+    raise ``ValueError`` for parameters the implementation refuses, before anything starts.
+
+This module imports nothing heavy at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import uuid as uuidlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .adapters import METHODS, PairSpec, guest_path
+from .devices import QatDevice
+from .results import MigrationResult
+
+#: Directions of the cross matrix, as they appear in test ids.
+DIRECTIONS = ("impl-to-impl", "impl-to-peer", "peer-to-impl")
+RAMBLOCK = "pc.ram"
+#: The statistics a result carries (MigrationResult.REQUIRED), taken from the end that
+#: measures them: the source for everything but the destination's CPU.
+_SOURCE_FIELDS = (
+    "total_time_ms", "downtime_ms", "throughput_mbps", "pages_per_second",
+    "transferred_bytes", "normal_pages", "zero_pages", "send_cpu_percent",
+)
+
+
+@dataclass(frozen=True)
+class RoleContext:
+    """Where one end of a migration runs: its RAM file and what the suite decided for it."""
+
+    ram: Path
+    ram_size: int
+    uuid: str
+    workdir: Path
+    timeout: float = 120.0
+    device: QatDevice | None = None
+    ramblock: str = RAMBLOCK
+    #: source only: the machine type the destination wants announced (None = any).
+    machine_type: str | None = None
+
+
+@runtime_checkable
+class Incoming(Protocol):
+    """A destination that listens (returned by ``destination()``)."""
+
+    address: tuple[str, int]
+
+    def wait(self, timeout: float) -> Mapping[str, Any]:
+        """The destination's result once its migration ended (completed or failed)."""
+        ...
+
+    def close(self) -> None:
+        """Stop it (if still running) and release every thread, process, socket and file."""
+        ...
+
+
+@runtime_checkable
+class RoleImplementation(Protocol):
+    """An implementation that provides the two roles (see the module docstring)."""
+
+    name: str
+
+    def capabilities(self) -> frozenset[str]: ...
+
+    def destination(self, spec: PairSpec, ctx: RoleContext) -> Incoming: ...
+
+    def source(
+        self, spec: PairSpec, ctx: RoleContext, address: tuple[str, int]
+    ) -> Mapping[str, Any]: ...
+
+
+def has_roles(impl: Any) -> bool:
+    return callable(getattr(impl, "destination", None)) and callable(
+        getattr(impl, "source", None)
+    )
+
+
+class Unsupported(Exception):
+    """This pair cannot run with these ends (a method or dialect one of them lacks)."""
+
+
+def common_dialect(spec: PairSpec, *ends: Any) -> str:
+    """The dialect both ends speak: ``spec.dialect`` if given, else the newest they share."""
+    caps = [frozenset(e.capabilities()) for e in ends]
+    if spec.dialect is not None:
+        missing = [getattr(e, "name", "?") for e, c in zip(ends, caps, strict=True)
+                   if f"dialect:{spec.dialect}" not in c]
+        if missing:
+            raise Unsupported(f"{', '.join(missing)} lacks dialect:{spec.dialect}")
+        return spec.dialect
+    from qatmig_engine.dialects import DIALECTS  # oldest to newest
+
+    for d in reversed(list(DIALECTS)):
+        if all(f"dialect:{d}" in c for c in caps):
+            return d
+    raise Unsupported("the two ends share no wire dialect")
+
+
+# ------------------------------------------------------------------------------ digests
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def file_digest(path: Path, *, cache: bool = False) -> str:
+    """sha256 of a file (``cache``: remembered per path, size and mtime, for guest images)."""
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if cache:
+        with _DIGEST_LOCK:
+            if key in _DIGESTS:
+                return _DIGESTS[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if cache:
+        with _DIGEST_LOCK:
+            _DIGESTS[key] = digest
+    return digest
+
+
+def ram_mismatch(expected: Path, got: Path, page: int = 4096) -> dict[str, Any]:
+    """Where two RAM files differ: the first differing page's offset and how many differ."""
+    first = None
+    count = 0
+    with open(expected, "rb") as a, open(got, "rb") as b:
+        offset = 0
+        while True:
+            pa, pb = a.read(page), b.read(page)
+            if not pa and not pb:
+                break
+            if pa != pb:
+                count += 1
+                if first is None:
+                    first = offset
+            offset += page
+    return {"pages_differing": count, "first_offset": None if first is None else hex(first)}
+
+
+# ------------------------------------------------------------------------------ the pair
+class RolePair:
+    """A source of ``src`` and a destination of ``dst`` (possibly different implementations),
+    judged by the suite: RAM written and read by the suite, every byte through the tap."""
+
+    def __init__(
+        self, src: Any, dst: Any, spec: PairSpec, *, workdir: Path,
+        device: QatDevice | None = None, direction: str = "impl-to-impl",
+        judge: bool = True,
+    ) -> None:
+        if spec.level is not None and spec.compression not in ("zlib", "zstd", "qatzip"):
+            raise ValueError(
+                f"level={spec.level} given but multifd-compression {spec.compression!r} has "
+                "no level (zlib, zstd and qatzip do)"
+            )
+        self.src = src
+        self.dst = dst
+        self.workdir = workdir
+        self.device = device
+        self.direction = direction
+        self.judge = judge
+        # What an end cannot do skips (Unsupported); what it refuses is a ValueError.
+        missing = []
+        for role, end in (("source", src), ("destination", dst)):
+            caps = frozenset(end.capabilities())
+            if spec.compression in METHODS and spec.compression not in caps:
+                missing.append(f"{role} {getattr(end, 'name', '?')} lacks {spec.compression}")
+            if spec.max_bandwidth and "max-bandwidth" not in caps and role == "source":
+                missing.append(f"source {getattr(end, 'name', '?')} lacks max-bandwidth")
+        if missing:
+            raise Unsupported("; ".join(missing))
+        self.spec = replace(spec, dialect=common_dialect(spec, src, dst))
+        for end in {id(src): src, id(dst): dst}.values():
+            check = getattr(end, "validate", None)
+            if callable(check):
+                check(self.spec)
+        self.source = {"role": "source", "implementation": getattr(src, "name", "?")}
+        self.destination = {"role": "destination", "implementation": getattr(dst, "name", "?")}
+        self.results: list[MigrationResult] = []
+        self.reports: list[Any] = []
+
+    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
+        """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's."""
+        from qatmig_engine.tap import TapChecker, TapProxy
+
+        image = guest_path(guest)
+        size = image.stat().st_size
+        n = len(self.results)
+        src_ram = self.workdir / f"src-{n}.ram"
+        dst_ram = self.workdir / f"dst-{n}.ram"
+        src_dir = self.workdir / f"src-{n}"
+        dst_dir = self.workdir / f"dst-{n}"
+        vm_uuid = str(uuidlib.uuid4())
+        want = file_digest(image, cache=True)
+        incoming: Any = None
+        proxy: Any = None
+        report: Any = None
+        src_res: Mapping[str, Any] = {}
+        dst_res: Mapping[str, Any] = {}
+        errors: list[str] = []
+        mismatch = None
+        try:
+            shutil.copyfile(image, src_ram)
+            with open(dst_ram, "wb") as f:
+                f.truncate(size)
+            src_dir.mkdir()
+            dst_dir.mkdir()
+            dctx = RoleContext(ram=dst_ram, ram_size=size, uuid=vm_uuid, workdir=dst_dir,
+                               timeout=timeout, device=self.device)
+            incoming = self.dst.destination(self.spec, dctx)
+            address = tuple(incoming.address)
+            if self.judge:
+                from qatmig_engine.judge.expect import Expectations
+
+                # On a ready QAT device the source's library cuts each qzCompress call into
+                # 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's layout there.
+                hw = (self.spec.compression == "qatzip" and self.device is not None
+                      and bool(getattr(self.device, "hw_ready", False)))
+                checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
+                                     dialect=self.spec.dialect, method=self.spec.compression,
+                                     channels=self.spec.channels, uuid=vm_uuid,
+                                     level=self.spec.level)
+                proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
+                                 timeout=timeout)
+                address = ("127.0.0.1", proxy.start())
+            sctx = RoleContext(ram=src_ram, ram_size=size, uuid=vm_uuid, workdir=src_dir,
+                               timeout=timeout, device=self.device,
+                               machine_type=getattr(incoming, "machine_type", None))
+            try:
+                src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
+            except Exception as exc:  # an end that crashes is a failed migration, not a hang
+                src_res = {"status": "failed", "error": f"source raised {exc!r}"}
+            try:
+                dst_res = dict(incoming.wait(timeout))
+            except Exception as exc:
+                dst_res = {"status": "failed", "error": f"destination raised {exc!r}"}
+            if proxy is not None:
+                try:
+                    report = proxy.wait(timeout)
+                except Exception as exc:
+                    errors.append(f"tap: {exc}")
+        finally:
+            if incoming is not None:
+                incoming.close()
+            if proxy is not None:
+                proxy.close()
+            try:
+                got = file_digest(dst_ram) if dst_ram.exists() else None
+                src_after = file_digest(src_ram) if src_ram.exists() else None
+                mismatch = (ram_mismatch(image, dst_ram)
+                            if got is not None and got != want else None)
+            finally:
+                for p in (src_ram, dst_ram):
+                    p.unlink(missing_ok=True)
+                for d in (src_dir, dst_dir):
+                    shutil.rmtree(d, ignore_errors=True)
+        if report is not None:
+            self.reports.append(report)
+            errors += [str(e) for e in report.errors]
+        result = self._result(src_res, dst_res, want, got, src_after, errors, report)
+        if mismatch is not None:
+            result = MigrationResult({**result, "ram_mismatch": mismatch})
+        self.results.append(result)
+        return result
+
+    def _result(
+        self, src: Mapping[str, Any], dst: Mapping[str, Any], want: str, got: str | None,
+        src_after: str | None, wire_errors: list[str], report: Any,
+    ) -> MigrationResult:
+        both = src.get("status") == "completed" and dst.get("status") == "completed"
+        # The source's own fields first (an implementation may report more than the
+        # required ones), then what only the destination measures, then the suite's verdict.
+        fields: dict[str, Any] = {k: v for k, v in src.items() if not isinstance(v, dict)}
+        for k in _SOURCE_FIELDS:
+            fields.setdefault(k, None)
+        fields["recv_cpu_percent"] = dst.get("recv_cpu_percent")
+        errs = [f"{side}: {r.get('error')}" for side, r in (("source", src), ("destination", dst))
+                if r.get("status") != "completed"]
+        fields.update(
+            status="completed" if both else "failed",
+            error="; ".join(errs) or None,
+            verified=bool(both and got == want and src_after == want),
+            reported_verified={"source": src.get("verified"), "destination": dst.get("verified")},
+            source_digest=want,
+            destination_digest=got,
+            source_unchanged=src_after == want,
+            direction=self.direction,
+            source_implementation=getattr(self.src, "name", "?"),
+            destination_implementation=getattr(self.dst, "name", "?"),
+            multifd_channels=self.spec.channels,
+            multifd_compression=self.spec.compression,
+            compression_level=self.spec.level,
+            dialect=self.spec.dialect,
+            source_result=dict(src),
+            destination_result=dict(dst),
+            wire_errors=wire_errors,
+            wire=report.to_json() if report is not None else None,
+        )
+        return MigrationResult(fields)
+
+    def close(self) -> None:
+        # migrate() closes both ends, the tap and the RAM files before returning.
+        pass
+
+
+class RolesAsPair:
+    """``pair()`` of a roles implementation: its own source to its own destination."""
+
+    def __init__(self, impl: Any) -> None:
+        self.impl = impl
+
+    def __call__(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> RolePair:
+        return RolePair(self.impl, self.impl, spec, workdir=workdir, device=device)
