@@ -8,6 +8,8 @@
 Each run is ``pytest --pyargs qatmig_conformance -p qatmig`` in a subprocess; the row printed
 (markdown) gives the implementation, peer, guest size, workers, the outcome counts, the wall
 time and the 1-minute load average before and after (other work on the machine slows it).
+``--update-docs`` writes the table into docs/performance.md as a block stamped with the commit
+measured (``qatmig_engine.docstamp``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,31 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: What the run time depends on: a change here makes the docs block say "code since changed".
+CODE = ["conformance", "pytest_qatmig", "engine", "benchmarks/bench_conformance.py"]
+SCRIPT = "benchmarks/bench_conformance.py --update-docs"
+COLS = ["impl", "peer", "guest", "workers", "outcome", "wall_s", "load", "exit"]
+
+
+def markdown(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
+    loads = [float(x) for r in rows for x in r["load"].split(" -> ")]
+    busy = max(loads) > (os.cpu_count() or 1)
+    lines = [
+        f"Whole `pytest --pyargs qatmig_conformance -p qatmig"
+        f"{f' -n {args.workers}' if args.workers else ''}` runs ({args.guest_size} guest, "
+        f"software devices, peer `{args.peer}`), on a machine with {os.cpu_count()} CPUs; the "
+        "1-minute load average before -> after is in the table"
+        + (f" (above {os.cpu_count()}: other work competed, so these are upper bounds)."
+           if busy else "."),
+        "",
+        "| " + " | ".join(COLS) + " |",
+        "|" + "---|" * len(COLS),
+        *("| " + " | ".join(r[c] for c in COLS) + " |" for r in rows),
+    ]
+    return "\n".join(lines)
 
 
 def run(impl: str, peer: str, guest_size: str, workers: int, extra: list[str]) -> dict[str, str]:
@@ -46,16 +73,27 @@ def main() -> int:
     ap.add_argument("--peer", default="reference")
     ap.add_argument("--guest-size", default="64M")
     ap.add_argument("--workers", type=int, default=2, help="xdist workers (0: none)")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="write the table into docs/performance.md, stamped with the commit "
+                    "measured")
     ap.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = ap.parse_args()
-    cols = ["impl", "peer", "guest", "workers", "outcome", "wall_s", "load", "exit"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+    from qatmig_engine.docstamp import stamp, write_block
+
+    stamped = stamp(CODE, ROOT)
+    print("| " + " | ".join(COLS) + " |")
+    print("|" + "---|" * len(COLS))
     rc = 0
+    rows = []
     for impl in args.impl or ["reference"]:
         row = run(impl, args.peer, args.guest_size, args.workers, args.pytest_args)
-        print("| " + " | ".join(row[c] for c in cols) + " |", flush=True)
+        rows.append(row)
+        print("| " + " | ".join(row[c] for c in COLS) + " |", flush=True)
         rc = rc or int(row["exit"])
+    if args.update_docs:
+        write_block(ROOT / "docs" / "performance.md", "conformance-time", markdown(rows, args),
+                    script=SCRIPT, code=CODE, root=ROOT, stamped=stamped,
+                    heading="## Conformance suite run time (`benchmarks/bench_conformance.py`)")
     return rc
 
 
