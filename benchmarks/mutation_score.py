@@ -436,6 +436,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:
+    outcomes = [o for o in outcomes if o.verdict != "not run"]
     n = len(outcomes)
     k = sum(o.verdict == "killed" for o in outcomes)
     e = sum(o.verdict == "error" for o in outcomes)
@@ -454,6 +455,29 @@ def update_docs(outcomes: Sequence[Outcome], meta: dict[str, object]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n## Mutation score\n\n" + body + "\n"
     DOC.write_text(text)
+
+
+def report_only(files: Sequence[str], docs: bool) -> int:
+    """Table (and docs) from earlier ``--json`` files; mutants in none of them: ``not run``."""
+    seen: dict[str, Outcome] = {}
+    metas = []
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        metas.append(data.get("meta") or {})
+        for o in data["outcomes"]:
+            seen[o["name"]] = Outcome(**o)
+    outcomes = [seen.get(m.name) or Outcome(m.name, m.area, m.defect, "not run")
+                for m in MUTANTS]
+    run = [o for o in outcomes if o.verdict != "not run"]
+    print(table(outcomes))
+    print()
+    print(summary(run) + f"; {len(outcomes) - len(run)} not run")
+    if docs:
+        meta = next((m for m in reversed(metas) if "command" in m), {})
+        update_docs(outcomes, {
+            "command": meta.get("command", "python benchmarks/mutation_score.py"),
+            "loadavg": meta.get("loadavg", "?"), "seconds": sum(o.seconds for o in run)})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,7 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the outcomes as JSON")
     ap.add_argument("--update-docs", action="store_true",
                     help="write the table into docs/conformance.md (Mutation score)")
+    ap.add_argument("--report", metavar="FILE",
+                    help="no run: the outcomes of JSON files written by --json (repeatable "
+                    "with commas; later files win per mutant), as a table (and --update-docs)")
     args = ap.parse_args(argv)
+    if args.report:
+        return report_only(args.report.split(","), args.update_docs)
     chosen = [m for m in MUTANTS if not args.only or any(m.name.startswith(o) for o in args.only)]
     if args.fast:
         chosen = [m for m in chosen if m.ci_select]
@@ -508,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(chosen, 1):
             o = score(m, root, select=m.ci_select if args.fast else None, **kw)
             outcomes.append(o)
+            if args.json:  # after every mutant: a long run interrupted still leaves its part
+                Path(args.json).write_text(json.dumps(
+                    {"meta": {"partial": True}, "outcomes": [asdict(x) for x in outcomes]},
+                    indent=2))
             print(f"[{i}/{len(chosen)}] {m.name}: {o.verdict} ({o.seconds:.0f} s)"
                   + (f" by {o.killed_by[0]}" if o.killed_by else "")
                   + (f" [{o.detail[:200]}]" if o.detail else ""), file=sys.stderr)

@@ -20,7 +20,7 @@ RANGES = {"zlib": (0, 9), "zstd": (0, 20), "qatzip": (1, 9)}
 QEMU_DEFAULT = 1
 #: Compared levels: 1 and the top of the range (zlib 0 is "stored" and zstd 0 means 3, so the
 #: bottom of the range is not the lowest compression).
-COMPARED = {"zlib": (1, 9), "zstd": (1, 19), "qatzip": (1, 9)}
+COMPARED = {"zlib": (1, 9), "zstd": (1, 20), "qatzip": (1, 9)}
 
 
 def _payload(result: Any) -> int:

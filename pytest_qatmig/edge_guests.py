@@ -5,7 +5,7 @@ The default guest (``silesia_guest_memory``) has no zero pages, is a multiple of
 
 * ``guest_with_zero_pages`` -- the stand-in corpus with a realistic zero-page share (25 %), to
   be migrated into a destination whose RAM is *not* zero beforehand (``destination_fill``);
-* ``guest_small_text`` -- 4 MiB of the stand-in corpus, for level comparisons;
+* ``guest_small_text`` -- 1 MiB of the stand-in corpus, for level comparisons;
 * ``guest_odd_size`` -- 16 MiB + 4 KiB: the last multifd packet of the block holds one page;
 * ``guest_above_4g`` -- a sparse 4 GiB + 2 MiB guest with data below and above 4 GiB (page
   offsets that need more than 32 bits). Heavy: collected only with ``--qatmig-matrix full``
@@ -50,10 +50,10 @@ def guest_with_zero_pages() -> GuestImage:
 
 @pytest.fixture(scope="session")
 def guest_small_text() -> GuestImage:
-    """4 MiB of the stand-in corpus (its first files are text): quick to compress at any level."""
+    """1 MiB of the stand-in corpus (its first file is text): quick to compress at any level."""
     from qatmig_engine.silesia import cached_guest_image
 
-    size = 4 << 20
+    size = 1 << 20
     path = cached_guest_image(size, corpus="stand-in")
     return GuestImage(path=Path(path), size=size, corpus="stand-in")
 
