@@ -80,6 +80,8 @@ class TapProxy:
         self._failure: str | None = None
         self._sock: socket.socket | None = None
         self.bytes_down: list[int] = []
+        #: destination -> source bytes per connection (forwarded, and judged: see run())
+        self.bytes_up: list[int] = []
         self._thread: threading.Thread | None = None
         self.report: TapReport | None = None
 
@@ -188,6 +190,15 @@ class TapProxy:
                 ChannelStats(connection=i, role="main" if i == 0 else "multifd", wire_bytes=n)
                 for i, n in enumerate(self.bytes_down)
             ]
+        if self.checker is not None:
+            # The other direction: precopy multifd without the return-path capability (which
+            # nothing here negotiates) has no destination -> source traffic in any dialect.
+            for idx, n in enumerate(self.bytes_up):
+                if n:
+                    report.errors.append(Deviation(
+                        f"the destination sent {n} byte(s) back to the source; a precopy "
+                        "migration without return-path has no destination-to-source "
+                        "traffic", idx, field="direction"))
         if self._failure:
             report.errors.append(Deviation(self._failure, -1, field="timeout"))
         self.report = report
@@ -214,6 +225,7 @@ class TapProxy:
             self._socks += [client, upstream]
             self._open += 1
             self.bytes_down.append(0)
+            self.bytes_up.append(0)
         if self.on_connection:
             self.on_connection(idx)
         state = {"down_done": False, "up_done": False}
@@ -324,6 +336,7 @@ class TapProxy:
                 if not data:
                     break
                 self._touch()
+                self.bytes_up[idx] += len(data)
                 try:
                     client.sendall(data)
                 except OSError:

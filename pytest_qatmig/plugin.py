@@ -24,7 +24,7 @@ from .fixtures import (
     qatmig_peer,
     silesia_guest_memory,
 )
-from .results import perf_table
+from .results import PERF_LEGEND, perf_table
 from .state import OPTIONS, is_worker
 
 __all__ = [
@@ -202,6 +202,8 @@ class _Reporter:
             return
         terminalreporter.write_sep("=", "qatmig performance")
         for line in perf_table(records).splitlines():
+            terminalreporter.write_line(line)
+        for line in PERF_LEGEND.splitlines():
             terminalreporter.write_line(line)
         for rec in records:
             for failure in rec.get("failures", []):
