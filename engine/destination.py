@@ -471,6 +471,12 @@ class Destination:
                     r.decompressor.close()
                 transport.close(r.sock)
             transport.close(self.main_sock)
+            # shutdown() wakes the acceptor thread blocked in accept() at once (Linux: EINVAL);
+            # close() alone would leave it there until its tick ends, up to 0.2 s per run.
+            try:
+                self.lsock.shutdown(transport.socket.SHUT_RDWR)
+            except OSError:
+                pass
             transport.close(self.lsock)
             if self._acceptor is not None:
                 self._acceptor.join(timeout=2)
