@@ -1,35 +1,55 @@
-"""Conformance: migrations that verify, per method, dialect and channel count; bad input."""
+"""Conformance: migrations judged by the suite, per method, dialect and channel count, in each
+direction of the cross matrix; parameters refused before anything starts.
+
+Every migration here goes through ``multifd_pair``: the suite writes the source's RAM file,
+gives both ends the same fresh VM uuid, puts the wire judge between them (a deviation fails the
+test, naming the connection, channel, packet and field), and compares the destination's RAM
+file with the source's itself. ``qatmig_cross`` runs a test once per direction:
+``impl-to-impl``, ``impl-to-peer``, ``peer-to-impl`` (the peer is ``--qatmig-peer``).
+"""
 
 from __future__ import annotations
 
 import pytest
+from qatmig_engine.dialects import DIALECTS
 
 METHODS = ("none", "zlib", "zstd", "qatzip", "qpl", "uadk")
-DIALECTS = ("qemu-7.2", "qemu-9.0", "qemu-9.2")
+CHANNELS = (1, 2, 4, 8)
 
 
-def _check(result, guest) -> None:  # type: ignore[no-untyped-def]
+def _check(result, guest, channels: int) -> None:  # type: ignore[no-untyped-def]
+    """The suite's verdict on one migration (never the implementation's own)."""
     assert result.status == "completed", result.get("error")
-    assert result.verified is True, "destination RAM differs from the source"
-    assert result.normal_pages + result.zero_pages >= guest.pages
-    assert result.transferred_bytes > 0
+    assert result.source_unchanged, "the source's RAM file changed during the migration"
+    mismatch = result.get("ram_mismatch")
+    assert result.verified is True, (
+        f"destination RAM differs from the source: {mismatch}" if mismatch
+        else "destination RAM differs from the source")
+    wire = result.wire
+    if wire is not None:  # ends with roles: what the judge saw on the wire
+        totals = wire["totals"]
+        assert totals["multifd_channels"] == channels, (
+            f"{totals['multifd_channels']} multifd connections for multifd-channels={channels}")
 
 
 def test_capabilities_are_declared(qatmig_impl) -> None:  # type: ignore[no-untyped-def]
     caps = qatmig_impl.capabilities()
     assert all(isinstance(c, str) for c in caps)
     assert "none" in caps, "every implementation must migrate with multifd-compression none"
+    assert any(c.startswith("dialect:") for c in caps), "no dialect:<name> capability declared"
 
 
+@pytest.mark.qatmig_cross
 @pytest.mark.parametrize(
     "method", [pytest.param(m, marks=pytest.mark.qatmig_requires(m)) for m in METHODS]
 )
 def test_round_trip_per_method(multifd_pair, silesia_guest_memory, method) -> None:  # type: ignore[no-untyped-def]
     result = multifd_pair(channels=2, compression=method).migrate(silesia_guest_memory)
-    _check(result, silesia_guest_memory)
+    _check(result, silesia_guest_memory, 2)
     assert result.get("multifd_compression", method) == method
 
 
+@pytest.mark.qatmig_cross
 @pytest.mark.parametrize(
     "dialect",
     [pytest.param(d, marks=pytest.mark.qatmig_requires(f"dialect:{d}")) for d in DIALECTS],
@@ -39,27 +59,54 @@ def test_round_trip_per_dialect(multifd_pair, silesia_guest_memory, dialect) -> 
     result = multifd_pair(channels=2, compression="zlib", dialect=dialect).migrate(
         silesia_guest_memory
     )
-    _check(result, silesia_guest_memory)
+    _check(result, silesia_guest_memory, 2)
+    assert result.dialect == dialect
 
 
+@pytest.mark.qatmig_cross
 @pytest.mark.parametrize("channels", [1, 4])
 def test_channel_counts(multifd_pair, silesia_guest_memory, channels) -> None:  # type: ignore[no-untyped-def]
     result = multifd_pair(channels=channels).migrate(silesia_guest_memory)
-    _check(result, silesia_guest_memory)
+    _check(result, silesia_guest_memory, channels)
 
 
+@pytest.mark.qatmig_cross
 @pytest.mark.qatmig_requires("zstd")
 def test_one_pair_migrates_twice(multifd_pair, silesia_guest_memory) -> None:  # type: ignore[no-untyped-def]
     pair = multifd_pair(channels=2, compression="zstd", level=3)
     for _ in range(2):
-        _check(pair.migrate(silesia_guest_memory), silesia_guest_memory)
+        _check(pair.migrate(silesia_guest_memory), silesia_guest_memory, 2)
 
 
+@pytest.mark.qatmig_cross
 @pytest.mark.qatmig_requires("max-bandwidth")
 def test_max_bandwidth_still_verifies(multifd_pair, silesia_guest_memory) -> None:  # type: ignore[no-untyped-def]
     # Throttled to 1 GiB/s: slow enough to engage the limiter, fast enough for a test.
     result = multifd_pair(channels=2, max_bandwidth=1 << 30).migrate(silesia_guest_memory)
-    _check(result, silesia_guest_memory)
+    _check(result, silesia_guest_memory, 2)
+
+
+def _matrix() -> list:  # type: ignore[type-arg]
+    cases = []
+    for dialect, d in DIALECTS.items():
+        for method in METHODS:
+            if method not in d.methods:
+                continue
+            for channels in CHANNELS:
+                cases.append(pytest.param(
+                    method, dialect, channels, id=f"{method}-{dialect}-{channels}ch",
+                    marks=pytest.mark.qatmig_requires(method, f"dialect:{dialect}")))
+    return cases
+
+
+@pytest.mark.qatmig_full_matrix
+@pytest.mark.qatmig_cross
+@pytest.mark.parametrize(("method", "dialect", "channels"), _matrix())
+def test_full_matrix(multifd_pair, silesia_guest_memory, method, dialect, channels) -> None:  # type: ignore[no-untyped-def]
+    """Every method x dialect x channel count (collected with ``--qatmig-matrix full``)."""
+    result = multifd_pair(channels=channels, compression=method, dialect=dialect).migrate(
+        silesia_guest_memory)
+    _check(result, silesia_guest_memory, channels)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +134,6 @@ def test_level_out_of_range_is_rejected(multifd_pair) -> None:  # type: ignore[n
 @pytest.mark.qatmig_requires("qatzip")
 def test_qatzip_on_this_workers_device(multifd_pair, silesia_guest_memory, qat_device) -> None:  # type: ignore[no-untyped-def]
     result = multifd_pair(channels=2, compression="qatzip").migrate(silesia_guest_memory)
-    _check(result, silesia_guest_memory)
+    _check(result, silesia_guest_memory, 2)
     if "qat_backend" in result:
         assert result.qat_backend == "hw", result.get("qat_fallback_reasons")

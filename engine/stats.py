@@ -261,6 +261,7 @@ class MigrationStats:
             "corpus": self.corpus,
             "machine_type": self.machine_type,
             "device_state_bytes": self.device_state_bytes,
+            "vm_commands": list(self.vm_commands),
             "peak_rss_bytes": self.peak_rss_bytes,
             "guest_mapped_bytes": self.guest_mapped_bytes,
         }

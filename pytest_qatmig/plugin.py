@@ -24,7 +24,7 @@ from .fixtures import (
     qatmig_peer,
     silesia_guest_memory,
 )
-from .results import perf_table
+from .results import PERF_LEGEND, perf_table
 from .state import OPTIONS, is_worker
 
 __all__ = [
@@ -42,6 +42,8 @@ MARKERS = (
     "the test holds its device's performance lock while it runs.",
     "qatmig_cross: run the test once per direction of the cross matrix (impl-to-impl, "
     "impl-to-peer, peer-to-impl; the peer is --qatmig-peer); multifd_pair then pairs those ends.",
+    "qatmig_full_matrix: part of the full conformance matrix; collected only with "
+    "--qatmig-matrix full (deselected otherwise).",
     "qatmig_requires(*capabilities): skip (UNIMPLEMENTED) unless the implementation under test "
     "has every capability, e.g. 'qatzip', 'zstd', 'dialect:qemu-7.2', 'tls'.",
 )
@@ -102,7 +104,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.release()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # trylast: after the test's own parametrize marks, so the direction ends the test id
+    # (test_round_trip_per_method[zstd-peer-to-impl]).
     if metafunc.definition.get_closest_marker("qatmig_cross") is None:
         return
     if "qatmig_direction" not in metafunc.fixturenames:
@@ -110,6 +115,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             f"{metafunc.definition.nodeid}: qatmig_cross needs the multifd_pair fixture")
     dirs = get_state(metafunc.config).directions()
     metafunc.parametrize("qatmig_direction", dirs, indirect=True, ids=list(dirs))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if get_state(config).settings.matrix == "full":
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("qatmig_full_matrix") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -186,6 +202,8 @@ class _Reporter:
             return
         terminalreporter.write_sep("=", "qatmig performance")
         for line in perf_table(records).splitlines():
+            terminalreporter.write_line(line)
+        for line in PERF_LEGEND.splitlines():
             terminalreporter.write_line(line)
         for rec in records:
             for failure in rec.get("failures", []):

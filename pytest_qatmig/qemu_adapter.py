@@ -160,6 +160,72 @@ class QemuPair:
         pass
 
 
+def _info_fields(info: dict[str, Any], version: tuple[int, int], compression: str,
+                 cpu_key: str, cpu_percent: float) -> dict[str, Any]:
+    """One end's result mapping from QEMU's final ``query-migrate``."""
+    ram = info.get("ram", {})
+    fields: dict[str, Any] = {
+        "status": info.get("status"),
+        # Missing means missing: None, never 0 (0 would pass any max threshold).
+        "total_time_ms": _reported(info, "total-time", float),
+        "downtime_ms": _reported(info, "downtime", float),
+        "pages_per_second": _reported(ram, "pages-per-second", float),
+        "pages_per_second_reported": _reported(ram, "pages-per-second", float),
+        "normal_pages": _reported(ram, "normal", int),
+        "zero_pages": _reported(ram, "duplicate", int),
+        "dirty_sync_count": _reported(ram, "dirty-sync-count", int),
+        cpu_key: round(cpu_percent, 1),
+        **wire_fields(ram, version, compression),
+    }
+    pages = (fields.get("normal_pages") or 0) + (fields.get("zero_pages") or 0)
+    if not fields.get("pages_per_second") and fields.get("total_time_ms"):
+        # QEMU 7.2 reports pages-per-second 0 once completed: derive it from its counters.
+        fields["pages_per_second"] = round(pages / (fields["total_time_ms"] / 1000), 1)
+    return fields
+
+
+class QemuIncoming:
+    """The destination role: an ``-incoming defer`` QEMU whose RAM is the suite's file."""
+
+    def __init__(self, impl: QemuImplementation, spec: PairSpec, ctx: Any) -> None:
+        from qatmig_engine.qemu.process import UNLIMITED_BANDWIDTH, QemuProcess
+
+        self.impl = impl
+        self.spec = spec
+        self.q = QemuProcess(ram_file=ctx.ram, ram_size=ctx.ram_size, binary=impl.binary,
+                             workdir=Path(ctx.workdir) / "q", name="dst", incoming=True,
+                             uuid=ctx.uuid, backend_id=ctx.ramblock)
+        try:
+            self.q.start()
+            self.q.setup_migration(channels=spec.channels, compression=spec.compression,
+                                   level=spec.level,
+                                   max_bandwidth=spec.max_bandwidth or UNLIMITED_BANDWIDTH)
+            self.address = ("127.0.0.1", self.q.migrate_incoming())
+            self.machine_type: str | None = self.q.machine_type()
+            self._cpu0 = self.q.cpu_seconds()
+            self._t0 = time.monotonic()
+        except BaseException:
+            self.q.stop()
+            raise
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        from qatmig_engine.errors import QemuError
+
+        try:
+            info = self.q.wait_migration(timeout=timeout)
+            cpu = 100 * (self.q.cpu_seconds() - self._cpu0) / max(
+                time.monotonic() - self._t0, 1e-9)
+        except QemuError as exc:
+            return {"status": "failed", "error": str(exc)}
+        fields = _info_fields(info, self.impl.version, self.spec.compression,
+                              "recv_cpu_percent", cpu)
+        fields["implementation"] = self.impl.version_line
+        return fields
+
+    def close(self) -> None:
+        self.q.stop()
+
+
 class QemuImplementation:
     """A real ``qemu-system-x86_64`` (default: ``$QATMIG_QEMU`` or the one on PATH)."""
 
@@ -218,6 +284,52 @@ class QemuImplementation:
             kwargs[f"multifd_{spec.compression}_level"] = spec.level
         MigrationParameters(**kwargs)
         return QemuPair(self, spec, workdir)
+
+    # ---- roles (pytest_qatmig.roles)
+    def validate(self, spec: PairSpec) -> None:
+        """QEMU's migrate-set-parameters checks, before anything starts."""
+        from qatmig_engine.params import MigrationParameters
+
+        if spec.options:
+            raise ValueError(
+                f"the QEMU adapter takes no extra parameters ({', '.join(spec.options)})"
+            )
+        kwargs: dict[str, Any] = {
+            "multifd_channels": spec.channels, "multifd_compression": spec.compression,
+            "max_bandwidth": spec.max_bandwidth, "dialect": spec.dialect or self.dialect,
+        }
+        if spec.level is not None:
+            kwargs[f"multifd_{spec.compression}_level"] = spec.level
+        MigrationParameters(**kwargs).validate()
+
+    def destination(self, spec: PairSpec, ctx: Any) -> QemuIncoming:
+        return QemuIncoming(self, spec, ctx)
+
+    def source(self, spec: PairSpec, ctx: Any, address: tuple[str, int]) -> dict[str, Any]:
+        """A QEMU (``-S``: no guest code runs) whose RAM is the suite's file, migrating to
+        ``address``."""
+        from qatmig_engine.errors import QemuError
+        from qatmig_engine.qemu.process import UNLIMITED_BANDWIDTH, QemuProcess
+
+        q = QemuProcess(ram_file=ctx.ram, ram_size=ctx.ram_size, binary=self.binary,
+                        workdir=Path(ctx.workdir) / "q", name="src", uuid=ctx.uuid,
+                        backend_id=ctx.ramblock)
+        try:
+            q.start()
+            q.setup_migration(channels=spec.channels, compression=spec.compression,
+                              level=spec.level,
+                              max_bandwidth=spec.max_bandwidth or UNLIMITED_BANDWIDTH)
+            cpu0, t0 = q.cpu_seconds(), time.monotonic()
+            q.migrate(f"tcp:{address[0]}:{address[1]}")
+            info = q.wait_migration(timeout=ctx.timeout)
+            cpu = 100 * (q.cpu_seconds() - cpu0) / max(time.monotonic() - t0, 1e-9)
+        except QemuError as exc:
+            return {"status": "failed", "error": str(exc)}
+        finally:
+            q.stop()
+        fields = _info_fields(info, self.version, spec.compression, "send_cpu_percent", cpu)
+        fields["implementation"] = self.version_line
+        return fields
 
     def describe(self) -> str:
         return f"qemu ({self.binary}: {self.version_line}, {self.dialect})"

@@ -19,6 +19,18 @@ PERF_COLUMNS: tuple[tuple[str, str], ...] = (
     ("send %", "send_cpu_percent"),
     ("recv %", "recv_cpu_percent"),
 )
+#: How each column is printed, whatever type an implementation reported it in (QEMU gives
+#: floats where the engine gives ints): the same value looks the same for every implementation.
+PERF_FORMATS: dict[str, str] = {
+    "total_time_ms": ",.0f", "downtime_ms": ",.0f", "throughput_mbps": ",.0f",
+    "pages_per_second": ",.0f", "send_cpu_percent": ".0f%", "recv_cpu_percent": ".0f%",
+}
+#: Printed under the table.
+PERF_LEGEND = (
+    "Mbps: megabits/s on the wire (compressed bytes as sent, headers included; QEMU <= 8.0's "
+    "own mbps counts uncompressed pages and is kept apart as qemu_mbps)\n"
+    "send/recv %: CPU time of that end / wall time (100% = one core); - = not reported"
+)
 
 #: qatmig_perf keyword -> (JSON field, "min" or "max").
 PERF_THRESHOLDS: dict[str, tuple[str, str]] = {
@@ -146,6 +158,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _fmt_column(field: str, value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        spec = PERF_FORMATS[field]
+        return format(value, spec[:-1]) + "%" if spec.endswith("%") else format(value, spec)
+    return "-" if value is None else str(value)
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Aligned text table, the engine CLI's (imported here, at report time, not at load)."""
     from qatmig_engine.cli._common import format_table as engine_format_table
@@ -165,7 +184,7 @@ def perf_table(records: Iterable[Mapping[str, Any]]) -> str:
             res.get("multifd_compression", rec.get("compression", "?")),
             res.get("multifd_channels", rec.get("channels", "?")),
             rec.get("device", "?"),
-            *(res.get(f) for _, f in PERF_COLUMNS),
+            *(_fmt_column(f, res.get(f)) for _, f in PERF_COLUMNS),
             "ok" if not rec.get("failures") else "FAIL",
         ])
     return format_table(headers, rows)

@@ -151,11 +151,25 @@ def file_digest(path: Path, *, cache: bool = False) -> str:
     return digest
 
 
+def ram_mismatch(expected: Path, got: Path, page: int = 4096) -> dict[str, Any]:
+    """Where two RAM files differ: the first differing page's offset and how many differ."""
+    first = None
+    count = 0
+    with open(expected, "rb") as a, open(got, "rb") as b:
+        offset = 0
+        while True:
+            pa, pb = a.read(page), b.read(page)
+            if not pa and not pb:
+                break
+            if pa != pb:
+                count += 1
+                if first is None:
+                    first = offset
+            offset += page
+    return {"pages_differing": count, "first_offset": None if first is None else hex(first)}
+
+
 # ------------------------------------------------------------------------------ the pair
-class WireDeviation(AssertionError):
-    """The wire judge found the stream between the two ends off the spec."""
-
-
 class RolePair:
     """A source of ``src`` and a destination of ``dst`` (possibly different implementations),
     judged by the suite: RAM written and read by the suite, every byte through the tap."""
@@ -170,16 +184,13 @@ class RolePair:
                 f"level={spec.level} given but multifd-compression {spec.compression!r} has "
                 "no level (zlib, zstd and qatzip do)"
             )
-        for end in {id(src): src, id(dst): dst}.values():
-            check = getattr(end, "validate", None)
-            if callable(check):
-                check(spec)
         self.src = src
         self.dst = dst
         self.workdir = workdir
         self.device = device
         self.direction = direction
         self.judge = judge
+        # What an end cannot do skips (Unsupported); what it refuses is a ValueError.
         missing = []
         for role, end in (("source", src), ("destination", dst)):
             caps = frozenset(end.capabilities())
@@ -190,6 +201,10 @@ class RolePair:
         if missing:
             raise Unsupported("; ".join(missing))
         self.spec = replace(spec, dialect=common_dialect(spec, src, dst))
+        for end in {id(src): src, id(dst): dst}.values():
+            check = getattr(end, "validate", None)
+            if callable(check):
+                check(self.spec)
         self.source = {"role": "source", "implementation": getattr(src, "name", "?")}
         self.destination = {"role": "destination", "implementation": getattr(dst, "name", "?")}
         self.results: list[MigrationResult] = []
@@ -214,6 +229,7 @@ class RolePair:
         src_res: Mapping[str, Any] = {}
         dst_res: Mapping[str, Any] = {}
         errors: list[str] = []
+        mismatch = None
         try:
             shutil.copyfile(image, src_ram)
             with open(dst_ram, "wb") as f:
@@ -254,6 +270,8 @@ class RolePair:
             try:
                 got = file_digest(dst_ram) if dst_ram.exists() else None
                 src_after = file_digest(src_ram) if src_ram.exists() else None
+                mismatch = (ram_mismatch(image, dst_ram)
+                            if got is not None and got != want else None)
             finally:
                 for p in (src_ram, dst_ram):
                     p.unlink(missing_ok=True)
@@ -263,6 +281,8 @@ class RolePair:
             self.reports.append(report)
             errors += [str(e) for e in report.errors]
         result = self._result(src_res, dst_res, want, got, src_after, errors, report)
+        if mismatch is not None:
+            result = MigrationResult({**result, "ram_mismatch": mismatch})
         self.results.append(result)
         return result
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
 from qatmig_engine.qemu.fetch import Qemu10, find_qemu10
 from qatmig_engine.qemu.process import find_qemu
@@ -33,3 +38,39 @@ def qemu10() -> Qemu10:
     if q is None:  # pragma: no cover - QEMU10_MARKS skips first
         pytest.skip("QEMU 10.0 not fetched: run `python -m qatmig_engine.qemu.fetch`")
     return q
+
+
+def replay_into_engine(conns: list[bytes], size: int, params: Any, img: Path) -> Any:
+    """Send recorded connections (accept order, each on its own socket, all at once) into the
+    engine's ``listen``; returns its MigrationStats."""
+    from qatmig_engine.api import listen
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        def on_ready(addr: tuple[str, int]) -> None:
+            box["port"] = addr[1]
+            ready.set()
+
+        try:
+            box["st"] = listen("127.0.0.1", 0, img, size, params, ramblock="pc.ram",
+                               timeout=20, on_ready=on_ready)
+        finally:
+            ready.set()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(20) and "port" in box
+    socks = [socket.create_connection(("127.0.0.1", box["port"]), timeout=10) for _ in conns]
+    senders = [threading.Thread(target=s.sendall, args=(c,))
+               for s, c in zip(socks, conns, strict=True)]
+    for th in senders:
+        th.start()
+    for th in senders:
+        th.join(30)
+    for s in socks:
+        s.close()
+    t.join(60)
+    assert not t.is_alive()
+    return box["st"]

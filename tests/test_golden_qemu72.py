@@ -14,6 +14,7 @@ from qatmig_engine.qemu.golden import capture_entry, load_connections, load_mani
 from qatmig_engine.qemu.image import build_image
 from qatmig_engine.tap import check_capture
 from qatmig_engine.wire import InitPacket, decode_packet, packet_len
+from qemu_support import replay_into_engine
 
 METHODS = ("none", "zlib", "zstd")
 
@@ -109,10 +110,6 @@ def test_raw_packets_decode_with_wire_module(manifest, method):
 def test_engine_destination_accepts_the_recorded_qemu_stream(manifest, method, tmp_path):
     """Replay QEMU 7.2's recorded bytes (main first, then the channels) into the engine's
     destination: it must complete with the source RAM, no QEMU needed."""
-    import socket
-    import threading
-
-    from qatmig_engine.api import listen
     from qatmig_engine.params import MigrationParameters
 
     conns = load_connections(method, manifest)
@@ -120,34 +117,6 @@ def test_engine_destination_accepts_the_recorded_qemu_stream(manifest, method, t
     img = tmp_path / "dst.img"
     params = MigrationParameters(multifd_channels=2, multifd_compression=method,
                                  dialect="qemu-7.2")
-    ready = threading.Event()
-    box: dict[str, object] = {}
-
-    def serve() -> None:
-        def on_ready(addr):
-            box["port"] = addr[1]
-            ready.set()
-
-        try:
-            box["st"] = listen("127.0.0.1", 0, img, size, params, ramblock="pc.ram",
-                               timeout=20, on_ready=on_ready)
-        finally:
-            ready.set()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(20) and "port" in box
-    socks = [socket.create_connection(("127.0.0.1", box["port"]), timeout=10) for _ in conns]
-    senders = [threading.Thread(target=s.sendall, args=(c,)) for s, c in zip(socks, conns,
-                                                                             strict=True)]
-    for th in senders:
-        th.start()
-    for th in senders:
-        th.join(30)
-    for s in socks:
-        s.close()
-    t.join(60)
-    assert not t.is_alive()
-    st = box["st"]
+    st = replay_into_engine(conns, size, params, img)
     assert st.status == "completed", st.error
     assert hashlib.sha256(img.read_bytes()).hexdigest() == manifest["ram"]["sha256"]

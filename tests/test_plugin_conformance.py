@@ -10,6 +10,10 @@ import pytest
 # Inline pytester runs drop the modules they imported; numpy (used by the Silesia images)
 # refuses to load twice in one process, so import it here, outside the nested runs.
 import qatmig_engine.silesia.image  # noqa: F401
+from qatmig_engine.qemu.fetch import find_qemu10
+
+# Looked up at import: pytester points HOME (and so the default cache folder) elsewhere.
+QEMU10 = find_qemu10()
 
 pytest_plugins = ["pytester"]
 
@@ -39,3 +43,23 @@ def test_conformance_against_real_qemu(pytester: pytest.Pytester) -> None:
     assert outcomes.get("passed", 0) >= 10
     result.stdout.fnmatch_lines(["*UNIMPLEMENTED: implementation 'qemu' lacks qatzip*"])
     result.stdout.fnmatch_lines(["*UNIMPLEMENTED: implementation 'qemu' lacks codec-access*"])
+
+
+@pytest.mark.skipif(
+    QEMU10 is None,
+    reason="QEMU 10.0 not fetched: run `python -m qatmig_engine.qemu.fetch` (or `make "
+    "system-deps`)",
+)
+def test_conformance_against_real_qemu_10(pytester: pytest.Pytester) -> None:
+    """``qemu:FOLDER`` takes the fetched QEMU 10.0 (its wrapper adds modules and firmware)."""
+    q = QEMU10
+    assert q is not None
+    result = pytester.runpytest(
+        "-p", "qatmig", "--pyargs", "qatmig_conformance", "--qatmig-devices=sw",
+        "--qatmig-guest-size=4M", f"--qatmig-impl=qemu:{q.root}", "-rs",
+    )
+    outcomes = result.parseoutcomes()
+    assert not outcomes.get("failed") and not outcomes.get("errors"), result.stdout.str()
+    assert outcomes.get("passed", 0) >= 10
+    result.stdout.fnmatch_lines(["qatmig: implementation qemu (*QEMU emulator version 10.0*"
+                                 "qemu-10.0)*"])

@@ -13,11 +13,14 @@ pytest_plugins = ["pytester"]
 def test_header_names_implementation_devices_and_corpus(pytester: pytest.Pytester) -> None:
     root = make_sysfs_tree(pytester.path / "host", ready=1, down=1)
     pytester.makepyfile("def test_x(): pass")
-    result = pytester.runpytest(f"--qatmig-sysfs-root={root}", "--qatmig-corpus=silesia",
+    corpus = pytester.path / "corp"
+    corpus.mkdir()
+    (corpus / "text").write_bytes(b"corpus " * 1000)
+    result = pytester.runpytest(f"--qatmig-sysfs-root={root}", f"--qatmig-corpus={corpus}",
                                 "--qatmig-guest-size=16M")
     result.stdout.fnmatch_lines([
         "qatmig: implementation reference (*) | devices auto: 1 of 2 ready (0000:6b:00.0)"
-        f" [[]sysfs {root}[]] | corpus silesia, guest 16M",
+        f" [[]sysfs {root}[]] | corpus {corpus}, guest 16M",
     ])
 
 
@@ -67,9 +70,20 @@ def test_perf_table_has_the_seed_columns() -> None:
         "pages/s", "send", "%", "recv", "%", "check",
     ]
     assert lines[2].split() == [
-        "t.py::test_a", "reference", "qatzip", "8", "0000:6b:00.0", "1,234.5", "12.2",
-        "10,500.0", "320,000", "160.0", "75.5", "ok",
+        "t.py::test_a", "reference", "qatzip", "8", "0000:6b:00.0", "1,234", "12",
+        "10,500", "320,000", "160%", "76%", "ok",
     ]
+
+
+def test_perf_table_prints_a_value_alike_whatever_its_type() -> None:
+    """QEMU reports pages/s as a float, the engine as an int: the table must not show it."""
+    as_int = dict(FIELDS, pages_per_second=73819, total_time_ms=1234, send_cpu_percent=160)
+    as_float = dict(FIELDS, pages_per_second=73819.0, total_time_ms=1234.0,
+                    send_cpu_percent=160.0)
+    rows = [perf_table([{"nodeid": "t", "result": r}]).splitlines()[2] for r in (as_int, as_float)]
+    assert rows[0] == rows[1] and "73,819 " in rows[0]
+    missing = dict(FIELDS, downtime_ms=None)
+    assert perf_table([{"nodeid": "t", "result": missing}]).splitlines()[2].split()[6] == "-"
 
 
 def test_result_attribute_access_and_threshold_checks() -> None:

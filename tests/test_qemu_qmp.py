@@ -170,6 +170,22 @@ def test_parse_info_ramblock():
         parse_info_ramblock("nothing here")
 
 
+def test_parse_info_ramblock_of_qemu_10():
+    # QEMU 10.0 adds the host address and RO columns, and ends lines with \r\n
+    text = (
+        "              Block Name    PSize              Offset               Used              "
+        "Total                HVA  RO\r\n"
+        "                  pc.ram    4 KiB  0x0000000000000000 0x0000000000800000 "
+        "0x0000000000800000 0x00007f67acd7d000  rw\r\n"
+        "    /rom@etc/acpi/tables    4 KiB  0x0000000000880000 0x0000000000020000 "
+        "0x0000000000200000 0x00007f67ac800000  ro\r\n"
+    )
+    assert parse_info_ramblock(text) == [
+        RamBlockInfo("pc.ram", 8 << 20, 8 << 20),
+        RamBlockInfo("/rom@etc/acpi/tables", 128 << 10, 2 << 20),
+    ]
+
+
 def test_cpu_seconds_of_this_process():
     assert proc_cpu_seconds(os.getpid()) > 0
 

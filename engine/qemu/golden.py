@@ -1,8 +1,10 @@
-"""The recorded QEMU 7.2 multifd captures shipped in ``qatmig_fixtures/golden/qemu-7.2``.
+"""The recorded real-QEMU multifd captures shipped in ``qatmig_fixtures/golden/<release>``.
 
-Each capture is one migration (2 channels, 8 MiB guest, none/zlib/zstd) recorded through the
-tap by ``tools/record_golden.py``: one xz file per connection in accept order (``conn-0`` is
-the main channel). ``manifest.json`` says how the source RAM was made and what QEMU reported.
+``release`` is ``qemu-7.2`` (Debian 12's QEMU; the default) or ``qemu-10.0`` (Debian
+bookworm-backports, zero-page-detection multifd). Each capture is one migration (2 channels,
+8 MiB guest, none/zlib/zstd) recorded through the tap by ``tools/record_golden.py``: one xz
+file per connection in accept order (``conn-0`` is the main channel). ``manifest.json`` says
+how the source RAM was made and what QEMU reported.
 """
 
 from __future__ import annotations
@@ -16,22 +18,24 @@ from typing import Any
 from qatmig_engine.errors import CorpusError
 
 GOLDEN_SUBDIR = ("golden", "qemu-7.2")
+RELEASES = ("qemu-7.2", "qemu-10.0")
 
 
-def golden_dir() -> Path:
-    """Directory of the QEMU 7.2 captures (inside the ``qatmig_fixtures`` package data)."""
+def golden_dir(release: str = "qemu-7.2") -> Path:
+    """Directory of one release's captures (inside the ``qatmig_fixtures`` package data)."""
     import qatmig_fixtures  # data-only package (a namespace package in editable installs)
 
     for base in list(getattr(qatmig_fixtures, "__path__", [])):
-        p = Path(base).joinpath(*GOLDEN_SUBDIR)
+        p = Path(base).joinpath("golden", release)
         if (p / "manifest.json").is_file():
             return p
-    raise CorpusError("qatmig_fixtures/golden/qemu-7.2/manifest.json not found "
+    raise CorpusError(f"qatmig_fixtures/golden/{release}/manifest.json not found "
                       "(run tools/record_golden.py, or reinstall the package)")
 
 
-def load_manifest() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((golden_dir() / "manifest.json").read_text())
+def load_manifest(release: str = "qemu-7.2") -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((golden_dir(release) / "manifest.json").read_text())
+    data.setdefault("dialect", release)
     return data
 
 
@@ -45,8 +49,9 @@ def capture_entry(method: str, manifest: dict[str, Any] | None = None) -> dict[s
 
 def load_connections(method: str, manifest: dict[str, Any] | None = None) -> list[bytes]:
     """The capture's connections (decompressed, accept order), each checked by sha256."""
-    entry = capture_entry(method, manifest)
-    base = golden_dir()
+    m = manifest or load_manifest()
+    entry = capture_entry(method, m)
+    base = golden_dir(m.get("dialect", "qemu-7.2"))
     out = []
     for conn in sorted(entry["connections"], key=lambda c: c["connection"]):
         raw = lzma.decompress((base / conn["file"]).read_bytes())

@@ -1,4 +1,10 @@
-"""One migration between real QEMU 7.2 and/or this engine, measured the same way on both ends.
+"""One migration between a real QEMU (7.2, or 10.0 via ``binary``) and/or this engine, measured
+the same way on both ends.
+
+``binary`` is any qemu-system-x86_64 path (or a folder fetched by :mod:`qatmig_engine.qemu.fetch`,
+e.g. its QEMU 10.0 wrapper); ``dialect`` is what the engine end and the tap speak (``qemu-7.2``
+for Debian's 7.2, ``qemu-10.0`` for 10.0); ``zero_page_detection`` is set on both ends when given
+(9.0+ QEMUs only).
 
 Each driver migrates ``src_img`` (a RAM file) into ``dst_img`` over loopback and returns an
 :class:`InteropRun`: who completed, whether the destination RAM equals the source RAM byte for
@@ -102,29 +108,33 @@ def _engine_json(out: str) -> dict[str, Any]:
     return data
 
 
-def _params(method: str, channels: int, dialect: str = "qemu-7.2") -> list[str]:
+def _params(method: str, channels: int, dialect: str = "qemu-7.2",
+            zero_page_detection: str | None = None) -> list[str]:
+    zpd = ["--zero-page-detection", zero_page_detection] if zero_page_detection else []
     return ["--dialect", dialect, "--multifd-channels", str(channels),
-            "--multifd-compression", method]
+            "--multifd-compression", method, *zpd]
 
 
 def _start_listen(dst_img: str, size: int, method: str, channels: int, port: int,
-                  timeout: float) -> subprocess.Popen[str]:
+                  timeout: float, params: list[str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*QATMIG, "listen", "--listen", f"127.0.0.1:{port}", "--guest-image", dst_img,
-         "--guest-size", str(size), "--ramblock", "pc.ram", *_params(method, channels),
+         "--guest-size", str(size), "--ramblock", "pc.ram",
+         *(params if params is not None else _params(method, channels)),
          "--timeout", str(timeout), "--json", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
 def _listen_on_free_port(dst_img: str, size: int, method: str, channels: int,
-                         timeout: float) -> tuple[subprocess.Popen[str], int]:
+                         timeout: float, params: list[str] | None = None,
+                         ) -> tuple[subprocess.Popen[str], int]:
     """Start ``qatmig listen`` on a free port; retry when another process took the port
     between picking and binding (parallel test workers)."""
     last = ""
     for _attempt in range(5):
         port = free_port()
-        proc = _start_listen(dst_img, size, method, channels, port, timeout)
+        proc = _start_listen(dst_img, size, method, channels, port, timeout, params)
         try:
             _wait_listening(port, proc)
             return proc, port
@@ -194,8 +204,8 @@ def _equal(a: str, b: str) -> bool:
 
 
 def _tap(port: int, method: str, channels: int, check: bool,
-         timeout: float) -> TapProxy:
-    checker = TapChecker(method=method, channels=channels) if check else None
+         timeout: float, dialect: str = "qemu-7.2") -> TapProxy:
+    checker = TapChecker(dialect=dialect, method=method, channels=channels) if check else None
     return TapProxy(("127.0.0.1", 0), ("127.0.0.1", port), checker, timeout=timeout)
 
 
@@ -203,19 +213,22 @@ def _tap(port: int, method: str, channels: int, check: bool,
 def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
                  workdir: str, tap: bool = False, check: bool = True,
                  binary: str | None = None, max_bandwidth: int = UNLIMITED_BANDWIDTH,
-                 poll: float = 0.05, timeout: float = 120.0) -> InteropRun:
-    """QEMU -> QEMU (``binary``, default the system QEMU; optionally through the tap).
-    ``max_bandwidth`` in bytes/s (QEMU's parameter); ``poll`` is the query-migrate period."""
+                 poll: float = 0.05, timeout: float = 120.0, dialect: str = "qemu-7.2",
+                 zero_page_detection: str | None = None, machine: str = "pc") -> InteropRun:
+    """QEMU -> QEMU (``binary``, default the system QEMU; optionally through the tap, which
+    speaks ``dialect``). ``max_bandwidth`` in bytes/s (QEMU's parameter); ``poll`` is the
+    query-migrate period."""
     run = InteropRun("qemu->qemu", method, channels, size)
     with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
-                     workdir=f"{workdir}/qsrc") as src, \
+                     machine=machine, workdir=f"{workdir}/qsrc") as src, \
          QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
-                     binary=binary, workdir=f"{workdir}/qdst") as dst:
+                     binary=binary, machine=machine, workdir=f"{workdir}/qdst") as dst:
         for q in (src, dst):
             q.setup_migration(channels=channels, compression=method,
-                              max_bandwidth=max_bandwidth)
+                              max_bandwidth=max_bandwidth,
+                              zero_page_detection=zero_page_detection)
         port = dst.migrate_incoming()
-        proxy = _tap(port, method, channels, check, timeout) if tap else None
+        proxy = _tap(port, method, channels, check, timeout, dialect) if tap else None
         target = proxy.start() if proxy else port
         cpu0 = (src.cpu_seconds(), dst.cpu_seconds())
         t0 = time.monotonic()
@@ -233,20 +246,25 @@ def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: i
 
 def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
                    workdir: str, tap: bool = False, live: bool = False,
-                   timeout: float = 120.0) -> InteropRun:
-    """QEMU 7.2 source -> ``qatmig listen --dialect qemu-7.2`` (optionally through the tap).
+                   timeout: float = 120.0, binary: str | None = None,
+                   dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
+                   machine: str = "pc") -> InteropRun:
+    """QEMU source -> ``qatmig listen --dialect DIALECT`` (optionally through the tap).
 
     ``live``: let the source guest run (SeaBIOS, which dirties RAM) during the migration.
     """
     run = InteropRun("qemu->engine", method, channels, size)
-    listen, port = _listen_on_free_port(dst_img, size, method, channels, timeout)
+    listen, port = _listen_on_free_port(
+        dst_img, size, method, channels, timeout,
+        _params(method, channels, dialect, zero_page_detection))
     try:
-        with QemuProcess(ram_file=src_img, ram_size=size, name="src",
-                         workdir=f"{workdir}/qsrc") as src:
-            src.setup_migration(channels=channels, compression=method)
+        with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
+                         machine=machine, workdir=f"{workdir}/qsrc") as src:
+            src.setup_migration(channels=channels, compression=method,
+                                zero_page_detection=zero_page_detection)
             if live:
                 src.execute("cont")
-            proxy = _tap(port, method, channels, True, timeout) if tap else None
+            proxy = _tap(port, method, channels, True, timeout, dialect) if tap else None
             target = proxy.start() if proxy else port
             cpu0 = src.cpu_seconds()
             t0 = time.monotonic()
@@ -271,21 +289,30 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
 
 def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: int, *,
                    workdir: str, tap: bool = False, extra_args: tuple[str, ...] = (),
-                   timeout: float = 120.0) -> InteropRun:
-    """``qatmig send --dialect qemu-7.2`` -> QEMU 7.2 destination (optionally through the tap)."""
+                   timeout: float = 120.0, binary: str | None = None,
+                   dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
+                   machine: str = "pc") -> InteropRun:
+    """``qatmig send --dialect DIALECT`` -> QEMU destination (optionally through the tap).
+
+    With ``dialect`` other than qemu-7.2 the engine is given the destination's resolved machine
+    type (``--machine-type``, unless ``extra_args`` names one).
+    """
     run = InteropRun("engine->qemu", method, channels, size)
     with QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
-                     workdir=f"{workdir}/qdst") as dst:
-        dst.setup_migration(channels=channels, compression=method)
+                     binary=binary, machine=machine, workdir=f"{workdir}/qdst") as dst:
+        dst.setup_migration(channels=channels, compression=method,
+                            zero_page_detection=zero_page_detection)
+        if dialect != "qemu-7.2" and "--machine-type" not in extra_args:
+            extra_args = ("--machine-type", dst.machine_type(), *extra_args)
         port = dst.migrate_incoming()
-        proxy = _tap(port, method, channels, True, timeout) if tap else None
+        proxy = _tap(port, method, channels, True, timeout, dialect) if tap else None
         target = proxy.start() if proxy else port
         cpu0 = dst.cpu_seconds()
         t0 = time.monotonic()
         send = subprocess.Popen(
             [*QATMIG, "send", f"127.0.0.1:{target}", "--guest-image", src_img,
-             "--ramblock", "pc.ram", *_params(method, channels), "--timeout", str(timeout),
-             "--json", "--quiet", *extra_args],
+             "--ramblock", "pc.ram", *_params(method, channels, dialect, zero_page_detection),
+             "--timeout", str(timeout), "--json", "--quiet", *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         run.src_cpu_s, out, err = _communicate(send, timeout)

@@ -71,13 +71,15 @@ class RamBlockInfo:
     max_length: int
 
 
+# 7.2: name, page size, offset, used, total; 10.0 adds the host address (HVA) and RO/rw.
 _RAMBLOCK_LINE = re.compile(
-    r"^\s*(\S+)\s+\d+\s*[KMG]iB\s+0x([0-9a-fA-F]+)\s+0x([0-9a-fA-F]+)\s+0x([0-9a-fA-F]+)\s*$"
+    r"^\s*(\S+)\s+\d+\s*[KMG]iB\s+0x([0-9a-fA-F]+)\s+0x([0-9a-fA-F]+)\s+0x([0-9a-fA-F]+)"
+    r"(?:\s+0x[0-9a-fA-F]+\s+(?:ro|rw))?\s*$"
 )
 
 
 def parse_info_ramblock(text: str) -> list[RamBlockInfo]:
-    """Parse HMP ``info ramblock`` (name, page size, offset, used, total)."""
+    """Parse HMP ``info ramblock`` (name, page size, offset, used, total[, HVA, RO])."""
     blocks = []
     for line in text.splitlines():
         m = _RAMBLOCK_LINE.match(line)
@@ -273,8 +275,11 @@ class QemuProcess:
         level: int | None = None,
         max_bandwidth: int | None = UNLIMITED_BANDWIDTH,
         events: bool = True,
+        zero_page_detection: str | None = None,
     ) -> None:
         """migrate-set-capabilities multifd (+events) and the multifd parameters.
+
+        ``zero_page_detection`` (none/legacy/multifd) exists from QEMU 9.0 on; None leaves it.
 
         Call on both ends before migrate / migrate-incoming (QEMU requires multifd to be set
         before incoming starts, and both ends must agree on channels and compression).
@@ -290,6 +295,8 @@ class QemuProcess:
             params[f"multifd-{compression}-level"] = level
         if max_bandwidth is not None:
             params["max-bandwidth"] = max_bandwidth
+        if zero_page_detection is not None:
+            params["zero-page-detection"] = zero_page_detection
         self.execute("migrate-set-parameters", params)
 
     def migrate_incoming(self, host: str = "127.0.0.1", port: int = 0) -> int:
