@@ -675,3 +675,35 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
             name = f"bench-{format_bandwidth(bw).replace('/', '_')}.png"
             lines += [f"![{format_bandwidth(bw)}]({plot_dir}/{name})", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ docs
+#: What the figures of ``qatmig bench`` describe (docstamp: a change there marks them stale).
+MEASURED_CODE = (
+    "engine/api.py", "engine/source.py", "engine/destination.py", "engine/transport.py",
+    "engine/wire.py", "engine/mainstream.py", "engine/guest.py", "engine/codecs",
+    "engine/ratelimit.py", "engine/stats.py", "engine/params.py", "engine/dialects.py",
+    "engine/qemu", "engine/bench.py",
+)
+DOCS_BLOCK = "bench"
+DOCS_HEADING = "## Engine vs real QEMU, the seed's table (`qatmig bench`)"
+PLOT_DIR = "perf"  # under docs/
+
+
+def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
+                root: Path | None = None) -> Path:
+    """Write the tables into ``docs/performance.md`` as the stamped block ``bench`` (see
+    :mod:`qatmig_engine.docstamp`) and copy the plots to ``docs/perf/``; returns the doc."""
+    from . import docstamp
+
+    root = root or docstamp.repo_root()
+    doc = root / "docs" / "performance.md"
+    if not doc.is_file():
+        raise ParameterError(f"--update-docs: {doc} not found (run it in a source checkout)")
+    (root / "docs" / PLOT_DIR).mkdir(exist_ok=True)
+    for p in plots:
+        shutil.copyfile(p, root / "docs" / PLOT_DIR / p.name)
+    body = markdown_report(result, plot_dir=PLOT_DIR if plots else None)
+    docstamp.write_block(doc, DOCS_BLOCK, body, script=command, code=MEASURED_CODE, root=root,
+                         heading=DOCS_HEADING)
+    return doc

@@ -65,6 +65,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("bench-results"), metavar="DIR",
                    help="output folder (default ./bench-results)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="do not measure: render a previous results.json (tables, CSV, plots)")
+    p.add_argument("--update-docs", action="store_true",
+                   help="(source checkout) write the tables into docs/performance.md as a "
+                   "stamped figures block and the plots into docs/perf/")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -80,10 +85,35 @@ def _ints(text: str, what: str) -> list[int]:
             from None
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces these figures (for the docs stamp)."""
+    import shlex
+
+    parts = ["qatmig", "bench", "--guest", args.guest, "--guest-size",
+             f"{args.guest_size >> 20}M", "--channels", args.channels,
+             "--multifd-compression", args.multifd_compression,
+             "--max-bandwidth", args.max_bandwidth, "--repeat", str(args.repeat)]
+    if args.impl:
+        parts += ["--impl", args.impl]
+    if args.zero_ratio:
+        parts += ["--zero-ratio", str(args.zero_ratio)]
+    if args.count_wire:
+        parts.append("--count-wire")
+    return " ".join(shlex.quote(p) for p in parts) + " --update-docs"
+
+
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from .. import bench
     from ..qemu.process import find_qemu
 
+    if args.from_json is not None:
+        try:
+            result = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"--from-json {args.from_json}: {exc}") from None
+        return _report(args, result)
     specs = bench.split_list(args.impl) if args.impl else bench.default_impls(
         [q] if (q := find_qemu()) else [])
     if args.guest_size <= 0 or args.guest_size % (1 << 20):
@@ -112,7 +142,17 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(what, refresh=False)
             bar.update(1)
 
-        result = bench.run_matrix(matrix, on_run=on_run)
+        # Without a terminal (a log file, CI) one line per migration instead of the bar.
+        log = None if (args.quiet or sys.stderr.isatty()) else \
+            (lambda line: print(line, file=sys.stderr, flush=True))
+        result = bench.run_matrix(matrix, on_run=on_run, log=log)
+    result["meta"]["command"] = _command_line(args)
+    return _report(args, result)
+
+
+def _report(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    from .. import bench
+
     written = bench.write_outputs(result, args.output, plots=not args.no_plots)
     if args.json:
         print_json(result)
@@ -120,7 +160,12 @@ def run(args: argparse.Namespace) -> int:
         la0, la1 = result["meta"]["loadavg_before"], result["meta"]["loadavg_after"]
         for title, tab in bench.tables(result, format_table):
             print(f"{title}\n{tab}\n")
-        print(f"{result['meta']['guest']['description']}; median of {matrix.repeat}; "
+        print(f"{result['meta']['guest']['description']}; median of {result['meta']['repeat']}; "
               f"load average {la0[0]:.2f} -> {la1[0]:.2f} (shared machine: read the ratios)")
     print(f"wrote {', '.join(str(w) for w in written)}", file=sys.stderr)
+    if args.update_docs:
+        plots = [w for w in written if w.suffix == ".png"]
+        command = result["meta"].get("command") or "qatmig bench --update-docs"
+        doc = bench.update_docs(result, plots, command)
+        print(f"updated {doc}", file=sys.stderr)
     return 0
