@@ -670,10 +670,103 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
     ]
     for (title, tab) in tables(result, markdown_table):
         lines += [f"**{title}**", "", tab, ""]
+    scaling = scaling_markdown(result)
+    if scaling:
+        lines += [scaling, ""]
     if plot_dir is not None:
         for bw in result["max_bandwidth"]:
             name = f"bench-{format_bandwidth(bw).replace('/', '_')}.png"
             lines += [f"![{format_bandwidth(bw)}]({plot_dir}/{name})", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ scaling model
+@dataclass
+class ScalingFit:
+    """CPU-s per GiB of one end of one (implementation, method) as ``per_gib + per_channel·n``.
+
+    ``per_gib`` is the work per byte (compression, copies, syscalls: it does not depend on the
+    channel count); ``per_channel`` is what each extra channel adds per GiB (its thread, its
+    socket, its share of the per-round SYNCs). ``residual`` is the largest relative error of
+    the fit on the measured channel counts: the check of the model.
+    """
+
+    impl: str
+    method: str
+    side: str  # "send" | "recv"
+    per_gib: float
+    per_channel: float
+    channels: list[int]
+    measured: list[float]
+    residual: float
+
+    def predict(self, channels: int) -> float:
+        return self.per_gib + self.per_channel * channels
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    if len(set(xs)) < 2:
+        return statistics.fmean(ys), 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return my - b * mx, b
+
+
+def scaling_fits(result: dict[str, Any]) -> list[ScalingFit]:
+    """Fit the model on the unthrottled cells of ``result`` (one fit per implementation,
+    method and end), when at least two channel counts were measured."""
+    cells = [cell_from_json(c) for c in result["cells"] if c["max_bandwidth"] == UNLIMITED]
+    out = []
+    for impl in [i["label"] for i in result["impls"]]:
+        for method in result["methods"]:
+            mine = sorted((c for c in cells if c.impl == impl and c.method == method),
+                          key=lambda c: c.channels)
+            if len({c.channels for c in mine}) < 2:
+                continue
+            gib = mine[0].size / (1 << 30)
+            for side, attr in (("send", "src_cpu_s"), ("recv", "dst_cpu_s")):
+                xs = [c.channels for c in mine]
+                ys = [getattr(c, attr) / gib for c in mine]
+                a, b = _fit(xs, ys)
+                res = max(abs(a + b * x - y) / y for x, y in zip(xs, ys, strict=True) if y)
+                out.append(ScalingFit(impl, method, side, a, b, xs, ys, res))
+    return out
+
+
+def predict_host(fits: Sequence[ScalingFit], impl: str, method: str, *, channels: int,
+                 link_bytes_s: float, ratio: float, cores: int) -> dict[str, float]:
+    """The seed host from this machine's fits: raw (guest) GB/s, send and recv CPU %.
+
+    Each channel's thread compresses at ``1 / send CPU-s per byte`` at most (one core), the
+    channels share ``cores``, and the wire carries ``raw / ratio`` at most ``link_bytes_s``:
+    raw = min(link × ratio, min(channels, cores) / send CPU-s per byte, same for recv)."""
+    f = {x.side: x for x in fits if x.impl == impl and x.method == method}
+    send_s = f["send"].predict(channels) / (1 << 30)  # CPU-s per guest byte
+    recv_s = f["recv"].predict(channels) / (1 << 30)
+    par = min(channels, cores)
+    raw = min(link_bytes_s * ratio, par / send_s, par / recv_s)
+    return {"raw_gb_s": raw / 1e9, "wire_mbps": raw / ratio * 8 / 1e6,
+            "send_cpu_percent": 100 * raw * send_s, "recv_cpu_percent": 100 * raw * recv_s}
+
+
+def scaling_markdown(result: dict[str, Any]) -> str:
+    fits = scaling_fits(result)
+    if not fits:
+        return ""
+    lines = [
+        "Scaling model, fitted on the unthrottled cells above: CPU-s per GiB of each end = "
+        "`per GiB + per channel × channels` (least squares over the channel counts measured; "
+        "`worst error` = the largest relative miss of the fit on them).",
+        "",
+        "| implementation | method | end | per GiB (CPU-s) | per channel (CPU-s/GiB) | "
+        "measured by channel count | worst error |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    for f in fits:
+        meas = ", ".join(f"{c}: {y:.2f}" for c, y in zip(f.channels, f.measured, strict=True))
+        lines.append(f"| {f.impl} | {f.method} | {f.side} | {f.per_gib:.2f} | "
+                     f"{f.per_channel:+.3f} | {meas} | {f.residual:.0%} |")
     return "\n".join(lines)
 
 
