@@ -652,7 +652,8 @@ def write_outputs(result: dict[str, Any], folder: Path, *, plots: bool = True) -
     return written
 
 
-def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
+def markdown_report(result: dict[str, Any], plot_dir: str | None = None,
+                    plot_prefix: str = "") -> str:
     """The tables as Markdown, with what was measured and how noisy the machine was."""
     meta = result["meta"]
     la0, la1 = meta["loadavg_before"], meta["loadavg_after"]
@@ -676,6 +677,8 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
     if plot_dir is not None:
         for bw in result["max_bandwidth"]:
             name = f"bench-{format_bandwidth(bw).replace('/', '_')}.png"
+            if plot_prefix:
+                name = f"{plot_prefix}-{name}"
             lines += [f"![{format_bandwidth(bw)}]({plot_dir}/{name})", ""]
     return "\n".join(lines)
 
@@ -784,19 +787,24 @@ PLOT_DIR = "perf"  # under docs/
 
 
 def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
-                root: Path | None = None) -> Path:
-    """Write the tables into ``docs/performance.md`` as the stamped block ``bench`` (see
-    :mod:`qatmig_engine.docstamp`) and copy the plots to ``docs/perf/``; returns the doc."""
+                root: Path | None = None, block_id: str = DOCS_BLOCK) -> Path:
+    """Write the tables into ``docs/performance.md`` as the stamped block ``block_id`` (see
+    :mod:`qatmig_engine.docstamp`) and copy the plots to ``docs/perf/<block_id>-*.png``;
+    returns the doc."""
     from . import docstamp
 
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", block_id):
+        raise ParameterError(f"--docs-id {block_id!r}: lower-case letters, digits and dashes")
     root = root or docstamp.repo_root()
     doc = root / "docs" / "performance.md"
     if not doc.is_file():
         raise ParameterError(f"--update-docs: {doc} not found (run it in a source checkout)")
     (root / "docs" / PLOT_DIR).mkdir(exist_ok=True)
     for p in plots:
-        shutil.copyfile(p, root / "docs" / PLOT_DIR / p.name)
-    body = markdown_report(result, plot_dir=PLOT_DIR if plots else None)
-    docstamp.write_block(doc, DOCS_BLOCK, body, script=command, code=MEASURED_CODE, root=root,
-                         heading=DOCS_HEADING)
+        shutil.copyfile(p, root / "docs" / PLOT_DIR / f"{block_id}-{p.name}")
+    body = markdown_report(result, plot_dir=PLOT_DIR if plots else None, plot_prefix=block_id)
+    heading = DOCS_HEADING if block_id == DOCS_BLOCK else \
+        f"## `qatmig bench` ({block_id})"
+    docstamp.write_block(doc, block_id, body, script=command, code=MEASURED_CODE, root=root,
+                         heading=heading)
     return doc

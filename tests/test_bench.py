@@ -201,8 +201,8 @@ def test_update_docs_writes_a_stamped_block_and_the_plots(tmp_path: Path, monkey
                       "qatmig bench --update-docs", root=tmp_path)
     text = doc.read_text()
     assert "<!-- figures id=bench " in text and "<!-- /figures id=bench -->" in text
-    assert bench.DOCS_HEADING in text and "![unlimited](perf/bench-unlimited.png)" in text
-    assert (tmp_path / "docs" / "perf" / "bench-unlimited.png").read_bytes() == PNG_MAGIC
+    assert bench.DOCS_HEADING in text and "![unlimited](perf/bench-bench-unlimited.png)" in text
+    assert (tmp_path / "docs" / "perf" / "bench-bench-unlimited.png").read_bytes() == PNG_MAGIC
     first = text
     bench.update_docs(_result([_cell(impl.label, 2, 3.0, 1.0)], [impl]), [plot],
                       "qatmig bench --update-docs", root=tmp_path)

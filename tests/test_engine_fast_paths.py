@@ -4,6 +4,7 @@ written are left alone, any other zero page is still written)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import threading
@@ -52,21 +53,39 @@ def test_gathering_methods_decline_compress_parts() -> None:
 
 
 @pytest.mark.parametrize("method", ["zstd", "zlib", "none"])
-def test_decompress_into_equals_decompress(method: str) -> None:
+@pytest.mark.parametrize("cuts", [(), (1,), (1, 2, 30), (5, 6, 7, 8, 9)])  # page boundaries
+def test_decompress_into_pieces_equals_decompress(method: str, cuts: tuple[int, ...]) -> None:
     spec = get_codec(method)
-    data = bytes(_pages(32))
-    payload = spec.new_compressor(None).compress(data)
-    want = bytes(spec.new_decompressor().decompress(payload, 32))
-    out = bytearray(len(data))
-    spec.new_decompressor().decompress_into(payload, 32, memoryview(out))
-    assert bytes(out) == want == data
+    comp, plain, pieces = spec.new_compressor(None), spec.new_decompressor(), \
+        spec.new_decompressor()
+    for seed in (1, 2):  # two packets: the stream carries on across them
+        data = bytes(_pages(32, seed))
+        payload = comp.compress(data)
+        want = bytes(plain.decompress(payload, 32))
+        out = bytearray(len(data))
+        mv = memoryview(out)
+        bounds = [0, *(c * PAGE for c in cuts), len(data)]
+        pieces.decompress_into(payload, 32, [mv[a:b] for a, b in itertools.pairwise(bounds)])
+        assert bytes(out) == want == data
 
 
-def test_zstd_decompress_into_refuses_a_wrong_sized_buffer() -> None:
-    spec = get_codec("zstd")
-    payload = spec.new_compressor(1).compress(bytes(_pages(4)))
+@pytest.mark.parametrize("method", ["zstd", "zlib"])
+def test_decompress_into_refuses_pieces_of_the_wrong_size(method: str) -> None:
+    spec = get_codec(method)
+    payload = spec.new_compressor(None).compress(bytes(_pages(4)))
     with pytest.raises(ValueError, match="not 16384"):
-        spec.new_decompressor().decompress_into(payload, 4, memoryview(bytearray(8192)))
+        spec.new_decompressor().decompress_into(payload, 4, [memoryview(bytearray(8192))])
+
+
+def test_zstd_bomb_is_still_stopped_at_the_bound_with_pieces() -> None:
+    from qatmig_engine.errors import PayloadSizeError
+
+    spec = get_codec("zstd")
+    payload = spec.new_compressor(1).compress(bytes(8 * PAGE))  # 8 pages claimed as 4
+    out = bytearray(4 * PAGE)
+    with pytest.raises(PayloadSizeError):
+        spec.new_decompressor().decompress_into(
+            payload, 4, [memoryview(out)[: 2 * PAGE], memoryview(out)[2 * PAGE :]])
 
 
 def _half_zero_guest(size: int) -> GuestMemory:

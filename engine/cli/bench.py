@@ -70,6 +70,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--update-docs", action="store_true",
                    help="(source checkout) write the tables into docs/performance.md as a "
                    "stamped figures block and the plots into docs/perf/")
+    p.add_argument("--docs-id", default="bench", metavar="ID",
+                   help="the figures block --update-docs writes (default bench)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -99,6 +101,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--zero-ratio", str(args.zero_ratio)]
     if args.count_wire:
         parts.append("--count-wire")
+    if args.docs_id != "bench":
+        parts += ["--docs-id", args.docs_id]
     return " ".join(shlex.quote(p) for p in parts) + " --update-docs"
 
 
@@ -166,6 +170,6 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.update_docs:
         plots = [w for w in written if w.suffix == ".png"]
         command = result["meta"].get("command") or "qatmig bench --update-docs"
-        doc = bench.update_docs(result, plots, command)
+        doc = bench.update_docs(result, plots, command, block_id=args.docs_id)
         print(f"updated {doc}", file=sys.stderr)
     return 0
