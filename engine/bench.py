@@ -784,6 +784,11 @@ MEASURED_CODE = (
 DOCS_BLOCK = "bench"
 DOCS_HEADING = "## Engine vs real QEMU, the seed's table (`qatmig bench`)"
 PLOT_DIR = "perf"  # under docs/
+#: Where --update-docs puts a block of that id when the doc has none yet.
+DOCS_HEADINGS = {
+    DOCS_BLOCK: DOCS_HEADING,
+    "scaling": "## Scaling with the channel count (`qatmig bench --channels 1,2,4,8`)",
+}
 
 
 def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
@@ -803,8 +808,7 @@ def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
     for p in plots:
         shutil.copyfile(p, root / "docs" / PLOT_DIR / f"{block_id}-{p.name}")
     body = markdown_report(result, plot_dir=PLOT_DIR if plots else None, plot_prefix=block_id)
-    heading = DOCS_HEADING if block_id == DOCS_BLOCK else \
-        f"## `qatmig bench` ({block_id})"
+    heading = DOCS_HEADINGS.get(block_id, f"## `qatmig bench` ({block_id})")
     docstamp.write_block(doc, block_id, body, script=command, code=MEASURED_CODE, root=root,
                          heading=heading)
     return doc

@@ -49,8 +49,8 @@ def register(subparsers: Any) -> None:
                    help="links: unlimited, bytes/s (1.25G) or bits (1Gbit,10Gbit) "
                    "(default unlimited)")
     p.add_argument("--impl", default=None, metavar="LIST",
-                   help="engine, engine@DIALECT, qemu:PATH (default: engine plus the QEMU on "
-                   "PATH when there is one)")
+                   help="engine, engine@DIALECT, qemu:PATH (default: engine, the QEMU on PATH "
+                   "and QEMU 10.0 when `python -m qatmig_engine.qemu.fetch` fetched it)")
     p.add_argument("--guest-size", type=size_arg, default=1 << 30, metavar="SIZE",
                    help="guest RAM, whole MiB (default 1G)")
     p.add_argument("--guest", default="silesia", metavar="KIND",
@@ -106,11 +106,23 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts) + " --update-docs"
 
 
+def _qemus() -> list[str]:
+    """The QEMUs a default matrix compares with: the system's (7.2 on Debian 12) and QEMU 10.0
+    when ``python -m qatmig_engine.qemu.fetch`` has fetched it (never fetched here)."""
+    from ..qemu.fetch import find_qemu10
+    from ..qemu.process import find_qemu
+
+    out = [q] if (q := find_qemu()) else []
+    q10 = find_qemu10()
+    if q10 is not None:
+        out.append(str(q10.wrapper))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
     from .. import bench
-    from ..qemu.process import find_qemu
 
     if args.from_json is not None:
         try:
@@ -118,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise ParameterError(f"--from-json {args.from_json}: {exc}") from None
         return _report(args, result)
-    specs = bench.split_list(args.impl) if args.impl else bench.default_impls(
-        [q] if (q := find_qemu()) else [])
+    specs = bench.split_list(args.impl) if args.impl else bench.default_impls(_qemus())
     if args.guest_size <= 0 or args.guest_size % (1 << 20):
         raise ParameterError(f"--guest-size {args.guest_size}: must be a whole number of MiB")
     matrix = bench.Matrix(
