@@ -42,20 +42,25 @@ test: setup system-deps
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Benchmarks write their tables into docs/performance.md with --update-docs (see each --help).
+# Benchmarks print their results; `make bench UPDATE_DOCS=1` (also bench-qemu, soak) passes
+# --update-docs to each, which writes its figures into docs/ as blocks stamped with the commit
+# measured (qatmig_engine.docstamp; tests/test_docs_figures.py checks them).
+UPDATE_DOCS_FLAG := $(if $(UPDATE_DOCS),--update-docs,)
+
 # `make bench`: the small `qatmig bench` matrix (engine and, when installed, QEMU; 256 MiB
 # Silesia guest, 2 channels, none/zlib/zstd) into bench-results/, then the micro-benchmarks.
 bench: setup
 	$(VENV)/bin/qatmig bench --guest-size 256M --channels 2 --multifd-compression none,zlib,zstd -o bench-results
-	$(PY) benchmarks/bench_codecs.py
-	$(PY) benchmarks/bench_engine.py
-	$(PY) benchmarks/bench_standin.py --limit 8M
+	$(PY) benchmarks/bench_codecs.py $(UPDATE_DOCS_FLAG)
+	$(PY) benchmarks/bench_engine.py $(UPDATE_DOCS_FLAG)
+	$(PY) benchmarks/bench_standin.py --limit 8M $(UPDATE_DOCS_FLAG)
 
 bench-qemu: setup system-deps
 	$(PY) benchmarks/bench_side_by_side.py
+	$(PY) benchmarks/bench_side_by_side.py --tap-cost 256M $(UPDATE_DOCS_FLAG)
 
 soak: setup
-	$(PY) benchmarks/soak_fuzz.py --seconds 600
+	$(PY) benchmarks/soak_fuzz.py --seconds 600 $(UPDATE_DOCS_FLAG)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -263,6 +262,9 @@ def bench_one(method: str, level: int | None, packets: list[bytes], reps: int,
 
 def run(reps: int, max_packets: int | None, levels: dict[str, list[int | None]]
         ) -> dict[str, Any]:
+    from qatmig_engine.docstamp import stamp
+
+    stamped = stamp(CODE, ROOT)
     packets, sources = load_packets(max_packets)
     rows = []
     for method, lvls in levels.items():
@@ -288,6 +290,7 @@ def run(reps: int, max_packets: int | None, levels: dict[str, list[int | None]]
                 rows.append(ref)
     return {
         "benchmark": "bench_codecs",
+        "stamp": stamped,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                    f"{platform.python_version()}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
@@ -358,25 +361,21 @@ def table(res: dict[str, Any]) -> str:
                          "raw", "overhead"], rows)
 
 
-def _replace_section(path: Path, heading_re: str, body: str) -> None:
-    text = path.read_text()
-    m = re.search(heading_re, text, flags=re.M)
-    if not m:
-        raise SystemExit(f"{path}: section {heading_re!r} not found")
-    start = m.end()
-    nxt = re.search(r"^## ", text[start:], flags=re.M)
-    end = start + nxt.start() if nxt else len(text)
-    path.write_text(text[:start] + "\n\n" + body.strip() + "\n\n" + text[end:].lstrip("\n")
-                    if nxt else text[:start] + "\n\n" + body.strip() + "\n")
+#: What the figures describe: a change here makes the docs blocks say "code since changed".
+CODE = ["engine/codecs", "benchmarks/bench_codecs.py"]
+SCRIPT = "benchmarks/bench_codecs.py --update-docs"
 
 
 def update_docs(res: dict[str, Any]) -> None:
+    """Write the stamped ``codecs`` block of docs/performance.md and docs/codecs.md."""
+    from qatmig_engine.docstamp import write_block
+
     md = markdown(res)
-    _replace_section(ROOT / "docs" / "performance.md",
-                     r"^## Codecs \(`benchmarks/bench_codecs\.py`\)$", md)
-    codecs_md = ROOT / "docs" / "codecs.md"
-    if codecs_md.exists():
-        _replace_section(codecs_md, r"^## Benchmark$", md)
+    write_block(ROOT / "docs" / "performance.md", "codecs", md, script=SCRIPT, code=CODE,
+                root=ROOT, stamped=res["stamp"],
+                heading="## Codecs (`benchmarks/bench_codecs.py`)")
+    write_block(ROOT / "docs" / "codecs.md", "codecs", md, script=SCRIPT, code=CODE, root=ROOT,
+                stamped=res["stamp"], heading="## Benchmark")
 
 
 def main(argv: list[str] | None = None) -> int:

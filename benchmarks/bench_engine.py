@@ -14,8 +14,11 @@ Measures, in one run (methods and raw bounds interleaved, median of --repeat):
   ``verified``.
 
 Images live in /dev/shm and are deleted at the end. The machine is shared: the load average
-is recorded with the results. ``--update-doc`` rewrites the "Engine end to end" section of
-docs/performance.md.
+is recorded with the results. ``--update-docs`` rewrites the stamped "engine" block of
+docs/performance.md (``qatmig_engine.docstamp``).
+
+Every configuration also runs into a destination whose RAM holds stale non-zero bytes (what a
+reused destination holds): zero pages must then be written, not skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,6 +41,16 @@ from qatmig_engine.params import MigrationParameters
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKET = 512 * 1024
+#: What the figures describe: a change here makes the docs block say "code since changed".
+CODE = ["engine/api.py", "engine/source.py", "engine/destination.py", "engine/transport.py",
+        "engine/wire.py", "engine/mainstream.py", "engine/guest.py", "engine/codecs",
+        "engine/ratelimit.py", "engine/stats.py", "engine/params.py", "engine/dialects.py",
+        "benchmarks/bench_engine.py"]
+SCRIPT = "benchmarks/bench_engine.py --update-docs"
+#: (key, method, destination prealloc, destination stale) per engine configuration.
+CONFIGS = (("none", "none", False, False), ("none-prealloc", "none", True, False),
+           ("none-stale", "none", False, True), ("zstd", "zstd", False, False),
+           ("zstd-prealloc", "zstd", True, False), ("zstd-stale", "zstd", False, True))
 
 
 def _load() -> list[float]:
@@ -94,11 +106,12 @@ def raw_zstd_bound(image: Path, channels: int, level: int = 1) -> dict[str, floa
             "ratio": size / comp_bytes, "cpu_s": cpu["c"] + cpu["d"]}
 
 
-def engine_run(image: Path, method: str, channels: int, *, prealloc: bool = False) -> dict:
+def engine_run(image: Path, method: str, channels: int, *, prealloc: bool = False,
+               stale: bool = False) -> dict:
     p = MigrationParameters(multifd_compression=method, multifd_channels=channels,
                             qat_backend="sw")
     st = migrate_loopback(params=p, guest_image=image, timeout=60,
-                          destination_prealloc=prealloc)
+                          destination_prealloc=prealloc, destination_stale=stale)
     j = st.to_json()
     j["cpu_s"] = st.source.cpu_seconds + st.destination.cpu_seconds
     j["guest_Bps"] = st.total_ram_bytes / (st.total_time_ms / 1000) if st.total_time_ms else 0
@@ -144,6 +157,15 @@ def destination_rss(image: Path, size: int, method: str, channels: int) -> dict:
             "overhead": d["peak_rss_bytes"] - size - baseline}
 
 
+def _free_page_reporting() -> str | None:
+    """The page-reporting setting on this kernel's command line, if any (read, not assumed)."""
+    try:
+        words = Path("/proc/cmdline").read_text().split()
+    except OSError:
+        return None
+    return next((w for w in words if w.startswith("page_reporting.")), None)
+
+
 def mb(x: float) -> str:
     return f"{x / 1e6:.0f}"
 
@@ -158,20 +180,23 @@ def main() -> int:
                     help="also migrate once with each of the six methods (verified)")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--update-doc", action="store_true")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="write the results into docs/performance.md, stamped with the commit "
+                    "measured")
     args = ap.parse_args()
     size = parse_size(args.size)
     ch = args.channels
+    from qatmig_engine.docstamp import stamp
+
+    stamped = stamp(CODE, ROOT)
     load0 = _load()
     image, corpus = guest_image(size, Path("/dev/shm") / f"qatmig-bench-src-{os.getpid()}.img")
     res: dict = {"size": size, "channels": ch, "corpus": corpus, "load_start": load0,
-                 "runs": {"none": [], "none-prealloc": [], "zstd": [], "zstd-prealloc": []},
-                 "bound": []}
+                 "stamp": stamped, "runs": {key: [] for key, *_ in CONFIGS}, "bound": []}
     try:
         for i in range(args.repeat):
-            for key, method, pre in (("none", "none", False), ("none-prealloc", "none", True),
-                                     ("zstd", "zstd", False), ("zstd-prealloc", "zstd", True)):
-                j = engine_run(image, method, ch, prealloc=pre)
+            for key, method, pre, stale in CONFIGS:
+                j = engine_run(image, method, ch, prealloc=pre, stale=stale)
                 res["runs"][key].append(j)
                 print(f"[{i}] {key}: {j['status']} verified={j['verified']} "
                       f"{j['total_time_ms']:.0f} ms, {mb(j['guest_Bps'])} MB/s guest, "
@@ -188,7 +213,7 @@ def main() -> int:
         if args.all_methods:
             res["all_methods"] = []
             for m in ("none", "zlib", "zstd", "qatzip", "qpl", "uadk"):
-                j = engine_run(image, m, ch)
+                j = engine_run(image, m, ch, stale=True)
                 res["all_methods"].append(j)
                 print(f"{m}: {j['status']} verified={j['verified']} {j['total_time_ms']:.0f} ms "
                       f"ratio {j['compression_ratio']}", file=sys.stderr)
@@ -201,13 +226,12 @@ def main() -> int:
         print(json.dumps(res, indent=2, default=str))
     else:
         print(md)
-    if args.update_doc:
-        doc = ROOT / "docs" / "performance.md"
-        text = doc.read_text()
-        head = "## Engine end to end (`benchmarks/bench_engine.py`)"
-        pat = re.compile(re.escape(head) + r"\n.*?(?=\n## )", re.S)
-        text = pat.sub(lambda _: head + "\n\n" + md + "\n", text, count=1)
-        doc.write_text(text)
+    if args.update_docs:
+        from qatmig_engine.docstamp import write_block
+
+        write_block(ROOT / "docs" / "performance.md", "engine", md, script=SCRIPT, code=CODE,
+                    root=ROOT, stamped=stamped,
+                    heading="## Engine end to end (`benchmarks/bench_engine.py`)")
     return 0
 
 
@@ -230,12 +254,12 @@ def render(res: dict) -> str:
         "verified |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for key in ("none", "none-prealloc", "zstd", "zstd-prealloc"):
+    for key, method, pre, stale in CONFIGS:
         runs = res["runs"].get(key) or []
         if not runs:
             continue
-        label = {"none-prealloc": "none, destination prealloc",
-                 "zstd-prealloc": "zstd, destination prealloc"}.get(key, key)
+        label = method + (", destination prealloc" if pre else "") + (
+            ", stale destination RAM" if stale else "")
         ver = all(r["verified"] for r in runs)
         lines.append(
             f"| {label} | {m(key, 'total_time_ms'):.0f} | {m(key, 'guest_Bps') / 1e9:.2f} | "
@@ -268,14 +292,14 @@ def render(res: dict) -> str:
         f"engine = **{100 * med([b['cpu_s'] for b in res['bound']]) / m('zstd', 'cpu_s'):.0f}%** "
         "of raw efficiency.",
     ]
-    lines += [
-        "* Why fresh destination RAM is slow on this VM: it is a Firecracker guest booted with "
-        "virtio free page reporting (`page_reporting.page_reporting_order=11`, \"Free page "
-        "reporting enabled\" in dmesg), so memory freed by one run is handed back to the host "
-        "and the next first touch of it faults on the host too; back-to-back runs, or a "
-        "destination preallocated before the clock starts, do not pay it. QEMU's destination "
-        "pays the same on this VM unless its RAM is preallocated.",
-    ]
+    reporting = _free_page_reporting()
+    if reporting:
+        lines += [
+            f"* This machine's kernel command line has `{reporting}` (free page reporting): "
+            "memory freed by one run can be handed back to the host, so a fresh "
+            "destination's first touch may fault on the host too; compare the rows with a "
+            "preallocated destination above.",
+        ]
     if "rss" in res:
         lines += ["", "Destination memory (separate `qatmig listen` process, RAM in a /dev/shm "
                   "file, peak RSS = VmHWM):", "",
@@ -286,7 +310,8 @@ def render(res: dict) -> str:
                          f"{r['guest'] / 2**20:.0f} | {r['baseline_rss'] / 2**20:.0f} | "
                          f"{r['overhead'] / 2**20:.1f} |")
     if "all_methods" in res:
-        lines += ["", "Each method once (same image, 2 channels):", "",
+        lines += ["", f"Each method once (same image, {res['channels']} channels, stale "
+                  "destination RAM):", "",
                   "| method | status | total ms | ratio | send CPU % | recv CPU % | verified |",
                   "|---|---|---|---|---|---|---|"]
         for j in res["all_methods"]:

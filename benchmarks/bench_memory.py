@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", action="store_true",
                     help="write the table into docs/performance.md (stamped block memory)")
     args = ap.parse_args(argv)
+    from qatmig_engine import docstamp
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("engine/destination.py", "engine/codecs", "engine/guest.py",
+                  "engine/transport.py", "engine/api.py", "benchmarks/bench_memory.py")
+    stamped = docstamp.stamp(code, root)
     res = measure(parse_size(args.size), args.methods.split(","),
                   [int(c) for c in args.channels.split(",")])
     if args.json:
@@ -159,15 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(HEADERS, [[c.strip("*") for c in r] for r in rows_of(res)]))
     if args.update_docs:
-        from qatmig_engine import docstamp
-
-        root = Path(__file__).resolve().parent.parent
         docstamp.write_block(
             root / "docs" / "performance.md", "memory", markdown(res),
             script=f"benchmarks/bench_memory.py --size {args.size} --channels {args.channels} "
             f"--methods {args.methods} --update-docs",
-            code=("engine/destination.py", "engine/codecs", "engine/guest.py",
-                  "engine/transport.py", "engine/api.py", "benchmarks/bench_memory.py"),
+            code=code, stamped=stamped,
             root=root, heading="## Destination memory (`benchmarks/bench_memory.py`)")
         print("updated docs/performance.md", file=sys.stderr)
     return 0

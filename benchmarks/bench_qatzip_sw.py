@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", action="store_true",
                     help="write the table into docs/performance.md (stamped block qatzip-sw)")
     args = ap.parse_args(argv)
+    from qatmig_engine import docstamp
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("engine/qat/backend.py", "engine/codecs/qzformat.py",
+                  "benchmarks/bench_qatzip_sw.py")
+    stamped = docstamp.stamp(code, root)
     limit = parse_size(args.limit) or None
     res = measure(limit, args.level, args.corpus)
     if args.json:
@@ -131,15 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(HEADERS, [[c.strip("*") for c in r] for r in rows_of(res)]))
     if args.update_docs:
-        from qatmig_engine import docstamp
-
-        root = Path(__file__).resolve().parent.parent
         cmd = "benchmarks/bench_qatzip_sw.py" + (f" --limit {args.limit}" if args.limit else "") \
             + (f" --level {args.level}" if args.level != 1 else "") + " --update-docs"
         docstamp.write_block(
             root / "docs" / "performance.md", "qatzip-sw", markdown(res), script=cmd,
-            code=("engine/qat/backend.py", "engine/codecs/qzformat.py",
-                  "benchmarks/bench_qatzip_sw.py"),
+            code=code, stamped=stamped,
             root=root, heading="## qatzip software path: zlib producer vs ISA-L "
             "(`benchmarks/bench_qatzip_sw.py`)")
         print("updated docs/performance.md", file=sys.stderr)

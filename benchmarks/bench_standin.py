@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -71,6 +70,9 @@ def calibrate(names: list[str], sample: int) -> dict[str, int]:
 
 
 def measure(limit: int | None, reps: int, with_ratios: bool = True) -> dict:
+    from qatmig_engine.docstamp import stamp
+
+    stamped = stamp(CODE, ROOT)
     t0 = time.perf_counter()
     for f in SILESIA_FILES:
         standin.segment(f.name, 0)  # builds the word/instruction pools once
@@ -85,7 +87,7 @@ def measure(limit: int | None, reps: int, with_ratios: bool = True) -> dict:
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     total = sum(len(d) for d in data.values())
-    base = {"bytes": total, "limit": limit, "pool_build_s": warm, "gen_s": times,
+    base = {"stamp": stamped, "bytes": total, "limit": limit, "pool_build_s": warm, "gen_s": times,
             "gen_mbps": total / statistics.median(times) / 1e6, "cpu_s": cpu,
             "cpu_mbps": total / statistics.median(cpu) / 1e6, "load_avg": os.getloadavg(),
             "python": platform.python_version(), "generator": standin.CORPUS_NAME}
@@ -176,20 +178,25 @@ def perf_markdown(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_between(path: Path, begin: str, end: str, body: str) -> None:
-    text = path.read_text()
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"markers {begin!r}..{end!r} not found in {path}")
-    path.write_text(pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text))
+#: What the figures describe: a change here makes the docs blocks say "code since changed".
+CODE = ["engine/silesia", "benchmarks/bench_standin.py"]
+SCRIPT = "benchmarks/bench_standin.py --update-docs"
 
 
-def replace_section(path: Path, heading: str, body: str) -> None:
-    text = path.read_text()
-    i = text.index(heading) + len(heading)
-    j = text.find("\n## ", i)
-    j = len(text) if j < 0 else j
-    path.write_text(text[:i] + "\n\n" + body + "\n" + text[j:])
+def update_docs(runs: list[dict], res: dict | None) -> None:
+    """Write the stamped blocks (``qatmig_engine.docstamp``) this script owns."""
+    from qatmig_engine.docstamp import write_block
+
+    stamps = [r.get("stamp") for r in runs]
+    if not all(stamps) or len({st["code_sha"] for st in stamps}) != 1:
+        raise SystemExit("--update-docs: every run must carry the stamp of the same measured "
+                         "code (runs from --json of an older version have none): re-measure")
+    if res is not None:
+        write_block(ROOT / "docs" / "guest-memory.md", "standin-ratios", ratio_markdown(res),
+                    script=SCRIPT, code=CODE, root=ROOT, stamped=res["stamp"])
+    write_block(ROOT / "docs" / "performance.md", "standin-speed", perf_markdown(runs),
+                script=SCRIPT, code=CODE, root=ROOT, stamped=stamps[0],
+                heading="## Silesia stand-in generation (`benchmarks/bench_standin.py`)")
 
 
 def main() -> int:
@@ -200,7 +207,9 @@ def main() -> int:
     ap.add_argument("--calibrate", action="store_true", help="fit KNOBS and print them")
     ap.add_argument("--sample", default="3M", help="calibration sample per file")
     ap.add_argument("--files", nargs="*", default=[f.name for f in SILESIA_FILES])
-    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="write the ratio table into docs/guest-memory.md and the speed table "
+                    "into docs/performance.md, stamped with the commit measured")
     ap.add_argument("--pin", action="store_true", help="write the sha256 pin manifest")
     ap.add_argument("--speed-only", action="store_true", help="skip the ratio table")
     ap.add_argument("--from-json", metavar="FILE", nargs="+",
@@ -232,13 +241,8 @@ def main() -> int:
         if res is not None:
             print()
             print(ratio_markdown(res))
-    if args.write_docs:
-        if res is not None:
-            replace_between(ROOT / "docs" / "guest-memory.md", "<!-- standin-ratios:begin -->",
-                            "<!-- standin-ratios:end -->", ratio_markdown(res))
-        replace_section(ROOT / "docs" / "performance.md",
-                        "## Silesia stand-in generation (`benchmarks/bench_standin.py`)",
-                        perf_markdown(runs))
+    if args.update_docs:
+        update_docs(runs, res)
     return 0
 
 

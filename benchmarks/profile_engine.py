@@ -213,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", action="store_true",
                     help="write the table into docs/performance.md (stamped block profile)")
     args = ap.parse_args(argv)
+    from qatmig_engine import docstamp
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("engine/source.py", "engine/destination.py", "engine/codecs",
+                  "engine/guest.py", "engine/transport.py", "engine/wire.py",
+                  "benchmarks/profile_engine.py")
+    stamped = docstamp.stamp(code, root)
     res = measure(parse_size(args.size), args.methods.split(","), args.channels)
     if args.json:
         json.dump(res, sys.stdout, indent=2)
@@ -220,16 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(HEADERS, rows_of(res)))
     if args.update_docs:
-        from qatmig_engine import docstamp
-
-        root = Path(__file__).resolve().parent.parent
         docstamp.write_block(
             root / "docs" / "performance.md", "profile", markdown(res),
             script=f"benchmarks/profile_engine.py --size {args.size} --channels "
             f"{args.channels} --methods {args.methods} --update-docs",
-            code=("engine/source.py", "engine/destination.py", "engine/codecs",
-                  "engine/guest.py", "engine/transport.py", "engine/wire.py",
-                  "benchmarks/profile_engine.py"),
+            code=code, stamped=stamped,
             root=root, heading="## Where the engine's time goes (`benchmarks/profile_engine.py`)")
         print("updated docs/performance.md", file=sys.stderr)
     return 0

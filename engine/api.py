@@ -147,7 +147,9 @@ def migrate_loopback(
         if dirty_rate:
             workload = Workload(guest, dirty_rate, pattern=dirty_pattern, hot_pages=hot_pages)
         dst = Destination(dst_guest, params, host="127.0.0.1", port=0, uuid=uuid,
-                          timeout=timeout, progress=None, fresh_ram=True)
+                          timeout=timeout, progress=None,
+                          # Stale RAM is not known to be zero: every zero page must be written.
+                          fresh_ram=not destination_stale)
         host, port = dst.address
         dst_stats: list[MigrationStats] = []
         t = threading.Thread(target=lambda: dst_stats.append(dst.run()),

@@ -582,6 +582,7 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
     m.validate()
     log = log or (lambda s: None)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamped = _stamp()
     load0 = os.getloadavg()
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     runs: list[RunResult] = []
@@ -616,6 +617,7 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
             "python": platform.python_version(), "repeat": m.repeat,
             "guest": {"kind": guest.kind, "size": m.size, "description": guest.description,
                       "zero_ratio": m.zero_ratio},
+            "stamp": stamped,
             "cpu_method": "utime+stime of each end's process over the migration "
                           "(/proc/<pid>/stat for QEMU, getrusage around api.send/api.listen "
                           "for the engine); start-up excluded",
@@ -791,6 +793,17 @@ DOCS_HEADINGS = {
 }
 
 
+def _stamp() -> dict[str, str] | None:
+    """The docs stamp of the measured code as the measurement starts (None outside a source
+    checkout: an installed package has no docs to update)."""
+    from . import docstamp
+
+    try:
+        return docstamp.stamp(MEASURED_CODE)
+    except (OSError, ValueError):
+        return None
+
+
 def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
                 root: Path | None = None, block_id: str = DOCS_BLOCK) -> Path:
     """Write the tables into ``docs/performance.md`` as the stamped block ``block_id`` (see
@@ -810,5 +823,5 @@ def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
     body = markdown_report(result, plot_dir=PLOT_DIR if plots else None, plot_prefix=block_id)
     heading = DOCS_HEADINGS.get(block_id, f"## `qatmig bench` ({block_id})")
     docstamp.write_block(doc, block_id, body, script=command, code=MEASURED_CODE, root=root,
-                         heading=heading)
+                         heading=heading, stamped=result["meta"].get("stamp"))
     return doc

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +26,17 @@ from typing import Any
 
 from . import transport
 from .codecs import get_codec
-from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
+from .constants import (
+    MIG_CMD_OPEN_RETURN_PATH,
+    MIG_CMD_PING,
+    MULTIFD_INIT_PACKET_SIZE,
+    TARGET_PAGE_SIZE,
+)
 from .dialects import get_dialect
 from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
+    RETURN_PATH_COMMANDS,
     Configuration,
     DeviceState,
     EndOfSection,
@@ -40,12 +47,16 @@ from .mainstream import (
     RamEnd,
     VmCommand,
     ZeroPage,
+    rp_pong,
+    rp_shut,
+    vmdescription_ends,
 )
 from .params import MigrationParameters
 from .stats import MigrationStats, SideCounters, peak_rss_bytes
 from .transport import Activity, Cancelled
 from .wire import (
     InitPacket,
+    PacketOrder,
     PacketValidator,
     decode_packet,
     duplicate_channel_error,
@@ -60,6 +71,9 @@ from .wire import (
 DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 
 _MAIN_RECV = 256 << 10
+#: Device state a return-path destination buffers after the RAM section while it looks for
+#: the stream's end (QEMU's is ~0.1 MiB without a guest OS).
+MAX_DEVICE_STATE_BYTES = 64 << 20
 
 
 class _Receiver(transport.ChannelThread):
@@ -73,6 +87,8 @@ class _Receiver(transport.ChannelThread):
         self.counters = SideCounters(multifd_bytes=MULTIFD_INIT_PACKET_SIZE)
         self.resume = threading.Semaphore(0)
         self.in_sync = False
+        #: sync rounds this channel has passed (its packets belong to round ``round``)
+        self.round = 0
         self.eof = False
         self.decompressor: Any = None
 
@@ -113,6 +129,7 @@ class _Receiver(transport.ChannelThread):
             dialect, dst.method, dst.ramblocks, ps, ch, max_payload=spec.max_payload
         )
         zero = dst.zero_page
+        order = dst.order
         sock = self.sock
         c = self.counters
         ones = b"\x01" * page_count(ps)
@@ -127,6 +144,7 @@ class _Receiver(transport.ChannelThread):
             if (pkt.normal_pages or pkt.zero_pages) and not dst.blocks_ready.is_set():
                 act.wait(dst.blocks_ready, f"{what} (waiting for the RAM block list)")
             validator.check(pkt)
+            order.check(pkt, ch, self.round, dst.ramblocks)
             c.packets += 1
             n = pkt.normal_pages
             if n or pkt.zero_pages:
@@ -178,6 +196,7 @@ class _Receiver(transport.ChannelThread):
                 dst.sync_arrived.release()
                 while not self.resume.acquire(timeout=transport.TICK):
                     act.check(f"{what} (waiting for the end of the round on the main channel)")
+                self.round += 1
 
 
 class Destination:
@@ -232,6 +251,11 @@ class Destination:
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        # A source with the return-path capability opens it and pings, in every dialect.
+        self.decoder.accepted_commands = self.decoder.accepted_commands | RETURN_PATH_COMMANDS
+        self.rp_open = False
+        self._trailer = bytearray()
+        self.order = PacketOrder(self.dialect, self.page_size)
         self.main_counters = SideCounters()
         self.completed_at: float | None = None
         self.stats = MigrationStats(role="destination")
@@ -328,6 +352,7 @@ class Destination:
                 self._check("main channel (waiting for a SYNC packet on every channel)")
         self.act.raise_failure()
         self.stats.dirty_sync_count += 1
+        self.order.end_round()
         for r in self.receivers:
             r.in_sync = False
             r.resume.release()
@@ -395,9 +420,37 @@ class Destination:
             self.stats.machine_type = ev.machine_type
         elif t is DeviceState:
             self.stats.device_state_bytes += len(ev.data)
+            if self.rp_open:
+                if len(self._trailer) + len(ev.data) > MAX_DEVICE_STATE_BYTES:
+                    raise StreamError(
+                        f"more than {MAX_DEVICE_STATE_BYTES} bytes of device state after the "
+                        "RAM section without the stream's end (VMDESCRIPTION)", field="section")
+                self._trailer += ev.data
         elif t is VmCommand:
             self.stats.vm_commands.append(ev.name)
+            if ev.command == MIG_CMD_OPEN_RETURN_PATH:
+                self.rp_open = True
+                self.stats.return_path = True
+            elif ev.command == MIG_CMD_PING:
+                (value,) = struct.unpack(">I", ev.data)
+                if not self.rp_open:
+                    raise StreamError(f"MIG_CMD_PING ({value:#x}) received with no return path "
+                                      "(MIG_CMD_OPEN_RETURN_PATH first)", field="command")
+                transport.send_all(self.main_sock, rp_pong(value), self.act,
+                                   "main channel (return path)")
         elif t is RamEnd:
+            pass
+
+    def _send_shut(self, *, failed: bool) -> None:
+        """MIG_RP_MSG_SHUT on the return path (best effort: the source may be gone)."""
+        sock = self.main_sock
+        if sock is None:
+            return
+        try:
+            sock.settimeout(min(2.0, self.act.idle_timeout))
+            sock.sendall(rp_shut(failed))
+            self.stats.return_path_shut = 1 if failed else 0
+        except OSError:
             pass
 
     # ------------------------------------------------------------------ run
@@ -429,6 +482,10 @@ class Destination:
                 self.main_counters.main_bytes += len(data)
                 for ev in dec.feed(data):
                     self._handle(ev)
+                if self._trailer and vmdescription_ends(self._trailer):
+                    # A QEMU source with a return path sent everything (EOF + VMDESCRIPTION)
+                    # and waits for MIG_RP_MSG_SHUT instead of closing.
+                    break
             self.finishing.set()
             for r in self.receivers:
                 while r.is_alive():
@@ -441,10 +498,14 @@ class Destination:
             self.completed_at = time.monotonic()
             st.status = "completed"
             self._done.set()
+            if self.rp_open:
+                self._send_shut(failed=False)
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             st.record_failure(exc, self.act.error)
             self.act.cancel.set()
+            if self.rp_open:
+                self._send_shut(failed=True)
             transport.abort(self.main_sock)
             for r in self.receivers:
                 transport.abort(r.sock)

@@ -190,16 +190,30 @@ def render_block(
             f"\n{_END.format(id=block_id)}")
 
 
+def stamp(code: Sequence[str], root: Path | None = None) -> dict[str, str]:
+    """What to record when a measurement *starts*: ``commit``, ``code_sha`` and ``measured``
+    (UTC). Keep it with the raw results (``--json``) so figures rendered later from them are
+    stamped with the code they measured, not the code of the day they were rendered."""
+    root = root or repo_root()
+    return {"commit": measured_commit(code, root), "code_sha": code_digest(code, root),
+            "measured": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())}
+
+
 def write_block(
     doc: str | os.PathLike[str], block_id: str, body: str, *, script: str,
     code: Sequence[str], root: Path | None = None, heading: str | None = None,
+    stamped: dict[str, str] | None = None,
 ) -> None:
     """Put ``body`` into ``doc`` as the stamped block ``block_id``: replace the block of that id,
     else insert it after the line ``heading`` (e.g. ``"## Codecs"``) when given and present,
-    else append it (under ``heading``) at the end of the file."""
+    else append it (under ``heading``) at the end of the file. ``stamped`` is the
+    :func:`stamp` taken when the measurement started (default: one taken now)."""
     doc = Path(doc)
     root = root or repo_root()
-    block = render_block(block_id, body, script=script, code=code, root=root)
+    st = stamped or stamp(code, root)
+    block = render_block(block_id, body, script=script, code=code, root=root,
+                         commit=st["commit"], code_sha=st["code_sha"], measured=st["measured"],
+                         stale=st["code_sha"] != code_digest(code, root))
     text = doc.read_text() if doc.exists() else ""
     old = [b for b in read_blocks(doc) if b.id == block_id] if text else []
     if old:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 #: QEMU's BUFFER_DELAY: the rate-limit window, seconds.
 BUFFER_DELAY = 0.1
@@ -19,12 +20,20 @@ BUFFER_DELAY = 0.1
 class RateLimiter:
     """Shared by every sender thread of one migration."""
 
-    def __init__(self, rate: int, *, cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self, rate: int, *, cancel: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        """``clock`` and ``sleep`` (default: ``cancel.wait``) are replaceable so the pacing
+        can be checked against a clock the caller controls."""
         self.rate = int(rate)
         self._cancel = cancel or threading.Event()
+        self._clock = clock
+        self._sleep = sleep if sleep is not None else self._cancel.wait
         self._lock = threading.Lock()
         self._tokens = 0.0
-        self._last = time.monotonic()
+        self._last = clock()
         self._cap = self.rate * BUFFER_DELAY
         self.total = 0
 
@@ -38,11 +47,11 @@ class RateLimiter:
             self.total += nbytes
             return
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._tokens = min(self._cap, self._tokens + (now - self._last) * self.rate)
             self._last = now
             self._tokens -= nbytes
             self.total += nbytes
             debt = -self._tokens
         if debt > 0:
-            self._cancel.wait(debt / self.rate)
+            self._sleep(debt / self.rate)

@@ -80,6 +80,8 @@ class TapProxy:
         self._failure: str | None = None
         self._sock: socket.socket | None = None
         self.bytes_down: list[int] = []
+        #: destination -> source bytes per connection (forwarded, and judged: see run())
+        self.bytes_up: list[int] = []
         self._thread: threading.Thread | None = None
         self.report: TapReport | None = None
 
@@ -188,6 +190,20 @@ class TapProxy:
                 ChannelStats(connection=i, role="main" if i == 0 else "multifd", wire_bytes=n)
                 for i, n in enumerate(self.bytes_down)
             ]
+        if self.checker is not None:
+            # The other direction: a destination talks back only on the main channel, and only
+            # once the source opened a return path (MIG_CMD_OPEN_RETURN_PATH); never on a
+            # multifd channel, in any dialect.
+            main = {c.connection for c in report.channels if c.role == "main"}
+            rp = "MIG_CMD_OPEN_RETURN_PATH" in getattr(report, "commands", ())
+            for idx, n in enumerate(self.bytes_up):
+                if n and not (rp and idx in main):
+                    why = ("a multifd channel carries nothing from the destination"
+                           if idx not in main else
+                           "the source opened no return path (MIG_CMD_OPEN_RETURN_PATH)")
+                    report.errors.append(Deviation(
+                        f"the destination sent {n} byte(s) back to the source; {why}", idx,
+                        field="direction"))
         if self._failure:
             report.errors.append(Deviation(self._failure, -1, field="timeout"))
         self.report = report
@@ -214,6 +230,7 @@ class TapProxy:
             self._socks += [client, upstream]
             self._open += 1
             self.bytes_down.append(0)
+            self.bytes_up.append(0)
         if self.on_connection:
             self.on_connection(idx)
         state = {"down_done": False, "up_done": False}
@@ -324,6 +341,7 @@ class TapProxy:
                 if not data:
                     break
                 self._touch()
+                self.bytes_up[idx] += len(data)
                 try:
                     client.sendall(data)
                 except OSError:

@@ -18,7 +18,9 @@ own text where QEMU has one.
 
 from __future__ import annotations
 
+import array
 import struct
+import threading
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -484,3 +486,96 @@ class PacketValidator:
                     f"multifd {ch}: packet with {pkt.normal_pages} normal pages has no payload",
                     pkt, "next_packet_size",
                 )
+
+
+class PacketOrder:
+    """Checks a destination makes where QEMU's receiver is silent (the reference is strict here).
+
+    Shared by every multifd channel of one migration (thread-safe):
+
+    * ``packet_num`` strictly grows on a channel (QEMU takes every packet's number from one
+      counter shared by all channels); the one repeat QEMU 7.2 really sends - an empty packet
+      with flags 0 after a SYNC packet, same number - is accepted. A data packet's number is
+      unique across the channels of a round and above every number of the rounds before;
+    * offsets are page aligned and a page appears once per packet (QEMU 7.2 - 10.x only check
+      ``offset <= block length - page size`` and would write an unaligned page across two);
+    * a page arrives once per round over the multifd channels, except in the qemu-7.2 dialect,
+      whose sender really sends the last page of a full packet again (a race; writes are
+      idempotent).
+
+    A violation raises :class:`PacketError` naming the channel, the packet_num and the field.
+    """
+
+    def __init__(self, dialect: str | Dialect, page_size: int = TARGET_PAGE_SIZE) -> None:
+        self.dialect = get_dialect(dialect)
+        self.page_size = page_size
+        self.pages_once_per_round = self.dialect.name != "qemu-7.2"
+        self._lock = threading.Lock()
+        self._last: dict[int, tuple[int, bool]] = {}  # channel -> previous (packet_num, sync)
+        self._round_nums: dict[int, int] = {}  # data packet_num -> channel, this round
+        self._floor = -1  # highest data packet_num of the rounds already closed
+        self._stamps: dict[str, array.array[int]] = {}  # block -> round + 1 per page
+
+    def _err(self, text: str, pkt: Packet, channel: int, fld: str) -> PacketError:
+        return PacketError(f"multifd {channel}: packet_num {pkt.packet_num}: {text} (the "
+                           "reference is strict here; QEMU does not check it)",
+                           channel=channel, packet_num=pkt.packet_num, field=fld)
+
+    def check(self, pkt: Packet, channel: int, round_: int,
+              block_bytes: Mapping[str, int] | None = None) -> None:
+        """Check ``pkt`` (already structurally valid) as the ``round_``-th round's packet."""
+        ps = self.page_size
+        num = pkt.packet_num
+        has_data = bool(pkt.normal_pages or pkt.zero_pages)
+        if has_data:
+            offs = pkt.offsets
+            for i, o in enumerate(offs):
+                if o % ps:
+                    raise self._err(f"offset[{i}] {o:#x} is not a multiple of the page size "
+                                    f"{ps}", pkt, channel, "offset")
+            if len(set(offs)) != len(offs):
+                dup = next(o for i, o in enumerate(offs) if o in offs[:i])
+                raise self._err(f"page {dup:#x} appears twice in one packet", pkt, channel,
+                                "offset")
+        with self._lock:
+            last = self._last.get(channel)
+            if last is not None and num <= last[0]:
+                repeat_72 = (num == last[0] and self.dialect.name == "qemu-7.2"
+                             and last[1] and not has_data and not pkt.flags)
+                if not repeat_72:
+                    how = "repeated" if num == last[0] else f"goes backwards (after {last[0]})"
+                    raise self._err(f"{how} on the channel (QEMU's counter only grows)", pkt,
+                                    channel, "packet_num")
+            self._last[channel] = (num, pkt.sync)
+            if not has_data:
+                return
+            other = self._round_nums.get(num)
+            if other is not None:
+                raise self._err(f"already used on channel {other} (one counter numbers every "
+                                "channel's packets)", pkt, channel, "packet_num")
+            if num <= self._floor:
+                raise self._err(f"is not above {self._floor}, the highest number of an "
+                                "earlier round", pkt, channel, "packet_num")
+            self._round_nums[num] = channel
+            if not self.pages_once_per_round:
+                return
+            stamps = self._stamps.get(pkt.ramblock)
+            if stamps is None:
+                size = (block_bytes or {}).get(pkt.ramblock, 0)
+                stamps = self._stamps[pkt.ramblock] = array.array("I", bytes(4 * (size // ps)))
+            mark = round_ + 1
+            for o in pkt.offsets:
+                i = o // ps
+                if i < len(stamps):
+                    if stamps[i] == mark:
+                        raise self._err(f"page {o:#x} of {pkt.ramblock} was already sent in "
+                                        f"round {round_ + 1} (QEMU queues a dirty page once "
+                                        "per round)", pkt, channel, "offset")
+                    stamps[i] = mark
+
+    def end_round(self) -> None:
+        """Every channel reached the round's SYNC: later data packets carry higher numbers."""
+        with self._lock:
+            if self._round_nums:
+                self._floor = max(self._floor, max(self._round_nums))
+            self._round_nums.clear()

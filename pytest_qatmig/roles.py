@@ -241,8 +241,16 @@ class RolePair:
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
             if self.judge:
-                checker = TapChecker(dialect=self.spec.dialect, method=self.spec.compression,
-                                     channels=self.spec.channels, uuid=vm_uuid)
+                from qatmig_engine.judge.expect import Expectations
+
+                # On a ready QAT device the source's library cuts each qzCompress call into
+                # 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's layout there.
+                hw = (self.spec.compression == "qatzip" and self.device is not None
+                      and bool(getattr(self.device, "hw_ready", False)))
+                checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
+                                     dialect=self.spec.dialect, method=self.spec.compression,
+                                     channels=self.spec.channels, uuid=vm_uuid,
+                                     level=self.spec.level)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
                                  timeout=timeout)
                 address = ("127.0.0.1", proxy.start())

@@ -277,9 +277,14 @@ class QatmigState:
             if s.sysfs_root != "/sys":
                 devs += f" [sysfs {s.sysfs_root}]"
         from .adapters import describe
+        from .roles import has_roles
 
+        peer = ""
+        if s.peer != s.impl and has_roles(self.impl):
+            peer = (f" | peer {describe(self.peer)} (cross directions: "
+                    f"{', '.join(self.directions())})")
         return (
-            f"qatmig: implementation {describe(self.impl)} | devices {devs} | "
+            f"qatmig: implementation {describe(self.impl)}{peer} | devices {devs} | "
             f"corpus {s.corpus}, guest {s.guest_size_text}"
         )
 

@@ -103,3 +103,41 @@ def test_performance_figures_all_come_from_stamped_blocks():
     loose = _table_lines_outside_blocks(ROOT / "docs" / "performance.md")
     assert loose == [], "tables in docs/performance.md not written by a benchmark:\n" + \
         "\n".join(loose)
+
+
+def test_readme_claims_name_tests_that_exist():
+    """The README's "checked against" table names the tests that back each claim."""
+    text = (ROOT / "README.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)`", text)
+    assert len(named) >= 3
+    missing = [n for n in named if not (ROOT / n).is_file()]
+    assert missing == []
+
+
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=[p.name for p in BENCHMARKS])
+def test_every_benchmark_takes_update_docs(script: Path) -> None:
+    """One flag name everywhere: each benchmark's --help offers --update-docs."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    # An option line of the help (not a mention in the description).
+    assert re.search(r"^\s+--update-docs\b", r.stdout, flags=re.M), r.stdout
+
+
+def test_the_makefile_passes_the_same_flag_to_every_benchmark() -> None:
+    text = (ROOT / "Makefile").read_text()
+    assert "UPDATE_DOCS_FLAG := $(if $(UPDATE_DOCS),--update-docs,)" in text
+    runs = [ln for ln in text.splitlines() if "benchmarks/" in ln and ln.startswith("\t")]
+    assert runs
+    # Every benchmark the Makefile runs can be told to update the docs, with that flag only.
+    named = set(re.findall(r"benchmarks/(\w+\.py)", " ".join(runs)))
+    flagged = {m for ln in runs if "$(UPDATE_DOCS_FLAG)" in ln
+               for m in re.findall(r"benchmarks/(\w+\.py)", ln)}
+    assert named == flagged
+    assert not re.search(r"--(update-doc|write-docs)\b", text)

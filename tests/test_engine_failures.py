@@ -23,9 +23,19 @@ from qatmig_engine.source import Source
 from qatmig_engine.wire import InitPacket, Packet
 
 MiB = 1 << 20
-TIMEOUT = 1.5
-#: Slack on top of the idle timeout for thread joins on a loaded 2-core machine.
-BOUND = TIMEOUT + 4
+#: The idle timeout of tests whose failure must be *detected*: they never wait it out, so a
+#: long one costs nothing and a loaded machine cannot turn them into timeouts.
+TIMEOUT = 15.0
+#: The idle timeout of tests whose subject is the timeout itself (waited out).
+SILENT_TIMEOUT = 1.5
+#: A hang guard for thread joins, not a speed claim: generous for a loaded 2-core machine.
+#: Whether a failure was prompt is judged by its cause (an error that is not the idle
+#: timeout's "silent" message was detected, not waited out), never by the wall clock.
+HANG_GUARD = 60.0
+
+
+def _detected_not_timed_out(error: str | None) -> None:
+    assert error and "silent" not in error, error
 
 
 def _params(method="none", dialect="qemu-7.2", channels=2, **kw):
@@ -46,7 +56,7 @@ class Dst:
         self.t.start()
 
     def result(self):
-        self.t.join(BOUND + 5)
+        self.t.join(HANG_GUARD)
         assert not self.t.is_alive(), "destination hung"
         return self.out[0], time.monotonic() - self.t0
 
@@ -85,10 +95,10 @@ def test_garbage_on_the_main_channel():
     ch = _connect(d.addr)
     ch.sendall(InitPacket(0).encode())
     main.sendall(b"GARBAGE!" * 10)
-    st, dt = d.result()
+    st, _ = d.result()
     assert st.status == "failed"
     assert "magic" in st.error
-    assert dt < BOUND
+    _detected_not_timed_out(st.error)
     main.close()
     ch.close()
 
@@ -101,10 +111,10 @@ def test_garbage_on_a_multifd_channel():
     _, head = _setup_bytes()
     main.sendall(head)
     ch.sendall(b"\xde\xad" * 672)
-    st, dt = d.result()
+    st, _ = d.result()
     assert st.status == "failed"
     assert "received packet magic dead" in st.error
-    assert dt < BOUND
+    _detected_not_timed_out(st.error)
 
 
 def test_multifd_channel_connecting_first_in_72():
@@ -115,41 +125,42 @@ def test_multifd_channel_connecting_first_in_72():
     main = _connect(d.addr)
     _, head = _setup_bytes()
     main.sendall(head)
-    st, dt = d.result()
+    st, _ = d.result()
     assert st.status == "failed"
     assert "magic" in st.error
-    assert dt < BOUND
+    _detected_not_timed_out(st.error)
 
 
 def test_uuid_mismatch_fails_both_sides():
     p = _params()
     d = Dst(p, uuid="12345678-1234-1234-1234-123456789abc")
-    s, dt = _send_with_real_source(p, d.addr)
+    s, _ = _send_with_real_source(p, d.addr)
     st, _ = d.result()
     assert st.status == "failed" and "uuid" in st.error
     assert s.status == "failed"
-    assert dt < BOUND
+    _detected_not_timed_out(s.error)
 
 
 @pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.2"])
 def test_source_with_more_channels_fails_both_sides(dialect):
     d = Dst(_params(dialect=dialect, channels=2))
-    s, dt = _send_with_real_source(_params(dialect=dialect, channels=3), d.addr)
+    s, _ = _send_with_real_source(_params(dialect=dialect, channels=3), d.addr)
     st, _ = d.result()
     assert st.status == "failed"
     assert "channel" in st.error
     assert s.status == "failed"
-    assert dt < BOUND
+    _detected_not_timed_out(s.error)
 
 
 def test_source_with_fewer_channels_fails_both_sides():
-    d = Dst(_params(channels=3))
-    s, dt = _send_with_real_source(_params(channels=1), d.addr, size=4 * MiB)
-    st, ddt = d.result()
+    # The destination learns of the missing channels only by waiting for them: a timeout test.
+    d = Dst(_params(channels=3), timeout=SILENT_TIMEOUT)
+    s, _ = _send_with_real_source(_params(channels=1), d.addr, size=4 * MiB,
+                                  timeout=SILENT_TIMEOUT)
+    st, _ = d.result()
     assert st.status == "failed"
     assert "1 of 3 multifd" in st.error
     assert s.status == "failed"
-    assert dt < BOUND and ddt < BOUND
 
 
 def test_dropped_multifd_channel_at_the_destination():
@@ -164,10 +175,10 @@ def test_dropped_multifd_channel_at_the_destination():
                    packet_num=0).encode("qemu-7.2")
     chans[0].sendall(sync0)
     main.sendall(head + enc.end_of_round())
-    st, dt = d.result()
+    st, _ = d.result()
     assert st.status == "failed"
     assert "multifd channel 1 closed" in st.error
-    assert dt < BOUND
+    _detected_not_timed_out(st.error)
 
 
 def test_codec_error_fails_the_destination():
@@ -182,24 +193,24 @@ def test_codec_error_fails_the_destination():
     bad = Packet(flags=4, pages_alloc=128, normal_pages=1, next_packet_size=100, packet_num=1,
                  ramblock="pc.ram", offsets=[0]).encode("qemu-7.2")
     ch.sendall(bad + b"\x28\xb5\x2f\xfd" + b"\x99" * 96)
-    st, dt = d.result()
+    st, _ = d.result()
     assert st.status == "failed"
     assert "zstd" in st.error.lower() or "decompress" in st.error.lower()
-    assert dt < BOUND
+    _detected_not_timed_out(st.error)
 
 
 def test_compression_mismatch_fails_both_sides():
     d = Dst(_params("zstd"))
-    s, dt = _send_with_real_source(_params("zlib"), d.addr)
+    s, _ = _send_with_real_source(_params("zlib"), d.addr)
     st, _ = d.result()
     assert st.status == "failed"
     assert "flags received 2 flags expected 4" in st.error
     assert s.status == "failed"
-    assert dt < BOUND
+    _detected_not_timed_out(s.error)
 
 
 def test_silent_source_times_out():
-    d = Dst(_params(channels=1))
+    d = Dst(_params(channels=1), timeout=SILENT_TIMEOUT)
     main = _connect(d.addr)
     ch = _connect(d.addr)
     ch.sendall(InitPacket(0).encode())
@@ -208,7 +219,7 @@ def test_silent_source_times_out():
     st, dt = d.result()
     assert st.status == "failed"
     assert "silent" in st.error
-    assert TIMEOUT <= dt < BOUND
+    assert dt >= SILENT_TIMEOUT  # it waited out the idle timeout (lower bound: load only adds)
 
 
 def test_stream_cut_before_ram_end_is_failed_not_completed():
@@ -222,10 +233,10 @@ def test_stream_cut_before_ram_end_is_failed_not_completed():
     main.sendall(head + enc.end_of_round() + enc.section_part() + enc.zero_page("pc.ram", 0))
     main.close()
     ch.close()
-    st, dt = d.result()
+    st, _ = d.result()
     assert st.status == "failed"
     assert "mid-stream" in st.error
-    assert dt < BOUND
+    _detected_not_timed_out(st.error)
 
 
 def test_listener_port_busy_is_a_clear_error():
@@ -271,18 +282,16 @@ def test_dropped_channel_at_the_source(tmp_path):
     out: list = []
     t = threading.Thread(target=lambda: out.append(
         send(*r.addr, img, _params(channels=2), timeout=TIMEOUT, digest=False)))
-    t0 = time.monotonic()
     t.start()
     r.accept(3)
     r.conns[2].settimeout(5)
     assert len(r.conns[2].recv(64, socket.MSG_WAITALL)) == 64  # its init packet: connected
     transport.abort(r.conns[2])  # then reset that multifd channel mid-migration
-    t.join(BOUND + 5)
+    t.join(HANG_GUARD)
     assert not t.is_alive()
     st = out[0]
     assert st.status == "failed"
     assert "closed by peer" in st.error or "silent" in st.error
-    assert time.monotonic() - t0 < BOUND
     r.close()
     assert hashlib.sha256(img.read_bytes()).hexdigest() == before  # source never modified
 
@@ -290,18 +299,18 @@ def test_dropped_channel_at_the_source(tmp_path):
 def test_silent_destination_times_out_at_the_source():
     r = RawDst()
     g = _src_guest(48 * MiB)
-    src = Source(g, _params(channels=2), *r.addr, timeout=TIMEOUT)
+    src = Source(g, _params(channels=2), *r.addr, timeout=SILENT_TIMEOUT)
     out: list = []
     t = threading.Thread(target=lambda: out.append(src.run()))
     t0 = time.monotonic()
     t.start()
     r.accept(3)  # ... and never read a byte
-    t.join(BOUND + 5)
+    t.join(HANG_GUARD)
     assert not t.is_alive()
     st = out[0]
     assert st.status == "failed"
     assert "silent" in st.error
-    assert time.monotonic() - t0 < BOUND + 1
+    assert time.monotonic() - t0 >= SILENT_TIMEOUT  # waited out the idle timeout (lower bound)
     r.close()
     g.close()
 
@@ -328,7 +337,7 @@ def test_destination_reset_after_eof_fails_the_source():
                 except TimeoutError:
                     pass
     transport.abort(r.conns[0])
-    t.join(BOUND)
+    t.join(HANG_GUARD)
     st = out[0]
     assert st.status == "failed"
     assert "reset" in st.error
@@ -342,7 +351,7 @@ def test_unreachable_destination():
     port = s.getsockname()[1]
     s.close()
     g = _src_guest(MiB)
-    st = Source(g, _params(), "127.0.0.1", port, timeout=TIMEOUT).run()
+    st = Source(g, _params(), "127.0.0.1", port, timeout=SILENT_TIMEOUT).run()
     assert st.status == "failed" and "cannot connect" in st.error
     g.close()
 
@@ -360,11 +369,13 @@ def test_qat_required_but_unavailable_fails_fast():
         pytest.skip("this host has usable QAT hardware: the unavailable path cannot be shown")
     g = _src_guest(MiB)
     t0 = time.monotonic()
-    st = migrate_loopback(params=p, guest=g, timeout=10)
+    st = migrate_loopback(params=p, guest=g, timeout=HANG_GUARD)
     g.close()
     assert st.status == "failed"
     assert st.error and "qat" in st.error.lower()
-    assert time.monotonic() - t0 < 5
+    # The destination was cancelled, not left to wait out its idle timeout: a ratio to that
+    # timeout (60 s), not a speed claim.
+    assert time.monotonic() - t0 < HANG_GUARD / 2
 
 
 # ------------------------------------------------------------------ fuzz: typed errors only
@@ -426,7 +437,7 @@ def test_fuzzed_qemu_stream_fails_with_a_typed_error(which, pos, val, cut):
     for s in socks:
         s.close()
     guest.close()
-    assert time.monotonic() - t0 < BOUND
+    assert time.monotonic() - t0 < TIMEOUT + HANG_GUARD  # a hang guard
     # The streams were cut short of the end, so nothing may report completed.
     assert st.status == "failed"
     assert st.error_type in _TYPED, (st.error_type, st.error)

@@ -12,12 +12,46 @@ from qatmig_engine.stats import MigrationStats, SideCounters
 from qatmig_engine.transport import Activity, Cancelled, parse_hostport
 
 
-def test_rate_limiter_paces_threads_to_the_limit():
-    rate = 4_000_000
-    lim = RateLimiter(rate)
-    t0 = time.monotonic()
+class FakeClock:
+    """A clock the test controls: time moves only when a sender sleeps."""
 
-    def worker():
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.lock = threading.Lock()
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self.lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+def test_rate_limiter_paces_to_the_limit_on_a_controlled_clock():
+    clock = FakeClock()
+    rate = 4_000_000
+    lim = RateLimiter(rate, clock=clock, sleep=clock.sleep)
+    for _ in range(20):
+        lim.consume(100_000)
+    # 2 MB at 4 MB/s from an empty bucket: exactly 0.5 s of pacing, whatever the machine does.
+    assert clock.now == pytest.approx(2_000_000 / rate)
+    assert lim.total == 2_000_000
+    # Time that passed on its own (a slow sender) is credited, up to one window's budget.
+    clock.now += 10.0
+    before = len(clock.sleeps)
+    lim.consume(int(rate * 0.1))  # one 100 ms window's budget: no sleep
+    assert len(clock.sleeps) == before
+    lim.consume(rate)  # a second's worth beyond it: sleeps that second
+    assert clock.sleeps[-1] == pytest.approx(1.0)
+
+
+def test_rate_limiter_shared_by_threads_holds_the_total_rate():
+    clock = FakeClock()
+    lim = RateLimiter(4_000_000, clock=clock, sleep=clock.sleep)
+
+    def worker() -> None:
         for _ in range(10):
             lim.consume(100_000)
 
@@ -26,24 +60,22 @@ def test_rate_limiter_paces_threads_to_the_limit():
         t.start()
     for t in ts:
         t.join()
-    el = time.monotonic() - t0
-    # 2 MB at 4 MB/s: the bucket starts empty, so at least 0.5 s (minus one 100 KB packet).
-    assert el >= (2_000_000 - 100_000) / rate
-    assert el < 0.5 * 1.5
     assert lim.total == 2_000_000
+    assert clock.now >= (2_000_000 - 100_000) / 4_000_000
 
 
 def test_rate_limiter_unlimited_never_sleeps_and_wakes_on_cancel():
-    lim = RateLimiter(0)
-    t0 = time.monotonic()
+    clock = FakeClock()
+    lim = RateLimiter(0, clock=clock, sleep=clock.sleep)
     lim.consume(10**12)
-    assert time.monotonic() - t0 < 0.05
+    assert clock.sleeps == [] and lim.total == 10**12
     cancel = threading.Event()
     slow = RateLimiter(1, cancel=cancel)
-    threading.Timer(0.1, cancel.set).start()
-    t0 = time.monotonic()
-    slow.consume(10**6)  # would sleep ~11 days
-    assert time.monotonic() - t0 < 2
+    t = threading.Thread(target=slow.consume, args=(10**6,))  # would sleep ~11 days
+    t.start()
+    cancel.set()
+    t.join(60)  # a hang guard, not a speed claim
+    assert not t.is_alive()
 
 
 def test_stats_renderings():

@@ -55,7 +55,7 @@ def test_qemu_to_qemu_through_the_tap(shm, method, channels):
     assert report.totals()["pages"] - notes.get("page-sent-twice", 0) == info["ram"]["normal"]
     assert report.channels[0].zero_pages == info["ram"]["duplicate"]
     if method != "none":
-        assert report.totals()["ratio"] < 0.8
+        assert report.totals()["ratio"] > 1.25  # guest bytes / payload bytes, as the engine
 
 
 def test_tap_cli_between_two_qemus(shm):

@@ -60,7 +60,7 @@ def test_clean_capture_passes_and_summary_is_per_channel(caps):
     assert js["ok"] and js["multifd_compression"] == "zstd"
     assert {c["role"] for c in js["channels"]} == {"main", "multifd"}
     mf = [c for c in js["channels"] if c["role"] == "multifd"]
-    assert all(0 < c["ratio"] < 1 for c in mf)
+    assert all(c["ratio"] > 1 for c in mf)  # guest bytes / wire payload bytes
     assert sum(c["pages"] for c in mf) == js["totals"]["pages"]
 
 
