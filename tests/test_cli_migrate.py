@@ -208,3 +208,38 @@ def test_listen_on_port_zero_announces_its_port_even_with_json(tmp_path):
     assert s["status"] == d["status"] == "completed"
     assert s["source_digest"] is None and d["destination_digest"] is None
     assert dst.read_bytes() == src.read_bytes()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_send_connect_wait_outlasts_a_listener_that_starts_late(tmp_path):
+    """`listen ... &` then `send` at once: --connect-wait retries the refused connection."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    cli = [sys.executable, "-m", "qatmig_engine.cli"]
+    refused = subprocess.run([*cli, "send", f"127.0.0.1:{port}", "--guest-size", "1M",
+                              "--quiet"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().endswith("use --connect-wait S to retry while it starts)")
+    sender = subprocess.Popen([*cli, "send", f"127.0.0.1:{port}", "--guest-size", "1M",
+                               "--quiet", "--json", "--connect-wait", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the sender is now retrying; no listener yet
+    assert sender.poll() is None
+    listener = subprocess.run([*cli, "listen", "--listen", f"127.0.0.1:{port}", "--guest-image",
+                               str(tmp_path / "d.img"), "--guest-size", "1M", "--quiet",
+                               "--json"], capture_output=True, text=True, timeout=120)
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert json.loads(out)["status"] == "completed"
+    assert listener.returncode == 0, listener.stderr
+    assert json.loads(out)["source_digest"] == json.loads(listener.stdout)["destination_digest"]
