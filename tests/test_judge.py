@@ -543,3 +543,15 @@ def test_mutated_reference_streams_are_only_ever_deviations(data):
     for e in rep.errors:
         assert e.message and isinstance(e.connection, int)
         assert e.offset is None or 0 <= e.offset <= len(conns[e.connection])
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/wire-format.md's judge table names the test behind each rule: they must exist."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "wire-format.md").read_text()
+    section = doc[doc.index("## The wire judge"):]
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", section))
+    assert len(named) >= 25
+    assert sorted(n for n in named if n not in globals()) == []
