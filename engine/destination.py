@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +26,17 @@ from typing import Any
 
 from . import transport
 from .codecs import get_codec
-from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
+from .constants import (
+    MIG_CMD_OPEN_RETURN_PATH,
+    MIG_CMD_PING,
+    MULTIFD_INIT_PACKET_SIZE,
+    TARGET_PAGE_SIZE,
+)
 from .dialects import get_dialect
 from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
+    RETURN_PATH_COMMANDS,
     Configuration,
     DeviceState,
     EndOfSection,
@@ -40,6 +47,9 @@ from .mainstream import (
     RamEnd,
     VmCommand,
     ZeroPage,
+    rp_pong,
+    rp_shut,
+    vmdescription_ends,
 )
 from .params import MigrationParameters
 from .stats import MigrationStats, SideCounters, peak_rss_bytes
@@ -61,6 +71,9 @@ from .wire import (
 DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 
 _MAIN_RECV = 256 << 10
+#: Device state a return-path destination buffers after the RAM section while it looks for
+#: the stream's end (QEMU's is ~0.1 MiB without a guest OS).
+MAX_DEVICE_STATE_BYTES = 64 << 20
 
 
 class _Receiver(transport.ChannelThread):
@@ -119,7 +132,6 @@ class _Receiver(transport.ChannelThread):
         order = dst.order
         sock = self.sock
         c = self.counters
-        scratch = memoryview(bytearray(page_count(ps) * ps)) if not is_none else None
         ones = b"\x01" * page_count(ps)
         while True:
             if not self._readable():
@@ -154,25 +166,13 @@ class _Receiver(transport.ChannelThread):
                     prev = o
                 runs.append((start, prev + ps))
                 if is_none:
-                    # Straight into guest memory, one recv per contiguous run of pages.
-                    for a, b in runs:
-                        blk.populate(a, b - a)
-                        transport.recv_into_exact(sock, view[a:b], act, what)
+                    # Straight into guest memory: one scatter read (recvmsg) for all the
+                    # packet's runs of pages, as QEMU's readv into the pages.
+                    transport.recv_into_views(sock, [view[a:b] for a, b in runs], act, what)
                 else:
                     transport.recv_into_exact(sock, pview[:nps], act, what)
-                    if len(runs) == 1:
-                        # One run: decode straight into guest memory, no staging copy.
-                        a, b = runs[0]
-                        blk.populate(a, b - a)
-                        self.decompressor.decompress_into(pview[:nps], n, view[a:b])
-                    else:
-                        data = scratch[: n * ps]
-                        self.decompressor.decompress_into(pview[:nps], n, data)
-                        pos = 0
-                        for a, b in runs:
-                            blk.populate(a, b - a)
-                            view[a:b] = data[pos : pos + b - a]
-                            pos += b - a
+                    # Decoded straight into the runs of guest memory (zstd: no staging).
+                    self.decompressor.decompress_into(pview[:nps], n, view, runs)
                 if received is not None:
                     for a, b in runs:
                         received[a // ps : b // ps] = ones[: (b - a) // ps]
@@ -251,6 +251,10 @@ class Destination:
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        # A source with the return-path capability opens it and pings, in every dialect.
+        self.decoder.accepted_commands = self.decoder.accepted_commands | RETURN_PATH_COMMANDS
+        self.rp_open = False
+        self._trailer = bytearray()
         self.order = PacketOrder(self.dialect, self.page_size)
         self.main_counters = SideCounters()
         self.completed_at: float | None = None
@@ -416,9 +420,37 @@ class Destination:
             self.stats.machine_type = ev.machine_type
         elif t is DeviceState:
             self.stats.device_state_bytes += len(ev.data)
+            if self.rp_open:
+                if len(self._trailer) + len(ev.data) > MAX_DEVICE_STATE_BYTES:
+                    raise StreamError(
+                        f"more than {MAX_DEVICE_STATE_BYTES} bytes of device state after the "
+                        "RAM section without the stream's end (VMDESCRIPTION)", field="section")
+                self._trailer += ev.data
         elif t is VmCommand:
             self.stats.vm_commands.append(ev.name)
+            if ev.command == MIG_CMD_OPEN_RETURN_PATH:
+                self.rp_open = True
+                self.stats.return_path = True
+            elif ev.command == MIG_CMD_PING:
+                (value,) = struct.unpack(">I", ev.data)
+                if not self.rp_open:
+                    raise StreamError(f"MIG_CMD_PING ({value:#x}) received with no return path "
+                                      "(MIG_CMD_OPEN_RETURN_PATH first)", field="command")
+                transport.send_all(self.main_sock, rp_pong(value), self.act,
+                                   "main channel (return path)")
         elif t is RamEnd:
+            pass
+
+    def _send_shut(self, *, failed: bool) -> None:
+        """MIG_RP_MSG_SHUT on the return path (best effort: the source may be gone)."""
+        sock = self.main_sock
+        if sock is None:
+            return
+        try:
+            sock.settimeout(min(2.0, self.act.idle_timeout))
+            sock.sendall(rp_shut(failed))
+            self.stats.return_path_shut = 1 if failed else 0
+        except OSError:
             pass
 
     # ------------------------------------------------------------------ run
@@ -450,6 +482,10 @@ class Destination:
                 self.main_counters.main_bytes += len(data)
                 for ev in dec.feed(data):
                     self._handle(ev)
+                if self._trailer and vmdescription_ends(self._trailer):
+                    # A QEMU source with a return path sent everything (EOF + VMDESCRIPTION)
+                    # and waits for MIG_RP_MSG_SHUT instead of closing.
+                    break
             self.finishing.set()
             for r in self.receivers:
                 while r.is_alive():
@@ -462,10 +498,14 @@ class Destination:
             self.completed_at = time.monotonic()
             st.status = "completed"
             self._done.set()
+            if self.rp_open:
+                self._send_shut(failed=False)
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             st.record_failure(exc, self.act.error)
             self.act.cancel.set()
+            if self.rp_open:
+                self._send_shut(failed=True)
             transport.abort(self.main_sock)
             for r in self.receivers:
                 transport.abort(r.sock)
@@ -479,6 +519,12 @@ class Destination:
                     r.decompressor.close()
                 transport.close(r.sock)
             transport.close(self.main_sock)
+            # shutdown() wakes the acceptor thread blocked in accept() at once (Linux: EINVAL);
+            # close() alone would leave it there until its tick ends, up to 0.2 s per run.
+            try:
+                self.lsock.shutdown(transport.socket.SHUT_RDWR)
+            except OSError:
+                pass
             transport.close(self.lsock)
             if self._acceptor is not None:
                 self._acceptor.join(timeout=2)

@@ -11,6 +11,7 @@ Format (see ``fixtures/hosts/*.yaml``)::
       defaults: {min_mbps: 4000, max_send_cpu: 250}    # fill in what a marker leaves out
       tests:                                           # per test (fnmatch on the node id)
         "*qatzip*": {min_mbps: 8000}                   # override the marker
+    certify: {...}                  # what `qatmig certify` checks and measures (docs/certify.md)
 
 Threshold precedence for a ``qatmig_perf`` test, strongest first: the profile's ``perf.tests``
 entry matching the test, then the marker's keyword arguments, then the profile's
@@ -42,6 +43,9 @@ class HostProfile:
     min_ready: int | None = None
     defaults: dict[str, float] = field(default_factory=dict)
     tests: tuple[tuple[str, dict[str, float]], ...] = ()
+    description: str = ""
+    #: The ``certify:`` section, read by ``qatmig certify`` (pytest_qatmig.certify.profile).
+    certify: Mapping[str, Any] = field(default_factory=dict)
 
     def thresholds_for(self, nodeid: str, marker_kwargs: Mapping[str, Any]) -> dict[str, float]:
         merged: dict[str, float] = dict(self.defaults)
@@ -100,7 +104,7 @@ def load_profile(path: str | Path) -> HostProfile:
         raise ProfileError(f"host profile {p} is not valid YAML: {exc}") from None
     if not isinstance(data, Mapping):
         raise ProfileError(f"host profile {p} must be a YAML mapping (name:, devices:, perf:)")
-    unknown = set(data) - {"name", "description", "devices", "perf"}
+    unknown = set(data) - {"name", "description", "devices", "perf", "certify"}
     if unknown:
         raise ProfileError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
     devices = data.get("devices") or {}
@@ -118,6 +122,9 @@ def load_profile(path: str | Path) -> HostProfile:
     tests_raw = perf.get("tests") or {}
     if not isinstance(tests_raw, Mapping):
         raise ProfileError(f"{p}: perf.tests must map node-id patterns to thresholds")
+    certify = data.get("certify") or {}
+    if not isinstance(certify, Mapping):
+        raise ProfileError(f"{p}: certify must be a mapping (see docs/certify.md)")
     tests = tuple(
         (str(pat), _numbers(f"perf.tests[{pat!r}]", vals, p)) for pat, vals in tests_raw.items()
     )
@@ -128,4 +135,6 @@ def load_profile(path: str | Path) -> HostProfile:
         min_ready=min_ready,
         defaults=_numbers("perf.defaults", perf.get("defaults"), p),
         tests=tests,
+        description=str(data.get("description") or ""),
+        certify=dict(certify),
     )

@@ -241,7 +241,14 @@ class RolePair:
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
             if self.judge:
-                checker = TapChecker(dialect=self.spec.dialect, method=self.spec.compression,
+                from qatmig_engine.judge.expect import Expectations
+
+                # On a ready QAT device the source's library cuts each qzCompress call into
+                # 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's layout there.
+                hw = (self.spec.compression == "qatzip" and self.device is not None
+                      and bool(getattr(self.device, "hw_ready", False)))
+                checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
+                                     dialect=self.spec.dialect, method=self.spec.compression,
                                      channels=self.spec.channels, uuid=vm_uuid,
                                      level=self.spec.level)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
@@ -252,6 +259,8 @@ class RolePair:
                                machine_type=getattr(incoming, "machine_type", None))
             try:
                 src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
+            except Unsupported:
+                raise
             except Exception as exc:  # an end that crashes is a failed migration, not a hang
                 src_res = {"status": "failed", "error": f"source raised {exc!r}"}
             try:

@@ -15,7 +15,7 @@ from ..errors import QatmigError, WireError
 #: Subcommand modules in help order. Each defines ``register(subparsers)``, which adds its
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
 SUBCOMMAND_MODULES = (
-    "migrate", "verify", "contract", "qzip", "guest", "devices", "tap", "bench",
+    "migrate", "verify", "contract", "qzip", "guest", "devices", "tap", "bench", "certify",
 )
 
 EPILOG = """\
@@ -29,6 +29,7 @@ examples:
   qatmig devices --json
   qatmig qzip -L 1 file            # QATzip gzip-ext, like QATzip's own qzip tool
   qatmig bench --channels 2,4,8    # the seed table: engine vs real QEMU, CSV/JSON/plots
+  qatmig certify --profile fixtures/hosts/software-only.yaml -o out/   # certify this host
 
 Every reporting command takes --json. Parameter names are QEMU's (migrate-set-parameters).
 """

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 from qatmig_engine.cli._common import add_json_flag, print_json, timeout_arg
+from qatmig_engine.dialects import DEFAULT_DIALECT, DIALECTS
 from qatmig_engine.errors import ParameterError
 
 EPILOG = """\
 examples:
-  # QEMU 7.2 -> tap -> QEMU 7.2: point the source's `migrate` at the tap
+  # QEMU 10.0 (or qatmig send/listen, same default dialect) through the tap
   qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444
-  qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --json --timeout 120
+  # QEMU 7.2 -> tap -> QEMU 7.2: point the source's `migrate` at the tap
+  qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --dialect qemu-7.2 --json
   # also compare every page with the source RAM file (guest started with -S)
-  qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --verify-image src.img
+  qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --verify-image src.img \
+      --dialect qemu-7.2
   # keep the bytes (conn-0.bin is the main channel), check them again later offline
   qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --record cap/
   qatmig tap --replay cap/conn-0.bin cap/conn-1.bin cap/conn-2.bin
@@ -26,7 +29,8 @@ closed. It checks init packets, packet headers, flags, offsets inside each RAM b
 from the main stream's block list), every payload decompressing to exactly normal_pages x 4096
 bytes, and one SYNC per channel per main-stream EOS. QEMU 7.2 sender quirks are printed as
 notes. Exit status: 0 when every byte conforms, 1 on any deviation (each names connection,
-channel, packet and field), 2 on usage errors. See docs/qemu-interop.md.
+channel, packet and field), 2 on usage errors. A stream of another dialect is a deviation that
+says which dialect the bytes look like. See docs/qemu-interop.md.
 """
 
 
@@ -54,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="check recorded connections offline (accept order, main first)")
     p.add_argument("--timeout", type=timeout_arg, default=60.0, metavar="S",
                    help="give up after S seconds without a byte moving (default 60)")
-    p.add_argument("--dialect", default="qemu-7.2",
-                   help="wire dialect of the peers (default qemu-7.2)")
+    p.add_argument("--dialect", default=DEFAULT_DIALECT, choices=tuple(DIALECTS),
+                   help=f"wire dialect of the peers (default {DEFAULT_DIALECT}; qemu-7.2 for "
+                   "Debian 12's QEMU)")
     p.add_argument("--multifd-compression", default=None, metavar="METHOD",
                    help="expected method (default: learnt from the first data packet)")
     p.add_argument("--multifd-channels", type=int, default=None, metavar="N",
