@@ -534,3 +534,35 @@ def test_hugepages_are_checked_only_where_the_profile_needs_them(tmp_path: Path)
         assert c.level == (INFORMATIONAL if need == 0 else REQUIRED)
         if status == FAIL:
             assert f"echo 512 > /sys/{HUGEPAGE_DIR}/nr_hugepages" in c.fix
+
+
+def test_socket_gateway_host_on_loopback(tmp_path: Path) -> None:
+    """A fleet host reached through ``socket=127.0.0.1:PORT`` (execnet's socketserver)."""
+    execnet = pytest.importorskip("execnet")
+    import select
+    import socket
+
+    server_script = Path(execnet.__file__).parent / "script" / "socketserver.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-u", str(server_script), f"127.0.0.1:{port}"],
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], 30)
+        assert ready and "Entering Accept loop" in server.stdout.readline()
+        sysfs, dev = fixture_tree("4xxx_down")
+        spec = (f"socket=127.0.0.1:{port}//id=rack1//env:QATMIG_SYSFS_ROOT={sysfs}"
+                f"//env:QATMIG_DEV_ROOT={dev}")
+        out = tmp_path / "fleet"
+        res = certify("--profile", str(SEED), "-o", str(out), "--skip-suite", "--skip-bench",
+                      "--hosts", spec)
+        rep = report(out)
+        assert res.returncode == 1, res.stderr
+        assert [h["name"] for h in rep["hosts"]] == ["rack1"]
+        assert rep["hosts"][0]["inventory"]["host_context"]["sysfs_root"] == str(sysfs)
+        assert checks_by_id(rep)["qat.state[0000:6b:00.0]"]["status"] == FAIL
+    finally:
+        server.kill()
+        server.wait(10)
