@@ -68,6 +68,16 @@ MIG_CMD_ARGS: dict[int, tuple[str, int]] = {
     MIG_CMD_SWITCHOVER_START: ("MIG_CMD_SWITCHOVER_START", 0),
 }
 
+# Return path (destination -> source on the main connection, migration.c enum
+# mig_rp_message_type): be16(type) be16(len) data[len].
+MIG_RP_MSG_INVALID = 0
+MIG_RP_MSG_SHUT = 1  # data be32: 0 = loaded everything, else the load failed
+MIG_RP_MSG_PONG = 2  # data be32: the PING's value
+MIG_RP_MSG_NAMES = {0: "MIG_RP_MSG_INVALID", 1: "MIG_RP_MSG_SHUT", 2: "MIG_RP_MSG_PONG",
+                    3: "MIG_RP_MSG_REQ_PAGES_ID", 4: "MIG_RP_MSG_REQ_PAGES",
+                    5: "MIG_RP_MSG_RECV_BITMAP", 6: "MIG_RP_MSG_RESUME_ACK",
+                    7: "MIG_RP_MSG_SWITCHOVER_ACK"}
+
 RAM_SAVE_FLAG_FULL = 0x01  # obsolete
 RAM_SAVE_FLAG_ZERO = 0x02
 RAM_SAVE_FLAG_MEM_SIZE = 0x04

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +26,17 @@ from typing import Any
 
 from . import transport
 from .codecs import get_codec
-from .constants import MULTIFD_INIT_PACKET_SIZE, TARGET_PAGE_SIZE
+from .constants import (
+    MIG_CMD_OPEN_RETURN_PATH,
+    MIG_CMD_PING,
+    MULTIFD_INIT_PACKET_SIZE,
+    TARGET_PAGE_SIZE,
+)
 from .dialects import get_dialect
 from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
+    RETURN_PATH_COMMANDS,
     Configuration,
     DeviceState,
     EndOfSection,
@@ -40,6 +47,9 @@ from .mainstream import (
     RamEnd,
     VmCommand,
     ZeroPage,
+    rp_pong,
+    rp_shut,
+    vmdescription_ends,
 )
 from .params import MigrationParameters
 from .stats import MigrationStats, SideCounters, peak_rss_bytes
@@ -61,6 +71,9 @@ from .wire import (
 DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 
 _MAIN_RECV = 256 << 10
+#: Device state a return-path destination buffers after the RAM section while it looks for
+#: the stream's end (QEMU's is ~0.1 MiB without a guest OS).
+MAX_DEVICE_STATE_BYTES = 64 << 20
 
 
 class _Receiver(transport.ChannelThread):
@@ -251,6 +264,10 @@ class Destination:
         self._acceptor: threading.Thread | None = None
         self._done = threading.Event()
         self.decoder = MainStreamDecoder(self.dialect, page_size=self.page_size)
+        # A source with the return-path capability opens it and pings, in every dialect.
+        self.decoder.accepted_commands = self.decoder.accepted_commands | RETURN_PATH_COMMANDS
+        self.rp_open = False
+        self._trailer = bytearray()
         self.order = PacketOrder(self.dialect, self.page_size)
         self.main_counters = SideCounters()
         self.completed_at: float | None = None
@@ -416,9 +433,37 @@ class Destination:
             self.stats.machine_type = ev.machine_type
         elif t is DeviceState:
             self.stats.device_state_bytes += len(ev.data)
+            if self.rp_open:
+                if len(self._trailer) + len(ev.data) > MAX_DEVICE_STATE_BYTES:
+                    raise StreamError(
+                        f"more than {MAX_DEVICE_STATE_BYTES} bytes of device state after the "
+                        "RAM section without the stream's end (VMDESCRIPTION)", field="section")
+                self._trailer += ev.data
         elif t is VmCommand:
             self.stats.vm_commands.append(ev.name)
+            if ev.command == MIG_CMD_OPEN_RETURN_PATH:
+                self.rp_open = True
+                self.stats.return_path = True
+            elif ev.command == MIG_CMD_PING:
+                (value,) = struct.unpack(">I", ev.data)
+                if not self.rp_open:
+                    raise StreamError(f"MIG_CMD_PING ({value:#x}) received with no return path "
+                                      "(MIG_CMD_OPEN_RETURN_PATH first)", field="command")
+                transport.send_all(self.main_sock, rp_pong(value), self.act,
+                                   "main channel (return path)")
         elif t is RamEnd:
+            pass
+
+    def _send_shut(self, *, failed: bool) -> None:
+        """MIG_RP_MSG_SHUT on the return path (best effort: the source may be gone)."""
+        sock = self.main_sock
+        if sock is None:
+            return
+        try:
+            sock.settimeout(min(2.0, self.act.idle_timeout))
+            sock.sendall(rp_shut(failed))
+            self.stats.return_path_shut = 1 if failed else 0
+        except OSError:
             pass
 
     # ------------------------------------------------------------------ run
@@ -450,6 +495,10 @@ class Destination:
                 self.main_counters.main_bytes += len(data)
                 for ev in dec.feed(data):
                     self._handle(ev)
+                if self._trailer and vmdescription_ends(self._trailer):
+                    # A QEMU source with a return path sent everything (EOF + VMDESCRIPTION)
+                    # and waits for MIG_RP_MSG_SHUT instead of closing.
+                    break
             self.finishing.set()
             for r in self.receivers:
                 while r.is_alive():
@@ -462,10 +511,14 @@ class Destination:
             self.completed_at = time.monotonic()
             st.status = "completed"
             self._done.set()
+            if self.rp_open:
+                self._send_shut(failed=False)
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             st.record_failure(exc, self.act.error)
             self.act.cancel.set()
+            if self.rp_open:
+                self._send_shut(failed=True)
             transport.abort(self.main_sock)
             for r in self.receivers:
                 transport.abort(r.sock)

@@ -35,12 +35,18 @@ its events. Every :class:`StreamError` it raises names the ``field`` at fault (`
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 
 from .constants import (
     MIG_CMD_ARGS,
+    MIG_CMD_OPEN_RETURN_PATH,
+    MIG_CMD_PING,
     MIG_CMD_SWITCHOVER_START,
+    MIG_RP_MSG_NAMES,
+    MIG_RP_MSG_PONG,
+    MIG_RP_MSG_SHUT,
     MULTIFD_MAGIC,
     QEMU_VM_COMMAND,
     QEMU_VM_CONFIGURATION,
@@ -53,6 +59,7 @@ from .constants import (
     QEMU_VM_SECTION_PART,
     QEMU_VM_SECTION_START,
     QEMU_VM_SUBSECTION,
+    QEMU_VM_VMDESCRIPTION,
     RAM_SAVE_FLAG_CONTINUE,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_MEM_SIZE,
@@ -311,6 +318,14 @@ class MainStreamEncoder:
 
     def eof(self) -> bytes:
         return bytes([QEMU_VM_EOF])
+
+    def vmdescription(self) -> bytes:
+        """QEMU_VM_VMDESCRIPTION after EOF (``06 be32(len) json``), as QEMU sends for pc/q35
+        machines. A QEMU destination reads it before it completes; without it, its read past
+        the end marks the stream failed, which a return path reports as MIG_RP_MSG_SHUT(1)."""
+        desc = json.dumps({"page_size": self.page_size, "devices": []},
+                          separators=(",", ":")).encode()
+        return bytes([QEMU_VM_VMDESCRIPTION]) + _BE32.pack(len(desc)) + desc
 
 
 # ---------------------------------------------------------------------------------- decoder
@@ -753,3 +768,84 @@ class MainStreamDecoder:
         self.blocks = dict(blocks)
         self._saw_mem_size = True
         events.append(MemSize(total, tuple(blocks)))
+
+
+# ---------------------------------------------------------------------------------- return path
+#: Commands a destination handles in every dialect: a source with the ``return-path``
+#: capability sends MIG_CMD_OPEN_RETURN_PATH then MIG_CMD_PING(1) right after the header.
+RETURN_PATH_COMMANDS = frozenset({MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING})
+
+
+def open_return_path_commands(ping: int = 1) -> bytes:
+    """What a QEMU source with ``return-path`` sends after the header (migration_thread):
+    MIG_CMD_OPEN_RETURN_PATH, then MIG_CMD_PING(``ping``)."""
+    return (bytes([QEMU_VM_COMMAND]) + struct.pack(">HH", MIG_CMD_OPEN_RETURN_PATH, 0)
+            + bytes([QEMU_VM_COMMAND]) + struct.pack(">HHI", MIG_CMD_PING, 4, ping))
+
+
+def rp_message(msg_type: int, data: bytes = b"") -> bytes:
+    """One return-path message: ``be16(type) be16(len) data``."""
+    return struct.pack(">HH", msg_type, len(data)) + data
+
+
+def rp_shut(failed: bool) -> bytes:
+    """MIG_RP_MSG_SHUT: be32 1 when the load failed, 0 when everything was loaded."""
+    return rp_message(MIG_RP_MSG_SHUT, struct.pack(">I", 1 if failed else 0))
+
+
+def rp_pong(value: int) -> bytes:
+    return rp_message(MIG_RP_MSG_PONG, struct.pack(">I", value & 0xFFFFFFFF))
+
+
+class ReturnPathDecoder:
+    """The source's reader of return-path messages (sans-I/O): :meth:`feed` bytes, get
+    ``(type, data)`` tuples. Messages other than SHUT and PONG (postcopy's page requests,
+    bitmaps, SWITCHOVER_ACK) are refused: this engine never asks for them."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.shut: int | None = None  # SHUT's value once received
+        self.pongs: list[int] = []
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 4:
+            msg_type, n = struct.unpack_from(">HH", self._buf, 0)
+            if len(self._buf) < 4 + n:
+                break
+            body = bytes(self._buf[4:4 + n])
+            del self._buf[:4 + n]
+            name = MIG_RP_MSG_NAMES.get(msg_type, f"unknown return-path message {msg_type}")
+            if msg_type == MIG_RP_MSG_SHUT and n == 4:
+                if self.shut is not None:
+                    raise StreamError("a second MIG_RP_MSG_SHUT on the return path",
+                                      field="return path")
+                self.shut = struct.unpack(">I", body)[0]
+            elif msg_type == MIG_RP_MSG_PONG and n == 4:
+                self.pongs.append(struct.unpack(">I", body)[0])
+            else:
+                raise StreamError(f"{name} ({n} bytes) on the return path: this source only "
+                                  "understands MIG_RP_MSG_SHUT and MIG_RP_MSG_PONG",
+                                  field="return path")
+            out.append((msg_type, body))
+        return out
+
+
+def vmdescription_ends(trailer: bytes | bytearray) -> bool:
+    """Whether ``trailer`` (what followed the RAM section's END) ends with QEMU_VM_EOF and a
+    complete VMDESCRIPTION (``00 06 be32(len) json``): a QEMU source has sent everything and
+    now waits for the destination's MIG_RP_MSG_SHUT instead of closing."""
+    end = len(trailer)
+    pos = end
+    for _ in range(64):  # candidates from the end; the JSON rarely holds "\\x00\\x06"
+        pos = trailer.rfind(b"\x00\x06", 0, pos)
+        if pos < 0:
+            return False
+        if pos + 6 <= end and struct.unpack_from(">I", trailer, pos + 2)[0] == end - pos - 6:
+            try:
+                desc = json.loads(bytes(trailer[pos + 6:]))
+            except ValueError:
+                continue
+            return isinstance(desc, dict)
+    return False

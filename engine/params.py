@@ -43,6 +43,9 @@ class MigrationParameters:
     #: exists, else software) and whether a missing/failing device falls back to software.
     qat_backend: str = "auto"
     qat_fallback: bool = True
+    #: QEMU's ``return-path`` capability (source side): MIG_CMD_OPEN_RETURN_PATH + PING after
+    #: the header; the source completes only on the destination's MIG_RP_MSG_SHUT(0).
+    return_path: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +32,9 @@ from . import transport
 from .codecs import get_codec
 from .constants import MULTIFD_PACKET_SIZE, TARGET_PAGE_SIZE
 from .dialects import get_dialect
-from .errors import MigrationError
+from .errors import MigrationError, PeerTimeout, StreamError
 from .guest import GuestMemory, RAMBlock, dirty_runs
-from .mainstream import MainStreamEncoder
+from .mainstream import MainStreamEncoder, ReturnPathDecoder, open_return_path_commands
 from .params import MigrationParameters
 from .ratelimit import RateLimiter
 from .stats import MigrationStats, SideCounters
@@ -184,6 +185,49 @@ class _Sender(transport.ChannelThread):
             c.zero_pages += len(zeros)
 
 
+class _ReturnPathReader(threading.Thread):
+    """QEMU's source return-path thread: reads the destination's messages on the main
+    connection from the start, so a MIG_RP_MSG_SHUT(1) sent by a destination that fails
+    early is read before the connection resets."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(name="qatmig-return-path", daemon=True)
+        self.sock = sock
+        self.decoder = ReturnPathDecoder()
+        self.stop = threading.Event()
+        self.closed = False  # the destination closed the connection
+        self.error: BaseException | None = None
+
+    @property
+    def shut(self) -> int | None:
+        return self.decoder.shut
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.decoder.shut is None:
+            try:
+                r, _, _ = select.select([self.sock], [], [], transport.TICK)
+                if not r:
+                    continue
+                data = self.sock.recv(4096)
+            except (OSError, ValueError) as exc:
+                self.error = exc
+                return
+            if not data:
+                self.closed = True
+                return
+            try:
+                self.decoder.feed(data)
+            except StreamError as exc:
+                self.error = exc
+                return
+
+
+def _destination_failed(shut: int) -> MigrationError:
+    return MigrationError(
+        f"the destination failed to load the migration (return path: MIG_RP_MSG_SHUT {shut}; "
+        "QEMU's return path carries no reason, see the destination's error)")
+
+
 class Source:
     """Migrate ``guest`` to a destination listening on ``host:port``; :meth:`run` once."""
 
@@ -235,6 +279,9 @@ class Source:
         self.stop_time: float | None = None  # monotonic time the guest was stopped
         self.end_time: float | None = None
         self.confirmed: bool | None = None  # destination closed cleanly after EOF
+        #: PONG values the destination sent on the return path (return-path capability)
+        self.rp_pongs: list[int] = []
+        self.rp_reader: _ReturnPathReader | None = None
         #: After EOF, wait this long for the destination to close the main channel (a reset
         #: means it failed). None = the idle timeout; 0 = do not wait (QEMU does not).
         self.wait_for_destination = wait_for_destination
@@ -375,12 +422,21 @@ class Source:
             self._run(t_start)
             st.status = "completed"
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
-            st.record_failure(exc, self.act.error)
+            rp = self.rp_reader
+            if rp is not None and rp.shut is None:
+                rp.join(1.0)  # a failing destination's SHUT(1) precedes its reset
+            if rp is not None and rp.shut:
+                st.return_path_shut = rp.shut
+                st.record_failure(_destination_failed(rp.shut))
+            else:
+                st.record_failure(exc, self.act.error)
             self.act.cancel.set()
             transport.abort(self.main_sock)
             for s in self.senders:
                 transport.abort(s.sock)
         finally:
+            if self.rp_reader is not None:
+                self.rp_reader.stop.set()
             if self.workload is not None:
                 self.workload.pause()
             self.act.cancel.set()
@@ -428,6 +484,11 @@ class Source:
         enc = self.encoder
         self.guest.mark_all_dirty()
         self._main_write(enc.header())
+        if p.return_path:
+            # QEMU's migration_thread: tell the destination to open its end, and ping it.
+            self._main_write(open_return_path_commands(1))
+            self.rp_reader = _ReturnPathReader(self.main_sock)
+            self.rp_reader.start()
         self._main_write(enc.section_start(self.guest.block_list()), flush=True)
         self._sync_round()
         st.setup_time_ms = (time.monotonic() - t_start) * 1000
@@ -478,7 +539,11 @@ class Source:
         self._zero_records += zrec
         self._sync_round()
         st.rounds += 1
-        self._main_write(enc.eof(), flush=True)
+        if p.return_path:
+            # The destination reads EOF + VMDESCRIPTION and answers MIG_RP_MSG_SHUT.
+            self._main_write(enc.eof() + enc.vmdescription(), flush=True)
+        else:
+            self._main_write(enc.eof(), flush=True)
         for _ in self.senders:
             self._put(_QUIT)
         for s in self.senders:
@@ -491,6 +556,38 @@ class Source:
         self.act.raise_failure()
         self.end_time = time.monotonic()
         self._await_destination()
+
+    def _await_shut(self, wait: float) -> None:
+        """Return path: wait for the destination's MIG_RP_MSG_SHUT.
+
+        SHUT(0) means the destination loaded everything: only then is the migration
+        completed. SHUT(1) (its load failed), a close or reset without SHUT, or silence for
+        ``wait`` seconds fail it. QEMU's return path carries no reason text: the destination's
+        own error says why.
+        """
+        rp = self.rp_reader
+        if rp is None:  # pragma: no cover - started with the header
+            raise MigrationError("return path: no reader")
+        rp.join(max(wait, transport.TICK))
+        self.rp_pongs = list(rp.decoder.pongs)
+        self.stats.return_path_shut = rp.shut
+        if rp.shut is None:
+            self.confirmed = False
+            if rp.is_alive():
+                raise PeerTimeout(
+                    f"return path: no MIG_RP_MSG_SHUT from the destination within {wait:g} s "
+                    "after the end of the stream (is it still loading, or stuck?)")
+            if rp.error is not None and not isinstance(rp.error, OSError):
+                raise MigrationError(f"return path: {rp.error}")
+            how = "reset" if rp.error is not None else "closed"
+            raise MigrationError(
+                f"return path: the destination {how} the main channel without "
+                "MIG_RP_MSG_SHUT: it did not confirm loading the migration")
+        if rp.shut != 0:
+            self.confirmed = False
+            raise _destination_failed(rp.shut)
+        self.confirmed = True
+        self.end_time = time.monotonic()
 
     def _await_destination(self) -> None:
         """Half-close every channel and wait for the destination to close the main one.
@@ -506,6 +603,9 @@ class Source:
                 s.shutdown(transport.socket.SHUT_WR)
             except OSError:
                 pass
+        if self.params.return_path:
+            self._await_shut(wait)
+            return
         if wait <= 0:
             return
         deadline = time.monotonic() + wait

@@ -95,6 +95,11 @@ class MigrationStats:
     machine_type: str | None = None
     #: QEMU_VM_COMMAND sections on the main channel, by QEMU's name, in order.
     vm_commands: list[str] = field(default_factory=list)
+    #: The return path was open (QEMU's return-path capability on the source).
+    return_path: bool = False
+    #: MIG_RP_MSG_SHUT value the destination sent / the source received (0 = loaded
+    #: everything, 1 = the load failed); None without a return path.
+    return_path_shut: int | None = None
     role: str = "both"  # source, destination, both
 
     # ------------------------------------------------------------------ derived
@@ -162,6 +167,7 @@ class MigrationStats:
         self.dialect = params.dialect
         self.max_bandwidth = params.max_bandwidth
         self.downtime_limit_ms = params.downtime_limit
+        self.return_path = bool(getattr(params, "return_path", False)) or self.return_path
 
     def record_failure(
         self, exc: BaseException, first_error: BaseException | None = None
@@ -262,6 +268,8 @@ class MigrationStats:
             "machine_type": self.machine_type,
             "device_state_bytes": self.device_state_bytes,
             "vm_commands": list(self.vm_commands),
+            "return_path": self.return_path,
+            "return_path_shut": self.return_path_shut,
             "peak_rss_bytes": self.peak_rss_bytes,
             "guest_mapped_bytes": self.guest_mapped_bytes,
         }

@@ -104,8 +104,25 @@ def test_crash_once():
         open(flag, "w").close()
         os._exit(1)
 """
-    # The crash comes first and the rest is slow enough that the replacement gets tests.
-    pytester.makepyfile(crash_first + RECORD.format(out=str(out), n=8, sleep=0.5))
+    # The crash comes first; the surviving worker then holds each of its tests until the
+    # replacement has run one (bounded), so the replacement gets tests however slowly it starts
+    # on a loaded machine, instead of by the luck of a sleep.
+    wait_for_replacement = f"""
+
+@pytest.fixture(autouse=True)
+def _hold_until_a_replacement_ran(request):
+    flag = os.path.join({str(out)!r}, "replacement-ran")
+    if request.node.name == "test_crash_once":
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER") not in ("gw0", "gw1"):
+        open(flag, "w").close()
+        return
+    deadline = time.monotonic() + 120
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+    pytester.makepyfile(crash_first + RECORD.format(out=str(out), n=8, sleep=0)
+                        + wait_for_replacement)
 
     result = pytester.runpytest_subprocess(
         *LEAN, "-n", "2", "--max-worker-restart=2", f"--qatmig-sysfs-root={root}"

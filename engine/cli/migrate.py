@@ -98,6 +98,10 @@ def _add_params(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qat-inject-fault", metavar="SPEC", default=None,
                    help="testing: make the hardware engine fail, e.g. "
                    "'after_packets=3,channel=1,rc=QZ_FAIL' (see docs/qat.md)")
+    g.add_argument("--return-path", type=_on_off, default=False, metavar="on|off",
+                   help="QEMU's return-path capability (source): the destination confirms "
+                   "(MIG_RP_MSG_SHUT) that it loaded everything before the source reports "
+                   "completed (default off, as QEMU)")
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
                    "QEMU without -uuid); both sides must agree")
@@ -120,6 +124,7 @@ def _params(args: argparse.Namespace) -> MigrationParameters:
         dialect=args.dialect,
         qat_backend=args.qat_backend,
         qat_fallback=args.qat_fallback,
+        return_path=args.return_path,
         extra={
             key: value
             for key, value in (

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ..constants import QEMU_VM_FILE_MAGIC
+from ..constants import MULTIFD_PACKET_FIXED_SIZE, QEMU_VM_FILE_MAGIC
 from ..dialects import METHOD_FLAGS, get_dialect
 from ..errors import PacketError, WireError
 from ..wire import Packet, packet_len, page_count, parse_uuid
@@ -196,7 +196,8 @@ class TapChecker:
 
     # ---------------------------------------------------------------- page map
     def _arrive(self, block: str, off: int, rnd: int, data: Any, conn: int,
-                channel: int | None, packet_num: int | None, what: str) -> bool:
+                channel: int | None, packet_num: int | None, what: str,
+                at: int | None = None) -> bool:
         """Record one page copy; returns True when it is the newest copy of that page."""
         bp = self.pages.get(block)
         if bp is None:
@@ -215,7 +216,7 @@ class TapChecker:
                                "(7.2 sender race; writes are idempotent)", text)
             else:
                 self._error(text + ": QEMU queues a dirty page once per round", conn,
-                            channel=channel, packet_num=packet_num, fld="offset")
+                            channel=channel, packet_num=packet_num, fld="offset", offset=at)
         if stamp > rnd + 1:
             return False  # an older round's copy, fed after a newer one (offline order)
         bp.last_round[i] = rnd + 1
@@ -254,9 +255,10 @@ class TapChecker:
         zero = bytes(ps)
         buf = self.ram.get(pkt.ramblock) if self.ram is not None else None
         exp = self.expect.get(pkt.ramblock) if self.expect else None
-        for off in pkt.zero_offsets:
+        slot = ch.packet_at + MULTIFD_PACKET_FIXED_SIZE + 8 * pkt.normal_pages
+        for j, off in enumerate(pkt.zero_offsets):
             newest = self._arrive(pkt.ramblock, off, ch.syncs, zero, ch.stats.connection,
-                                  ch.channel, pkt.packet_num, "zero page")
+                                  ch.channel, pkt.packet_num, "zero page", slot + 8 * j)
             if buf is not None and newest:
                 buf[off : off + ps] = zero
             if exp is not None and exp[off : off + ps] != zero:
@@ -273,7 +275,8 @@ class TapChecker:
         for i, off in enumerate(pkt.normal_offsets):
             page = mv[i * ps : (i + 1) * ps]
             newest = self._arrive(pkt.ramblock, off, rnd, page, ch.stats.connection,
-                                  ch.channel, pkt.packet_num, "normal page")
+                                  ch.channel, pkt.packet_num, "normal page",
+                                  ch.packet_at + MULTIFD_PACKET_FIXED_SIZE + 8 * i)
             if buf is not None and newest:
                 buf[off : off + ps] = page
             if exp is not None and exp[off : off + ps] != page:
@@ -311,11 +314,12 @@ class TapChecker:
             if c.state == "init":
                 self._error("multifd connection ended before its init packet", c.stats.connection,
                             fld="init", offset=c.offset)
-            elif not c.at_boundary() and not self.blocks_known:
+            elif not c.at_boundary() and not self.blocks_known and (main is None
+                                                                    or not main.failed):
                 self._error(f"{len(c.buf) - c.pos} bytes left unchecked: the main channel's "
                             "RAM block list never arrived", c.stats.connection,
                             channel=c.channel, fld="ramblock", offset=c.offset)
-            elif not c.at_boundary():
+            elif not c.at_boundary() and self.blocks_known:
                 pkt = c.packet
                 inside = "payload" if c.state == "payload" else "header"
                 self._error(
@@ -326,7 +330,9 @@ class TapChecker:
                     offset=c.offset)
         if self.channels is not None and main is not None:
             ids = sorted(self._channel_ids)
-            if ids != list(range(self.channels)):
+            # a channel rejected at its init packet already has its deviation
+            if ids != list(range(self.channels)) and all(c.channel is not None or not c.failed
+                                                         for c in mf):
                 self._error(f"multifd channel ids {ids}, expected 0..{self.channels - 1}",
                             main.stats.connection, fld="id")
             if len(mf) != self.channels:
@@ -378,8 +384,8 @@ class TapChecker:
 
 
 def check_capture(
-    connections: list[bytes], *, chunk: int = 0,
-    expectations: Expectations | None = None, **kwargs: Any
+    connections: list[bytes], expectations: Expectations | None = None, *, chunk: int = 0,
+    **kwargs: Any
 ) -> TapReport:
     """Run the judge over recorded connections (accept order), offline.
 

@@ -248,8 +248,11 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
                    workdir: str, tap: bool = False, live: bool = False,
                    timeout: float = 120.0, binary: str | None = None,
                    dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
-                   machine: str = "pc") -> InteropRun:
+                   machine: str = "pc", return_path: bool = False) -> InteropRun:
     """QEMU source -> ``qatmig listen --dialect DIALECT`` (optionally through the tap).
+
+    ``return_path``: the source QEMU has the return-path capability (the engine's destination
+    answers its PING and confirms with MIG_RP_MSG_SHUT).
 
     ``live``: let the source guest run (SeaBIOS, which dirties RAM) during the migration.
     """
@@ -261,7 +264,8 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
         with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
                          machine=machine, workdir=f"{workdir}/qsrc") as src:
             src.setup_migration(channels=channels, compression=method,
-                                zero_page_detection=zero_page_detection)
+                                zero_page_detection=zero_page_detection,
+                                return_path=return_path)
             if live:
                 src.execute("cont")
             proxy = _tap(port, method, channels, True, timeout, dialect) if tap else None
@@ -291,8 +295,10 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
                    workdir: str, tap: bool = False, extra_args: tuple[str, ...] = (),
                    timeout: float = 120.0, binary: str | None = None,
                    dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
-                   machine: str = "pc") -> InteropRun:
+                   machine: str = "pc", return_path: bool = False) -> InteropRun:
     """``qatmig send --dialect DIALECT`` -> QEMU destination (optionally through the tap).
+
+    ``return_path``: ``send --return-path on`` (and the capability on the QEMU destination).
 
     With ``dialect`` other than qemu-7.2 the engine is given the destination's resolved machine
     type (``--machine-type``, unless ``extra_args`` names one).
@@ -301,7 +307,9 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
     with QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
                      binary=binary, machine=machine, workdir=f"{workdir}/qdst") as dst:
         dst.setup_migration(channels=channels, compression=method,
-                            zero_page_detection=zero_page_detection)
+                            zero_page_detection=zero_page_detection, return_path=return_path)
+        if return_path:
+            extra_args = (*extra_args, "--return-path", "on")
         if dialect != "qemu-7.2" and "--machine-type" not in extra_args:
             extra_args = ("--machine-type", dst.machine_type(), *extra_args)
         port = dst.migrate_incoming()

@@ -276,8 +276,9 @@ class QemuProcess:
         max_bandwidth: int | None = UNLIMITED_BANDWIDTH,
         events: bool = True,
         zero_page_detection: str | None = None,
+        return_path: bool = False,
     ) -> None:
-        """migrate-set-capabilities multifd (+events) and the multifd parameters.
+        """migrate-set-capabilities multifd (+events, +return-path) and the multifd parameters.
 
         ``zero_page_detection`` (none/legacy/multifd) exists from QEMU 9.0 on; None leaves it.
 
@@ -287,6 +288,8 @@ class QemuProcess:
         caps = [{"capability": "multifd", "state": True}]
         if events:
             caps.append({"capability": "events", "state": True})
+        if return_path:
+            caps.append({"capability": "return-path", "state": True})
         self.execute("migrate-set-capabilities", {"capabilities": caps})
         params: dict[str, Any] = {
             "multifd-channels": channels, "multifd-compression": compression,
