@@ -508,6 +508,7 @@ class Destination:
                 if r.error is not None:
                     raise r.error
             self.act.raise_failure()
+            self.order.finish()
             self.completed_at = time.monotonic()
             st.status = "completed"
             self._done.set()
