@@ -9,7 +9,7 @@ changed), replays it into a destination and classifies what happened:
 ``failed``            a typed error (the expected outcome for most mutations);
 ``completed-ok``      completed with the session's RAM (the mutation changed nothing that
                       matters, e.g. a stale field);
-``completed-wrong-undetectable``  completed with other RAM after a mutation confined to bytes
+``completed-wrong-undetectable``  completed with other RAM after a case with a mutation in bytes
                       no check covers (raw page data, or compressed data of a method without a
                       checksum: zlib/zstd sync-flushed streams, qpl, uadk; page bytes on the
                       main channel);
@@ -68,8 +68,9 @@ class Case:
     seed: int
     session: str
     mutations: list[str] = field(default_factory=list)
-    #: True when every byte changed lies in data no check covers (see module docs).
-    undetectable_only: bool = True
+    #: True when a mutation changed bytes no check covers (see module docs): wrong RAM after
+    #: such a case cannot be blamed on the destination.
+    undetectable_only: bool = False
     blobs: list[bytes] = field(default_factory=list)
 
 
@@ -122,7 +123,7 @@ def mutate(sess: Session, rng: random.Random) -> Case:
         op = rng.choice(_OPS)
         name, undetectable = op(sess, blobs, rng)
         case.mutations.append(name)
-        case.undetectable_only = case.undetectable_only and undetectable
+        case.undetectable_only = case.undetectable_only or undetectable
     case.blobs = blobs
     return case
 
