@@ -156,7 +156,8 @@ class InitPacket:
             if magic == QEMU_VM_FILE_MAGIC:
                 hint = (
                     " (this is a main channel: a qemu-7.2 destination takes the first "
-                    "connection as the main channel, so the main channel must connect first)"
+                    "connection as the main channel, so the main channel must connect first; "
+                    "a source that connects in any order looks like dialect qemu-9.0 or newer)"
                 )
             raise InitPacketError(
                 f"multifd: received packet magic {magic:x} expected {MULTIFD_MAGIC:x}{hint}",

@@ -76,7 +76,12 @@ class MigrationPair(Protocol):
 
 @runtime_checkable
 class Implementation(Protocol):
-    """The interface an implementation under test provides (see docs/plugin.md)."""
+    """The interface an implementation under test provides (see docs/plugin.md).
+
+    New implementations provide the two roles instead of (or besides) ``pair``:
+    ``destination(spec, ctx) -> Incoming`` and ``source(spec, ctx, address) -> Mapping``
+    (:mod:`pytest_qatmig.roles`); the suite then pairs them itself, across implementations,
+    and judges the wire between them. ``pair`` is the older, impl-to-impl-only form."""
 
     name: str
 

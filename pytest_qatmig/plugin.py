@@ -82,6 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     # Resolve --qatmig-impl now, so that a typo is a usage error before any test runs.
     _ = state.impl
+    if state.settings.peer != state.settings.impl:
+        _ = state.peer  # and a --qatmig-peer typo too
     config.pluginmanager.register(_Reporter(config), "qatmig-reporter")
 
 

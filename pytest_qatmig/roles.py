@@ -259,6 +259,8 @@ class RolePair:
                                machine_type=getattr(incoming, "machine_type", None))
             try:
                 src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
+            except Unsupported:
+                raise
             except Exception as exc:  # an end that crashes is a failed migration, not a hang
                 src_res = {"status": "failed", "error": f"source raised {exc!r}"}
             try:

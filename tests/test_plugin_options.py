@@ -23,6 +23,8 @@ CASES = [
     ("guest_size", "16M", "guest_size", 16 << 20),
     ("corpus", "corp", "corpus", "corp"),
     ("sysfs_root", "fake/sys", "sysfs_root", "fake/sys"),
+    ("peer", "pytest_qatmig.testing:loopback_copy", "peer", "pytest_qatmig.testing:loopback_copy"),
+    ("matrix", "full", "matrix", "full"),
 ]
 
 

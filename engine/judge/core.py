@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ..constants import QEMU_VM_FILE_MAGIC
+from ..constants import MULTIFD_PACKET_FIXED_SIZE, QEMU_VM_FILE_MAGIC
 from ..dialects import METHOD_FLAGS, get_dialect
 from ..errors import PacketError, WireError
 from ..wire import Packet, packet_len, page_count, parse_uuid
@@ -83,8 +83,9 @@ class TapChecker:
         self.ramblocks: dict[str, int] = {}
         self.blocks_known = False
         self.pages: dict[str, BlockPages] = {}
-        #: packet_num -> connection that used it (QEMU's counter is global to all channels)
-        self._packet_nums: dict[int, int] = {}
+        #: packet_num -> (connection, byte offset of its field) of the packet that used it
+        #: (QEMU's counter is global to all channels)
+        self._packet_nums: dict[int, tuple[int, int]] = {}
         self.started = time.monotonic()
         self.finished_at: float | None = None
 
@@ -180,10 +181,11 @@ class TapChecker:
 
     def _packet_num(self, ch: MultifdChannelChecker, pkt: Packet) -> None:
         num = pkt.packet_num
-        other = self._packet_nums.get(num)
-        if other is None:
-            self._packet_nums[num] = ch.stats.connection
-        elif other != ch.stats.connection:
+        seen = self._packet_nums.get(num)
+        if seen is None:
+            self._packet_nums[num] = (ch.stats.connection, ch.packet_at + 24)
+        elif seen[0] != ch.stats.connection:
+            other = seen[0]
             oc = self.conns.get(other)
             name = getattr(oc, "channel", None)
             raise PacketError(
@@ -191,12 +193,31 @@ class TapChecker:
                 "QEMU numbers packets with one counter shared by all channels",
                 channel=ch.channel, packet_num=num, field="packet_num")
 
+    def _packet_num_gaps(self) -> None:
+        """8.0+ senders number every packet (SYNC included) from 0 with one counter, so the
+        numbers seen are exactly 0..max (7.2 skips numbers around its repeated packets)."""
+        nums = sorted(self._packet_nums)
+        prev = -1
+        for n in nums:
+            if n != prev + 1:
+                after = (f"after packet_num {prev} on connection {self._packet_nums[prev][0]}"
+                         if prev >= 0 else "at the start")
+                conn, at = self._packet_nums[n]
+                self._error(
+                    f"packet_num {prev + 1}..{n - 1} never appeared ({after}; next is {n} on "
+                    f"connection {conn}): QEMU numbers every packet, SYNC included, from 0 "
+                    "with one counter shared by all channels", conn, packet_num=n,
+                    fld="packet_num", offset=at)
+                return
+            prev = n
+
     def _synced(self) -> None:
         pass
 
     # ---------------------------------------------------------------- page map
     def _arrive(self, block: str, off: int, rnd: int, data: Any, conn: int,
-                channel: int | None, packet_num: int | None, what: str) -> bool:
+                channel: int | None, packet_num: int | None, what: str,
+                at: int | None = None) -> bool:
         """Record one page copy; returns True when it is the newest copy of that page."""
         bp = self.pages.get(block)
         if bp is None:
@@ -215,7 +236,7 @@ class TapChecker:
                                "(7.2 sender race; writes are idempotent)", text)
             else:
                 self._error(text + ": QEMU queues a dirty page once per round", conn,
-                            channel=channel, packet_num=packet_num, fld="offset")
+                            channel=channel, packet_num=packet_num, fld="offset", offset=at)
         if stamp > rnd + 1:
             return False  # an older round's copy, fed after a newer one (offline order)
         bp.last_round[i] = rnd + 1
@@ -254,9 +275,10 @@ class TapChecker:
         zero = bytes(ps)
         buf = self.ram.get(pkt.ramblock) if self.ram is not None else None
         exp = self.expect.get(pkt.ramblock) if self.expect else None
-        for off in pkt.zero_offsets:
+        slot = ch.packet_at + MULTIFD_PACKET_FIXED_SIZE + 8 * pkt.normal_pages
+        for j, off in enumerate(pkt.zero_offsets):
             newest = self._arrive(pkt.ramblock, off, ch.syncs, zero, ch.stats.connection,
-                                  ch.channel, pkt.packet_num, "zero page")
+                                  ch.channel, pkt.packet_num, "zero page", slot + 8 * j)
             if buf is not None and newest:
                 buf[off : off + ps] = zero
             if exp is not None and exp[off : off + ps] != zero:
@@ -273,7 +295,8 @@ class TapChecker:
         for i, off in enumerate(pkt.normal_offsets):
             page = mv[i * ps : (i + 1) * ps]
             newest = self._arrive(pkt.ramblock, off, rnd, page, ch.stats.connection,
-                                  ch.channel, pkt.packet_num, "normal page")
+                                  ch.channel, pkt.packet_num, "normal page",
+                                  ch.packet_at + MULTIFD_PACKET_FIXED_SIZE + 8 * i)
             if buf is not None and newest:
                 buf[off : off + ps] = page
             if exp is not None and exp[off : off + ps] != page:
@@ -311,11 +334,12 @@ class TapChecker:
             if c.state == "init":
                 self._error("multifd connection ended before its init packet", c.stats.connection,
                             fld="init", offset=c.offset)
-            elif not c.at_boundary() and not self.blocks_known:
+            elif not c.at_boundary() and not self.blocks_known and (main is None
+                                                                    or not main.failed):
                 self._error(f"{len(c.buf) - c.pos} bytes left unchecked: the main channel's "
                             "RAM block list never arrived", c.stats.connection,
                             channel=c.channel, fld="ramblock", offset=c.offset)
-            elif not c.at_boundary():
+            elif not c.at_boundary() and self.blocks_known:
                 pkt = c.packet
                 inside = "payload" if c.state == "payload" else "header"
                 self._error(
@@ -326,7 +350,9 @@ class TapChecker:
                     offset=c.offset)
         if self.channels is not None and main is not None:
             ids = sorted(self._channel_ids)
-            if ids != list(range(self.channels)):
+            # a channel rejected at its init packet already has its deviation
+            if ids != list(range(self.channels)) and all(c.channel is not None or not c.failed
+                                                         for c in mf):
                 self._error(f"multifd channel ids {ids}, expected 0..{self.channels - 1}",
                             main.stats.connection, fld="id")
             if len(mf) != self.channels:
@@ -347,6 +373,9 @@ class TapChecker:
                 self._error("no RAM_SAVE_FLAG_MULTIFD_FLUSH in the RAM section's END (the "
                             "stop-and-copy round is never synced before the destination "
                             "completes)", main.stats.connection, fld="flush")
+        if (ram_done and self.dialect.name != "qemu-7.2" and self._packet_nums
+                and not any(c.failed for c in mf)):
+            self._packet_num_gaps()
         clean = ram_done and not any(c.failed for c in mf) and not self.errors
         if clean and self.expectations.every_page:
             for bp in self.pages.values():
@@ -378,8 +407,8 @@ class TapChecker:
 
 
 def check_capture(
-    connections: list[bytes], *, chunk: int = 0,
-    expectations: Expectations | None = None, **kwargs: Any
+    connections: list[bytes], expectations: Expectations | None = None, *, chunk: int = 0,
+    **kwargs: Any
 ) -> TapReport:
     """Run the judge over recorded connections (accept order), offline.
 

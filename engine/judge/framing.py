@@ -92,7 +92,7 @@ def check_qatzip(members: Sequence[qzformat.MemberInfo], level: int | None,
         if h.qz_src_sz != m.isize or h.qz_dest_sz != m.deflate_len:
             return (f"gzip member {i}: QZ src_sz/dest_sz {h.qz_src_sz}/{h.qz_dest_sz}, the "
                     f"member holds {m.isize}/{m.deflate_len}", "payload", at + 16)
-        if hw_chunks and h.qz_src_sz > QZ_HW_CHUNK:
+        if len(members) > 1 and h.qz_src_sz > QZ_HW_CHUNK:
             return (f"gzip member {i} holds {h.qz_src_sz} bytes, more than one {QZ_HW_CHUNK}-"
                     "byte hardware chunk", "payload", at + 16)
         if h.os != qzformat.OS_QAT:

@@ -189,12 +189,20 @@ class MultifdChannelChecker:
         if hint is None and bytes(raw[0:4]) == struct.pack(">I", MULTIFD_MAGIC):
             hint = byte_order_hint(raw[4:8], MULTIFD_VERSION, "the packet header's version")
             if hint:
-                raise _Located(PacketError(hint, channel=self.channel, field="version"),
-                               self.packet_at + 4)
+                (num,) = struct.unpack_from(">Q", raw, 24)
+                raise _Located(PacketError(hint, channel=self.channel, packet_num=num,
+                                           field="version"), self.packet_at + 4)
         if hint:
-            raise _Located(PacketError(hint, channel=self.channel, field="magic"),
-                           self.packet_at)
-        return decode_packet(raw, tap.dialect, tap.page_size, channel=self.channel)
+            (num,) = struct.unpack_from("<Q", raw, 24)
+            raise _Located(PacketError(hint, channel=self.channel, packet_num=num,
+                                       field="magic"), self.packet_at)
+        try:
+            return decode_packet(raw, tap.dialect, tap.page_size, channel=self.channel)
+        except WireError as exc:
+            if exc.packet_num is None:  # the number the header claims, to locate it
+                (exc.packet_num,) = struct.unpack_from(">Q", raw, 24)
+            raise _Located(exc, self.packet_at + PACKET_FIELD_OFFSETS.get(exc.field or "", 0)) \
+                from None
 
     def _err(self, text: str, pkt: Packet, fld: str, rel: int | None = None) -> _Located:
         at = self.packet_at + (PACKET_FIELD_OFFSETS.get(fld, 0) if rel is None else rel)
