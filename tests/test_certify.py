@@ -566,3 +566,25 @@ def test_socket_gateway_host_on_loopback(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_suite_runs_once_per_implementation(tmp_path: Path) -> None:
+    """``--impl`` twice: the reference in-process and the engine's CLI through the ``exec:``
+    contract; one suite run and one set of checks per implementation."""
+    prof = tmp_path / "two.yaml"
+    prof.write_text("name: two\ncertify:\n  conformance: {guest_size: 4M}\n")
+    out = tmp_path / "out"
+    qatmig = Path(sys.executable).parent / "qatmig"
+    if not qatmig.exists():
+        pytest.skip(f"no qatmig console script beside {sys.executable} (pip install -e .)")
+    res = certify("--profile", str(prof), "-o", str(out), "-k", "round_trip_per_method and zstd",
+                  "--impl", "reference", "--impl", f"exec:{qatmig}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = report(out)
+    runs = rep["hosts"][0]["conformance"]
+    assert [r["impl"] for r in runs] == ["reference", f"exec:{qatmig}"]
+    assert all(r["counts"]["passed"] >= 1 and not r["counts"].get("failed") for r in runs)
+    ids = checks_by_id(rep)
+    assert ids["conformance[reference].run"]["status"] == PASS
+    assert ids[f"conformance[exec:{qatmig}].run"]["status"] == PASS
+    assert ids["benchmark"]["status"] == SKIP and ids["benchmark"]["level"] == INFORMATIONAL
