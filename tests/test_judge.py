@@ -598,3 +598,33 @@ def test_every_test_the_docs_name_exists():
     named = set(re.findall(r"`(test_[a-z0-9_]+)`", section))
     assert len(named) >= 25
     assert sorted(n for n in named if n not in globals()) == []
+
+
+def test_cli_replay_with_level_and_final_image(tmp_path):
+    """``qatmig tap --replay`` takes the level and the source's final RAM, as a user runs it."""
+    import subprocess
+    import sys
+
+    from qatmig_engine.qemu.image import build_image
+
+    m = load_manifest("qemu-7.2")
+    files = []
+    for i, c in enumerate(load_connections("zlib", m)):
+        (tmp_path / f"conn-{i}.bin").write_bytes(c)
+        files.append(str(tmp_path / f"conn-{i}.bin"))
+    r = m["ram"]["recipe"]
+    img = bytearray(build_image(r["size"], r["seed"], tuple(r["mix"])))
+    (tmp_path / "final.img").write_bytes(img)
+    cmd = [sys.executable, "-c", "import sys; from qatmig_engine.cli import main; "
+           "sys.exit(main(sys.argv[1:]))", "tap", "--dialect", "qemu-7.2", "--replay", *files,
+           "--final-image", str(tmp_path / "final.img"), "--ramblock", m["ramblock"]]
+    ok = subprocess.run([*cmd, "--level", "1"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([*cmd, "--level", "9"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "field level" in bad.stdout
+    assert "FLEVEL 0 does not match multifd-zlib-level 9" in bad.stdout
+    img[0x2000] ^= 1
+    (tmp_path / "final.img").write_bytes(img)
+    stale = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert stale.returncode == 1 and "differs from the source's final RAM" in stale.stdout
+    assert "Traceback" not in stale.stderr
