@@ -245,11 +245,12 @@ def multifd_pair(
 ) -> Iterator[Callable[..., RecordingPair]]:
     """Factory of connected (source, destination) pairs:
     ``multifd_pair(channels=2, compression="none", level=None, max_bandwidth=0, dialect=None,
-    judge=None, **options)`` (judge: True, except in ``qatmig_perf`` tests). Ends with roles (destination/source) are paired by the suite:
+    judge=None, **options)``. Ends with roles (destination/source) are paired by the suite:
     source of one end, destination of the other (``qatmig_direction``), RAM files written and
-    read by the suite, every byte through the wire judge. Teardown closes every pair and fails
-    the test if a thread, child process, file descriptor (socket, file) or file in the pair's
-    work directory was left behind."""
+    read by the suite, every byte through the wire judge (``judge`` None: yes, except in
+    ``qatmig_perf`` tests, which measure without the proxy in the path). Teardown closes every
+    pair and fails the test if a thread, child process, file descriptor (socket, file) or file
+    in the pair's work directory was left behind."""
     from .roles import RolePair, Unsupported, has_roles
 
     state = get_state(request.config)
