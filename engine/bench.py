@@ -582,6 +582,7 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
     m.validate()
     log = log or (lambda s: None)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamped = _stamp()
     load0 = os.getloadavg()
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     runs: list[RunResult] = []
@@ -616,6 +617,7 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
             "python": platform.python_version(), "repeat": m.repeat,
             "guest": {"kind": guest.kind, "size": m.size, "description": guest.description,
                       "zero_ratio": m.zero_ratio},
+            "stamp": stamped,
             "cpu_method": "utime+stime of each end's process over the migration "
                           "(/proc/<pid>/stat for QEMU, getrusage around api.send/api.listen "
                           "for the engine); start-up excluded",
@@ -652,7 +654,8 @@ def write_outputs(result: dict[str, Any], folder: Path, *, plots: bool = True) -
     return written
 
 
-def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
+def markdown_report(result: dict[str, Any], plot_dir: str | None = None,
+                    plot_prefix: str = "") -> str:
     """The tables as Markdown, with what was measured and how noisy the machine was."""
     meta = result["meta"]
     la0, la1 = meta["loadavg_before"], meta["loadavg_after"]
@@ -670,8 +673,155 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
     ]
     for (title, tab) in tables(result, markdown_table):
         lines += [f"**{title}**", "", tab, ""]
+    scaling = scaling_markdown(result)
+    if scaling:
+        lines += [scaling, ""]
     if plot_dir is not None:
         for bw in result["max_bandwidth"]:
             name = f"bench-{format_bandwidth(bw).replace('/', '_')}.png"
+            if plot_prefix:
+                name = f"{plot_prefix}-{name}"
             lines += [f"![{format_bandwidth(bw)}]({plot_dir}/{name})", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ scaling model
+@dataclass
+class ScalingFit:
+    """CPU-s per GiB of one end of one (implementation, method) as ``per_gib + per_channel·n``.
+
+    ``per_gib`` is the work per byte (compression, copies, syscalls: it does not depend on the
+    channel count); ``per_channel`` is what each extra channel adds per GiB (its thread, its
+    socket, its share of the per-round SYNCs). ``residual`` is the largest relative error of
+    the fit on the measured channel counts: the check of the model.
+    """
+
+    impl: str
+    method: str
+    side: str  # "send" | "recv"
+    per_gib: float
+    per_channel: float
+    channels: list[int]
+    measured: list[float]
+    residual: float
+
+    def predict(self, channels: int) -> float:
+        return self.per_gib + self.per_channel * channels
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    if len(set(xs)) < 2:
+        return statistics.fmean(ys), 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return my - b * mx, b
+
+
+def scaling_fits(result: dict[str, Any]) -> list[ScalingFit]:
+    """Fit the model on the unthrottled cells of ``result`` (one fit per implementation,
+    method and end), when at least two channel counts were measured."""
+    cells = [cell_from_json(c) for c in result["cells"] if c["max_bandwidth"] == UNLIMITED]
+    out = []
+    for impl in [i["label"] for i in result["impls"]]:
+        for method in result["methods"]:
+            mine = sorted((c for c in cells if c.impl == impl and c.method == method),
+                          key=lambda c: c.channels)
+            if len({c.channels for c in mine}) < 2:
+                continue
+            gib = mine[0].size / (1 << 30)
+            for side, attr in (("send", "src_cpu_s"), ("recv", "dst_cpu_s")):
+                xs = [c.channels for c in mine]
+                ys = [getattr(c, attr) / gib for c in mine]
+                a, b = _fit(xs, ys)
+                res = max(abs(a + b * x - y) / y for x, y in zip(xs, ys, strict=True) if y)
+                out.append(ScalingFit(impl, method, side, a, b, xs, ys, res))
+    return out
+
+
+def predict_host(fits: Sequence[ScalingFit], impl: str, method: str, *, channels: int,
+                 link_bytes_s: float, ratio: float, cores: int) -> dict[str, float]:
+    """The seed host from this machine's fits: raw (guest) GB/s, send and recv CPU %.
+
+    Each channel's thread compresses at ``1 / send CPU-s per byte`` at most (one core), the
+    channels share ``cores``, and the wire carries ``raw / ratio`` at most ``link_bytes_s``:
+    raw = min(link × ratio, min(channels, cores) / send CPU-s per byte, same for recv)."""
+    f = {x.side: x for x in fits if x.impl == impl and x.method == method}
+    send_s = f["send"].predict(channels) / (1 << 30)  # CPU-s per guest byte
+    recv_s = f["recv"].predict(channels) / (1 << 30)
+    par = min(channels, cores)
+    raw = min(link_bytes_s * ratio, par / send_s, par / recv_s)
+    return {"raw_gb_s": raw / 1e9, "wire_mbps": raw / ratio * 8 / 1e6,
+            "send_cpu_percent": 100 * raw * send_s, "recv_cpu_percent": 100 * raw * recv_s}
+
+
+def scaling_markdown(result: dict[str, Any]) -> str:
+    fits = scaling_fits(result)
+    if not fits:
+        return ""
+    lines = [
+        "Scaling model, fitted on the unthrottled cells above: CPU-s per GiB of each end = "
+        "`per GiB + per channel × channels` (least squares over the channel counts measured; "
+        "`worst error` = the largest relative miss of the fit on them).",
+        "",
+        "| implementation | method | end | per GiB (CPU-s) | per channel (CPU-s/GiB) | "
+        "measured by channel count | worst error |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    for f in fits:
+        meas = ", ".join(f"{c}: {y:.2f}" for c, y in zip(f.channels, f.measured, strict=True))
+        lines.append(f"| {f.impl} | {f.method} | {f.side} | {f.per_gib:.2f} | "
+                     f"{f.per_channel:+.3f} | {meas} | {f.residual:.0%} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ docs
+#: What the figures of ``qatmig bench`` describe (docstamp: a change there marks them stale).
+MEASURED_CODE = (
+    "engine/api.py", "engine/source.py", "engine/destination.py", "engine/transport.py",
+    "engine/wire.py", "engine/mainstream.py", "engine/guest.py", "engine/codecs",
+    "engine/ratelimit.py", "engine/stats.py", "engine/params.py", "engine/dialects.py",
+    "engine/qemu", "engine/bench.py",
+)
+DOCS_BLOCK = "bench"
+DOCS_HEADING = "## Engine vs real QEMU, the seed's table (`qatmig bench`)"
+PLOT_DIR = "perf"  # under docs/
+#: Where --update-docs puts a block of that id when the doc has none yet.
+DOCS_HEADINGS = {
+    DOCS_BLOCK: DOCS_HEADING,
+    "scaling": "## Scaling with the channel count (`qatmig bench --channels 1,2,4,8`)",
+}
+
+
+def _stamp() -> dict[str, str] | None:
+    """The docs stamp of the measured code as the measurement starts (None outside a source
+    checkout: an installed package has no docs to update)."""
+    from . import docstamp
+
+    try:
+        return docstamp.stamp(MEASURED_CODE)
+    except (OSError, ValueError):
+        return None
+
+
+def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
+                root: Path | None = None, block_id: str = DOCS_BLOCK) -> Path:
+    """Write the tables into ``docs/performance.md`` as the stamped block ``block_id`` (see
+    :mod:`qatmig_engine.docstamp`) and copy the plots to ``docs/perf/<block_id>-*.png``;
+    returns the doc."""
+    from . import docstamp
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", block_id):
+        raise ParameterError(f"--docs-id {block_id!r}: lower-case letters, digits and dashes")
+    root = root or docstamp.repo_root()
+    doc = root / "docs" / "performance.md"
+    if not doc.is_file():
+        raise ParameterError(f"--update-docs: {doc} not found (run it in a source checkout)")
+    (root / "docs" / PLOT_DIR).mkdir(exist_ok=True)
+    for p in plots:
+        shutil.copyfile(p, root / "docs" / PLOT_DIR / f"{block_id}-{p.name}")
+    body = markdown_report(result, plot_dir=PLOT_DIR if plots else None, plot_prefix=block_id)
+    heading = DOCS_HEADINGS.get(block_id, f"## `qatmig bench` ({block_id})")
+    docstamp.write_block(doc, block_id, body, script=command, code=MEASURED_CODE, root=root,
+                         heading=heading, stamped=result["meta"].get("stamp"))
+    return doc

@@ -119,7 +119,8 @@ DIALECTS: dict[str, Dialect] = {
     ),
 }
 
-DEFAULT_DIALECT = "qemu-9.2"
+#: The one default of every command and API (the newest QEMU supported).
+DEFAULT_DIALECT = "qemu-10.0"
 
 
 def get_dialect(name: str | Dialect) -> Dialect:

@@ -30,7 +30,7 @@ schemas, so it is passed on as an opaque blob (:class:`DeviceState`) until the p
 It is the one parser of these bytes: the engine's destination and the validating tap both read
 its events. Every :class:`StreamError` it raises names the ``field`` at fault (``magic``,
 ``version``, ``configuration``, ``section``, ``footer``, ``block list``, ``ram flags``,
-``ramblock``, ``offset``, ``command``).
+``ramblock``, ``offset``, ``command``, ``dialect``).
 """
 
 from __future__ import annotations
@@ -358,6 +358,7 @@ class MainStreamDecoder:
         self._last_block: str | None = None
         self._section_kind = 0
         self._saw_mem_size = False
+        self._section_flushed = False
         self.ram_end = False
         self.eof = False
         self.bytes_in = 0
@@ -526,7 +527,8 @@ class MainStreamDecoder:
                 if magic == MULTIFD_MAGIC:
                     hint = (
                         " (a multifd channel connected first: a 7.2 destination takes the "
-                        "first connection as the main channel and rejects this stream)"
+                        "first connection as the main channel and rejects this stream; a "
+                        "source that connects in any order looks like dialect qemu-9.0 or newer)"
                     )
                 raise StreamError(
                     f"main channel magic 0x{magic:08x}, expected 0x{QEMU_VM_FILE_MAGIC:08x} "
@@ -595,6 +597,7 @@ class MainStreamDecoder:
                 )
             self.ram_section_id = sid
             self._section_kind = kind
+            self._section_flushed = False
             self._last_block = None
             events.append(SectionHeader(kind, sid, idstr, instance, version))
             self._state = _S_RAM
@@ -611,6 +614,7 @@ class MainStreamDecoder:
                     field="section",
                 )
             self._section_kind = kind
+            self._section_flushed = False
             events.append(SectionHeader(kind, sid))
             self._state = _S_RAM
         elif kind == QEMU_VM_EOF:
@@ -639,7 +643,7 @@ class MainStreamDecoder:
         if cmd not in self.accepted_commands:
             where = dialects_with_command(cmd)
             hint = (
-                f": the source speaks {' or '.join(where)} (this side {self.dialect.name})"
+                f": these bytes look like dialect {' or '.join(where)} (--dialect {where[0]})"
                 if where
                 else ""
             )
@@ -709,6 +713,16 @@ class MainStreamDecoder:
                     events.append(Page(blk, addr, data))
                 self._last_block = blk
             elif flags == RAM_SAVE_FLAG_EOS:
+                if (self._section_kind == QEMU_VM_SECTION_START and not self._section_flushed
+                        and not self.dialect.flush_after_each_section):
+                    # 8.1+ sources always flush before the setup section's EOS
+                    raise StreamError(
+                        "the RAM setup section ended without RAM_SAVE_FLAG_MULTIFD_FLUSH: these "
+                        "bytes look like dialect qemu-7.2 (a source that syncs multifd at every "
+                        "section end: QEMU <= 8.0, or a newer one with a <= 8.0 machine type); "
+                        f"this side speaks {self.dialect.name}",
+                        field="dialect",
+                    )
                 events.append(EndOfSection(self.ram_section_id or 0))
                 self._state = _S_FOOTER
                 return
@@ -716,11 +730,14 @@ class MainStreamDecoder:
                 if self.dialect.flush_after_each_section:
                     raise StreamError(
                         "RAM_SAVE_FLAG_MULTIFD_FLUSH (0x200) in the "
-                        f"{self.dialect.name} dialect, which syncs at every EOS instead",
+                        f"{self.dialect.name} dialect, which syncs at every EOS instead: these "
+                        "bytes look like dialect qemu-9.0 or newer (QEMU 8.1+ syncs once per "
+                        "round)",
                         field="ram flags",
                     )
                 if not self._saw_mem_size:
                     raise StreamError("MULTIFD_FLUSH before MEM_SIZE", field="ram flags")
+                self._section_flushed = True
                 events.append(MultifdFlush())
             else:
                 raise StreamError(

@@ -191,14 +191,19 @@ class TapProxy:
                 for i, n in enumerate(self.bytes_down)
             ]
         if self.checker is not None:
-            # The other direction: precopy multifd without the return-path capability (which
-            # nothing here negotiates) has no destination -> source traffic in any dialect.
+            # The other direction: a destination talks back only on the main channel, and only
+            # once the source opened a return path (MIG_CMD_OPEN_RETURN_PATH); never on a
+            # multifd channel, in any dialect.
+            main = {c.connection for c in report.channels if c.role == "main"}
+            rp = "MIG_CMD_OPEN_RETURN_PATH" in getattr(report, "commands", ())
             for idx, n in enumerate(self.bytes_up):
-                if n:
+                if n and not (rp and idx in main):
+                    why = ("a multifd channel carries nothing from the destination"
+                           if idx not in main else
+                           "the source opened no return path (MIG_CMD_OPEN_RETURN_PATH)")
                     report.errors.append(Deviation(
-                        f"the destination sent {n} byte(s) back to the source; a precopy "
-                        "migration without return-path has no destination-to-source "
-                        "traffic", idx, field="direction"))
+                        f"the destination sent {n} byte(s) back to the source; {why}", idx,
+                        field="direction"))
         if self._failure:
             report.errors.append(Deviation(self._failure, -1, field="timeout"))
         self.report = report

@@ -42,7 +42,7 @@ def test_migrate_table_row(capsys):
     assert lines[3].startswith("Mbps: megabits/s on the wire") and "100% = one core" in lines[4]
     assert lines[5] == (
         "migrated 2 MiB of guest RAM (512 pages, corpus filler) over 3 none channels (dialect "
-        f"qemu-9.2) in {float(row[2]) / 1000:.2f} s at {int(row[4]):,} Mbps: destination RAM "
+        f"qemu-10.0) in {float(row[2]) / 1000:.2f} s at {int(row[4]):,} Mbps: destination RAM "
         "verified identical to the source."
     )
 
@@ -208,3 +208,79 @@ def test_listen_on_port_zero_announces_its_port_even_with_json(tmp_path):
     assert s["status"] == d["status"] == "completed"
     assert s["source_digest"] is None and d["destination_digest"] is None
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_readme_listen_tap_send_agree_on_one_default_dialect(tmp_path):
+    """The README's lines as written (no --dialect anywhere): send -> tap -> listen."""
+    from qatmig_engine.dialects import DEFAULT_DIALECT
+
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    _image(src, 4 << 20)
+    port = _free_port()
+    lp = _qatmig("listen", "--listen", f"127.0.0.1:{port}", "--guest-image", str(dst),
+                 "--guest-size", "4M", "--timeout", "20", "--json", "--quiet")
+    _wait_listening(port, lp)
+    tp = _qatmig("tap", "--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{port}",
+                 "--timeout", "20", "--json")
+    try:
+        line = tp.stderr.readline()
+        tap_port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
+        sp = _qatmig("send", f"127.0.0.1:{tap_port}", "--guest-image", str(src), "--json",
+                     "--timeout", "20", "--quiet")
+        sout, serr = sp.communicate(timeout=60)
+        lout, lerr = lp.communicate(timeout=60)
+        tout, terr = tp.communicate(timeout=60)
+    finally:
+        for p in (lp, tp):
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    assert sp.returncode == 0, serr
+    assert lp.returncode == 0, lerr
+    assert tp.returncode == 0, tout + terr
+    s, d, t = json.loads(sout), json.loads(lout), json.loads(tout)
+    assert s["dialect"] == d["dialect"] == t["dialect"] == DEFAULT_DIALECT == "qemu-10.0"
+    assert d["vm_commands"] == t["commands"] == ["MIG_CMD_SWITCHOVER_START"]
+    assert t["ok"] and dst.read_bytes() == src.read_bytes()
+
+
+def test_a_listener_of_another_dialect_says_which_one_the_bytes_look_like(tmp_path):
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    _image(src, 4 << 20)
+    port = _free_port()
+    lp = _qatmig("listen", "--listen", f"127.0.0.1:{port}", "--guest-image", str(dst),
+                 "--guest-size", "4M", "--timeout", "20")
+    _wait_listening(port, lp)
+    sp = _qatmig("send", f"127.0.0.1:{port}", "--guest-image", str(src), "--timeout", "20",
+                 "--dialect", "qemu-7.2")
+    sp.communicate(timeout=60)
+    _lout, lerr = lp.communicate(timeout=60)
+    assert lp.returncode == 1
+    assert "look like dialect qemu-7.2" in lerr and "peer silent" not in lerr
+
+
+def test_send_connect_wait_outlasts_a_listener_that_starts_late(tmp_path):
+    """`listen ... &` then `send` at once: --connect-wait retries the refused connection."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    cli = [sys.executable, "-m", "qatmig_engine.cli"]
+    refused = subprocess.run([*cli, "send", f"127.0.0.1:{port}", "--guest-size", "1M",
+                              "--quiet"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().endswith("use --connect-wait S to retry while it starts)")
+    sender = subprocess.Popen([*cli, "send", f"127.0.0.1:{port}", "--guest-size", "1M",
+                               "--quiet", "--json", "--connect-wait", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the sender is now retrying; no listener yet
+    assert sender.poll() is None
+    listener = subprocess.run([*cli, "listen", "--listen", f"127.0.0.1:{port}", "--guest-image",
+                               str(tmp_path / "d.img"), "--guest-size", "1M", "--quiet",
+                               "--json"], capture_output=True, text=True, timeout=120)
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert json.loads(out)["status"] == "completed"
+    assert listener.returncode == 0, listener.stderr
+    assert json.loads(out)["source_digest"] == json.loads(listener.stdout)["destination_digest"]

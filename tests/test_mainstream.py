@@ -149,8 +149,19 @@ def test_device_state_after_ram_end_is_an_opaque_blob():
 
 def test_flush_rejected_in_72_dialect():
     data = build("qemu-9.2", rounds())
-    with pytest.raises(StreamError, match="0x200"):
+    with pytest.raises(StreamError, match="0x200") as info:
         decode("qemu-7.2", data)
+    assert "look like dialect qemu-9.0 or newer" in str(info.value)
+
+
+@pytest.mark.parametrize("dialect", ["qemu-9.0", "qemu-9.2", "qemu-10.0"])
+def test_a_72_stream_in_a_per_round_dialect_says_it_looks_like_72(dialect):
+    """A 7.2 source ends its setup section without MULTIFD_FLUSH (it syncs at every EOS);
+    8.1+ sources never do: the decoder says so instead of waiting for a flush forever."""
+    with pytest.raises(StreamError) as info:
+        decode(dialect, build("qemu-7.2", rounds()))
+    assert info.value.field == "dialect"
+    assert "look like dialect qemu-7.2" in str(info.value) and dialect in str(info.value)
 
 
 @pytest.mark.parametrize(

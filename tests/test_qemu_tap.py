@@ -70,7 +70,7 @@ def test_tap_cli_between_two_qemus(shm):
         port = dst.migrate_incoming()
         proc = subprocess.Popen(
             [*QATMIG, "tap", "--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{port}",
-             "--json", "--timeout", "30", "--verify-image", src_img],
+             "--json", "--timeout", "30", "--verify-image", src_img, "--dialect", "qemu-7.2"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stderr.readline()

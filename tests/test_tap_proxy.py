@@ -193,7 +193,7 @@ def test_destination_dropping_the_connection_does_not_hang(zstd_capture):
 def test_cli_forwards_and_prints_json(zstd_capture, tmp_path):
     sink = Sink()
     proc = subprocess.Popen(
-        [*QATMIG, "tap", "--listen", "127.0.0.1:0",
+        [*QATMIG, "tap", "--listen", "127.0.0.1:0", "--dialect", "qemu-7.2",
          "--forward", f"127.0.0.1:{sink.port}", "--json", "--timeout", "10",
          "--multifd-channels", "2", "--record", str(tmp_path / "rec")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -216,13 +216,17 @@ def test_cli_forwards_and_prints_json(zstd_capture, tmp_path):
     assert (tmp_path / "rec" / "conn-0.bin").read_bytes() == zstd_capture[0]
     # the recording checks again offline, and a deviation exits 1
     files = [str(tmp_path / "rec" / f"conn-{i}.bin") for i in range(3)]
-    ok = subprocess.run([*QATMIG, "tap", "--replay", *files],
+    ok = subprocess.run([*QATMIG, "tap", "--dialect", "qemu-7.2", "--replay", *files],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "tap: OK" in ok.stdout
-    bad = subprocess.run([*QATMIG, "tap", "--replay",
+    bad = subprocess.run([*QATMIG, "tap", "--dialect", "qemu-7.2", "--replay",
                           files[1], files[0], files[2]], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "field magic" in bad.stdout
+    # the default dialect (the newest, qemu-10.0) says what these 7.2 bytes look like
+    other = subprocess.run([*QATMIG, "tap", "--replay", *files], capture_output=True,
+                           text=True, timeout=60)
+    assert other.returncode == 1 and "look like dialect qemu-7.2" in other.stdout
 
 
 def test_cli_usage_errors():
