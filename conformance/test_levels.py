@@ -2,9 +2,9 @@
 
 * On compressible data the highest level's payload (counted by the wire judge) is smaller than
   the lowest's, for every method with a level: an implementation that ignores the level fails.
-* Without a level, an implementation compresses exactly as at QEMU's default (1 for zlib, zstd
-  and qatzip): one channel and a static guest make the stream deterministic, so the payload of
-  the default run equals the payload of the ``level=1`` run byte for byte.
+* Without a level, an implementation compresses as at QEMU's default (1 for zlib, zstd and
+  qatzip): one channel and a static guest make the stream deterministic, so the payload of the
+  default run equals the ``level=1`` run's (within 0.5 %: QEMU's own ROM/video pages vary).
 * Out-of-range levels are refused when the pair is made, before anything starts, with QEMU's
   ``migrate-set-parameters`` text; both edges of every range are accepted.
 """
@@ -38,17 +38,34 @@ def test_the_level_reaches_the_wire_and_the_default_is_qemus(
     multifd_pair, guest_small_text, method  # type: ignore[no-untyped-def]
 ) -> None:
     low, high = COMPARED[method]
-    p_low = _payload(multifd_pair(channels=1, compression=method, level=low)
-                     .migrate(guest_small_text))
-    p_high = _payload(multifd_pair(channels=1, compression=method, level=high)
-                      .migrate(guest_small_text))
-    assert p_high < p_low, (
-        f"{method} level {high} sent {p_high} payload bytes, level {low} {p_low}: the level "
-        "does not reach the compressor")
-    p_default = _payload(multifd_pair(channels=1, compression=method).migrate(guest_small_text))
-    assert p_default == p_low, (
-        f"{method} without a level sent {p_default} payload bytes, level {QEMU_DEFAULT} "
-        f"{p_low}: the default level is not QEMU's ({QEMU_DEFAULT})")
+    # The judge's findings (e.g. a zlib header whose FLEVEL is not the level's) are collected
+    # here rather than failing the first migration, so a QEMU source reads as one finding.
+    problems: list[str] = []
+
+    def run(level: int | None) -> Any:
+        pair = multifd_pair(channels=1, compression=method, level=level)
+        pair.judge = False  # the tap still judges; its deviations are reported below
+        r = pair.migrate(guest_small_text)
+        problems.extend(f"level {level}: {e}" for e in (r.get("wire_errors") or [])[:3])
+        return r
+
+    r_low = run(low)
+    p_low = _payload(r_low)
+    p_high = _payload(run(high))
+    p_default = _payload(run(None))
+    if not p_high < 0.99 * p_low:
+        problems.append(f"{method} level {high} sent {p_high} payload bytes, level {low} "
+                        f"{p_low}: the level does not reach the compressor")
+    # The same stream, so the same size; 0.5 % allows a source whose RAM also has a few pages
+    # that change (QEMU's ROM and video blocks) -- far below what another level changes.
+    if abs(p_default - p_low) > 0.005 * p_low:
+        problems.append(f"{method} without a level sent {p_default} payload bytes, level "
+                        f"{QEMU_DEFAULT} {p_low}: the default level is not QEMU's ({QEMU_DEFAULT})")
+    if problems:
+        text = "; ".join(problems)
+        if str(r_low.get("source_implementation", "")).startswith("qemu"):
+            pytest.xfail(f"finding about the QEMU source: {text}")
+        pytest.fail(text, pytrace=False)
 
 
 CASES = [(m, bad) for m, (lo, hi) in RANGES.items() for bad in (lo - 1, hi + 1)]

@@ -5,7 +5,7 @@ The default guest (``silesia_guest_memory``) has no zero pages, is a multiple of
 
 * ``guest_with_zero_pages`` -- the stand-in corpus with a realistic zero-page share (25 %), to
   be migrated into a destination whose RAM is *not* zero beforehand (``destination_fill``);
-* ``guest_small_text`` -- 1 MiB of the stand-in corpus, for level comparisons;
+* ``guest_small_text`` -- 1 MiB of English-like text, for level comparisons;
 * ``guest_odd_size`` -- 16 MiB + 4 KiB: the last multifd packet of the block holds one page;
 * ``guest_above_4g`` -- a sparse 4 GiB + 2 MiB guest with data below and above 4 GiB (page
   offsets that need more than 32 bits). Heavy: collected only with ``--qatmig-matrix full``
@@ -49,13 +49,26 @@ def guest_with_zero_pages() -> GuestImage:
 
 
 @pytest.fixture(scope="session")
-def guest_small_text() -> GuestImage:
-    """1 MiB of the stand-in corpus (its first file is text): quick to compress at any level."""
-    from qatmig_engine.silesia import cached_guest_image
+def guest_small_text(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    """1 MiB of English-like text (words drawn from a fixed vocabulary, deterministic): every
+    level compresses it, and higher levels measurably better."""
+    import random
 
     size = 1 << 20
-    path = cached_guest_image(size, corpus="stand-in")
-    return GuestImage(path=Path(path), size=size, corpus="stand-in")
+    rng = random.Random(1)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    vocab = ["".join(rng.choice(letters[: rng.randint(6, 26)]) for _ in range(rng.randint(2, 9)))
+             for _ in range(3000)]
+    words: list[str] = []
+    n = 0
+    while n < size:
+        w = rng.choice(vocab) if rng.random() < 0.9 else rng.choice(vocab).capitalize() + ","
+        words.append(w)
+        n += len(w) + 1
+    text = " ".join(words).encode()[:size]
+    path = tmp_path_factory.mktemp("edge-guests-text") / "small-text.img"
+    path.write_bytes(text)
+    return GuestImage(path=path, size=size, corpus="english-like text, 1 MiB")
 
 
 @pytest.fixture(scope="session")
