@@ -380,6 +380,22 @@ def tables(result: dict[str, Any], render: Callable[[Sequence[str], list[list[st
     return out
 
 
+def cells_above(result: dict[str, Any], limit: float = 1.0) -> list[str]:
+    """Every engine cell whose total CPU or wall ratio to its QEMU is above ``limit``, as
+    ``engine (qemu-10.0) zstd x2 unlimited vs QEMU 10.0: CPU 1.21x (send 1.18x, recv
+    1.28x), wall 1.59x``."""
+    out = []
+    for c in (cell_from_json(d) for d in result["cells"]):
+        for base, r in sorted(c.ratios.items()):
+            cpu, wall = r.get("cpu_s"), r.get("wall_s")
+            if (cpu or 0) <= limit and (wall or 0) <= limit:
+                continue
+            out.append(f"{c.impl} {c.method} x{c.channels} {format_bandwidth(c.max_bandwidth)} "
+                       f"vs {base}: CPU {cpu:.2f}x (send {r['src_cpu_s']:.2f}x, recv "
+                       f"{r['dst_cpu_s']:.2f}x), wall {wall:.2f}x")
+    return out
+
+
 def markdown_table(headers: Sequence[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|"]
@@ -673,6 +689,13 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None,
     ]
     for (title, tab) in tables(result, markdown_table):
         lines += [f"**{title}**", "", tab, ""]
+    above = cells_above(result)
+    if above:
+        lines += ["Engine ÷ QEMU above 1.0× in this run (total CPU-s or wall time): "
+                  + "; ".join(above) + ".", ""]
+    elif any(c.get("ratios") for c in result["cells"]):
+        lines += ["Engine ÷ QEMU at or below 1.0× in every cell of this run, total CPU-s and "
+                  "wall time.", ""]
     scaling = scaling_markdown(result)
     if scaling:
         lines += [scaling, ""]

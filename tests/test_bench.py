@@ -219,3 +219,20 @@ def test_bench_from_json_renders_without_measuring(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("engine (qemu-9.2)\n")
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 2
+
+
+def test_cells_above_one_are_listed_from_the_data() -> None:
+    impls = [bench.Impl("engine", "qemu-7.2", "engine (qemu-7.2)"),
+             bench.Impl("qemu", "qemu-7.2", "QEMU 7.2", "/usr/bin/qemu-system-x86_64")]
+    e, q = _cell(impls[0].label, 2, 3.0, 1.0), _cell(impls[1].label, 2, 2.0, 2.0)
+    bench.add_ratios([e, q], impls)
+    res = _result([e, q], impls)
+    assert bench.cells_above(res) == []  # CPU 4.0 / 4.0 and equal wall: not above 1.0
+    assert "at or below 1.0× in every cell" in bench.markdown_report(res)
+    e2 = _cell(impls[0].label, 2, 5.0, 1.0)
+    bench.add_ratios([e2, q], impls)
+    res2 = _result([e2, q], impls)
+    assert bench.cells_above(res2) == [
+        "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 1.50x (send 2.50x, recv 0.50x), "
+        "wall 1.00x"]
+    assert "above 1.0× in this run" in bench.markdown_report(res2)
