@@ -236,3 +236,22 @@ def test_cells_above_one_are_listed_from_the_data() -> None:
         "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 1.50x (send 2.50x, recv 0.50x), "
         "wall 1.00x"]
     assert "above 1.0× in this run" in bench.markdown_report(res2)
+
+
+def test_restamp_keeps_current_stamps_and_recomputes_older_code_lists(tmp_path: Path) -> None:
+    code = ",".join(bench.MEASURED_CODE)
+    current = {"commit": "abc1234", "code_sha": "x", "measured": "t", "code": code}
+    assert bench._restamp(current, tmp_path) is current
+    dirty = {"commit": "abc1234+dirty", "code_sha": "x", "measured": "t"}
+    assert bench._restamp(dirty, tmp_path) is dirty  # cannot be recomputed: stays (stale)
+    from qatmig_engine import docstamp
+
+    root = docstamp.repo_root()
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    old = {"commit": head, "code_sha": "older-list", "measured": "t"}
+    new = bench._restamp(old, root)
+    assert new is not None and new["code"] == code
+    assert new["code_sha"] == docstamp.code_digest_at(head, bench.MEASURED_CODE, root)
