@@ -237,15 +237,31 @@ def sendmsg_all(
     return total
 
 
-def connect(host: str, port: int, act: Activity, what: str) -> socket.socket:
-    """TCP connect with the idle timeout as the connect timeout."""
-    try:
-        sock = socket.create_connection((host, port), timeout=act.idle_timeout)
-    except OSError as exc:
-        raise MigrationError(
-            f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
-            "(is `qatmig listen` running there?)"
-        ) from None
+def connect(
+    host: str, port: int, act: Activity, what: str, *, wait: float = 0.0
+) -> socket.socket:
+    """TCP connect with the idle timeout as the connect timeout. ``wait`` > 0: a refused
+    connection (nobody listening yet) is retried for up to that many seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=act.idle_timeout)
+            break
+        except ConnectionRefusedError as exc:
+            if time.monotonic() < deadline and not act.cancel.is_set():
+                time.sleep(0.05)
+                continue
+            hint = (f"still refused after --connect-wait {wait:g} s" if wait > 0 else
+                    "use --connect-wait S to retry while it starts")
+            raise MigrationError(
+                f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} (is `qatmig "
+                f"listen` running there? {hint})"
+            ) from None
+        except OSError as exc:
+            raise MigrationError(
+                f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
+                "(is `qatmig listen` running there?)"
+            ) from None
     return prepare(sock)
 
 

@@ -158,7 +158,12 @@ class RecordingPair:
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
         ``judge=False``."""
-        result = MigrationResult.from_stats(self._pair.migrate(guest, timeout=timeout))
+        from .roles import Unsupported
+
+        try:
+            result = MigrationResult.from_stats(self._pair.migrate(guest, timeout=timeout))
+        except Unsupported as exc:  # e.g. a guest size one end cannot run
+            pytest.skip(f"UNIMPLEMENTED: {exc}")
         self.results.append(result)
         wire_errors = result.get("wire_errors") or []
         if wire_errors and self.judge:

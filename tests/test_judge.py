@@ -183,6 +183,36 @@ def test_golden_qemu_captures_are_clean(dialect, method):
     assert [c.wire_bytes for c in rep.channels] == [len(c) for c in conns]
 
 
+@pytest.mark.parametrize(("dialect", "method"), [("qemu-7.2", "zstd"), ("qemu-9.2", "zlib")])
+def test_dirtying_guest_final_round_arrives(dialect, method):
+    """A guest written during precopy: pages travel more than once, never twice in a round,
+    and the last copy of every page is the source's final RAM."""
+    from qatmig_engine.workload import Workload
+
+    g = GuestMemory([RAMBlock.anonymous("pc.ram", 8 << 20)])
+    try:
+        fill_deterministic(g.blocks[0])
+        w = Workload(g, 20000)
+        params = MigrationParameters(multifd_channels=2, multifd_compression=method,
+                                     dialect=dialect, max_bandwidth=40 << 20)
+        conns = record_reference(g, params, uuid=UUID, workload=w)
+        w.stop()
+        final = {"pc.ram": bytes(g.blocks[0].view)}
+    finally:
+        g.close()
+    rep = judge(conns, dialect, method, ramblocks={"pc.ram": 8 << 20}, source=final)
+    assert rep.ok, format_report(rep)
+    t = rep.totals()
+    assert t["normal_pages"] + t["zero_pages"] > t["unique_pages"] == 2048
+    assert t["pages_sent_twice"] == 0 and rep.rounds >= 2
+    # one page of the final RAM that the stream does not end with: the judge sees it
+    ram = bytearray(final["pc.ram"])
+    ram[7 * PS] ^= 1
+    err = one(judge(conns, dialect, method, ramblocks={"pc.ram": 8 << 20},
+                    source={"pc.ram": bytes(ram)}), "pages")
+    assert f"first at offset {7 * PS:#x}" in err.message
+
+
 # ------------------------------------------------------------------------------ init packets
 def test_init_packet_little_endian():
     conns = ref("qemu-7.2", "zstd")
@@ -315,6 +345,19 @@ def test_packet_num_repeated_on_a_channel():
     out = patch(conns, 1, pos + 24, struct.pack(">Q", prev.packet_num))
     err = one(judge(out, "qemu-9.2", "none"), "packet_num")
     assert (err.connection, err.offset) == (1, pos + 24) and "repeated" in err.message
+
+
+def test_packet_num_gap():
+    """9.x numbers every packet from 0 with one counter: a skipped number is a lost packet."""
+    conns = ref("qemu-9.2", "zstd")
+    last = max(((i, p, k) for i in (1, 2) for p, k in packets(conns[i], "qemu-9.2")),
+               key=lambda t: t[2].packet_num)
+    i, pos, pkt = last
+    out = patch(conns, i, pos + 24, struct.pack(">Q", pkt.packet_num + 1))
+    err = one(judge(out, "qemu-9.2", "zstd"), "packet_num")
+    assert (err.connection, err.packet_num) == (i, pkt.packet_num + 1)
+    assert f"packet_num {pkt.packet_num}..{pkt.packet_num} never appeared" in err.message
+    assert err.offset == pos + 24
 
 
 def test_packet_num_going_backwards():
@@ -555,3 +598,33 @@ def test_every_test_the_docs_name_exists():
     named = set(re.findall(r"`(test_[a-z0-9_]+)`", section))
     assert len(named) >= 25
     assert sorted(n for n in named if n not in globals()) == []
+
+
+def test_cli_replay_with_level_and_final_image(tmp_path):
+    """``qatmig tap --replay`` takes the level and the source's final RAM, as a user runs it."""
+    import subprocess
+    import sys
+
+    from qatmig_engine.qemu.image import build_image
+
+    m = load_manifest("qemu-7.2")
+    files = []
+    for i, c in enumerate(load_connections("zlib", m)):
+        (tmp_path / f"conn-{i}.bin").write_bytes(c)
+        files.append(str(tmp_path / f"conn-{i}.bin"))
+    r = m["ram"]["recipe"]
+    img = bytearray(build_image(r["size"], r["seed"], tuple(r["mix"])))
+    (tmp_path / "final.img").write_bytes(img)
+    cmd = [sys.executable, "-c", "import sys; from qatmig_engine.cli import main; "
+           "sys.exit(main(sys.argv[1:]))", "tap", "--dialect", "qemu-7.2", "--replay", *files,
+           "--final-image", str(tmp_path / "final.img"), "--ramblock", m["ramblock"]]
+    ok = subprocess.run([*cmd, "--level", "1"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([*cmd, "--level", "9"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "field level" in bad.stdout
+    assert "FLEVEL 0 does not match multifd-zlib-level 9" in bad.stdout
+    img[0x2000] ^= 1
+    (tmp_path / "final.img").write_bytes(img)
+    stale = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert stale.returncode == 1 and "differs from the source's final RAM" in stale.stdout
+    assert "Traceback" not in stale.stderr
