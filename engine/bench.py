@@ -391,9 +391,12 @@ def cells_above(result: dict[str, Any], limit: float = 1.0) -> list[str]:
             cpu, wall = r.get("cpu_s"), r.get("wall_s")
             if (cpu or 0) <= limit and (wall or 0) <= limit:
                 continue
+            def x(v: float | None) -> str:
+                return "–" if v is None else f"{v:.2f}x"
+
             out.append(f"{c.impl} {c.method} x{c.channels} {format_bandwidth(c.max_bandwidth)} "
-                       f"vs {base}: CPU {cpu:.2f}x (send {r['src_cpu_s']:.2f}x, recv "
-                       f"{r['dst_cpu_s']:.2f}x), wall {wall:.2f}x")
+                       f"vs {base}: CPU {x(cpu)} (send {x(r.get('src_cpu_s'))}, recv "
+                       f"{x(r.get('dst_cpu_s'))}), wall {x(wall)}")
     return out
 
 

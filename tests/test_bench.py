@@ -236,6 +236,13 @@ def test_cells_above_one_are_listed_from_the_data() -> None:
         "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 1.50x (send 2.50x, recv 0.50x), "
         "wall 1.00x"]
     assert "above 1.0× in this run" in bench.markdown_report(res2)
+    # A QEMU end that used no measurable CPU (a tiny guest) has no ratio: shown as –.
+    q0 = _cell(impls[1].label, 2, 2.0, 0.0)
+    e3 = _cell(impls[0].label, 2, 5.0, 1.0)
+    bench.add_ratios([e3, q0], impls)
+    assert bench.cells_above(_result([e3, q0], impls)) == [
+        "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 3.00x (send 2.50x, recv –), "
+        "wall 1.00x"]
 
 
 def test_restamp_keeps_current_stamps_and_recomputes_older_code_lists(tmp_path: Path) -> None:
