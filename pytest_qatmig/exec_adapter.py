@@ -177,10 +177,10 @@ class ExecIncoming:
             self.proc.err_event.clear()
 
     def wait(self, timeout: float) -> dict[str, Any]:
-        rc = self.proc.wait(timeout + EXIT_GRACE)
+        rc = self.proc.wait(timeout)
         if rc is None:
             self.proc.kill()
-        return _result(self.proc, rc, "destination", timeout + EXIT_GRACE)
+        return _result(self.proc, rc, "destination", timeout)
 
     def close(self) -> None:
         self.proc.kill()
