@@ -82,3 +82,26 @@ def test_a_guest_size_qemu_cannot_run_skips_in_its_directions(pytester: pytest.P
     result = pytester.runpytest("--qatmig-devices=sw", "--qatmig-peer=qemu", "-v", "-rs")
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["*UNIMPLEMENTED: qemu runs guests of whole MiB (-m)*"])
+
+
+def test_perf_tests_run_direct_and_the_others_are_judged(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.fixture
+        def guest(tmp_path):
+            path = tmp_path / "guest.img"
+            path.write_bytes(bytes(range(256)) * 16 * 64)
+            return path
+
+        @pytest.mark.qatmig_perf(max_total_ms=600000)
+        def test_perf(multifd_pair, guest):
+            r = multifd_pair(channels=2).migrate(guest, timeout=30)
+            assert r.verified and r.wire is None  # no proxy in the measured path
+
+        def test_conformance(multifd_pair, guest):
+            r = multifd_pair(channels=2).migrate(guest, timeout=30)
+            assert r.verified and r.wire["totals"]["multifd_channels"] == 2
+    """)
+    result = pytester.runpytest("--qatmig-devices=sw")
+    result.assert_outcomes(passed=2)
