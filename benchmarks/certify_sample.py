@@ -47,7 +47,7 @@ def certify(*args: str) -> tuple[int, str]:
     return res.returncode, res.stderr
 
 
-def demote(md: str, levels: int = 2) -> str:
+def demote(md: str, levels: int = 3) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", md, flags=re.M)
 
 

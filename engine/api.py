@@ -283,11 +283,13 @@ def send(
     wait_for_destination: float | None = None,
     digest: bool = True,
     corpus: str = "auto",
+    connect_wait: float = 0.0,
 ) -> MigrationStats:
     """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
     ``guest_size``) to ``host:port``. After EOF it waits up to ``wait_for_destination``
     seconds (default: ``timeout``) for the destination to close the main channel: a reset
-    there means the destination failed, and ``send`` reports failed too."""
+    there means the destination failed, and ``send`` reports failed too. ``connect_wait``:
+    seconds to keep retrying while the destination refuses connections (still starting)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
@@ -300,7 +302,7 @@ def send(
     try:
         src = Source(guest, params, host, port, uuid=uuid, timeout=timeout, workload=workload,
                      machine_type=machine_type, max_iters=max_iters, progress=progress,
-                     wait_for_destination=wait_for_destination)
+                     wait_for_destination=wait_for_destination, connect_wait=connect_wait)
         st = src.run()
         st.corpus = corpus_name
         if st.status == "completed" and src.stop_time is not None and src.end_time is not None:

@@ -31,6 +31,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -380,6 +381,25 @@ def tables(result: dict[str, Any], render: Callable[[Sequence[str], list[list[st
     return out
 
 
+def cells_above(result: dict[str, Any], limit: float = 1.0) -> list[str]:
+    """Every engine cell whose total CPU or wall ratio to its QEMU is above ``limit``, as
+    ``engine (qemu-10.0) zstd x2 unlimited vs QEMU 10.0: CPU 1.21x (send 1.18x, recv
+    1.28x), wall 1.59x``."""
+    out = []
+    for c in (cell_from_json(d) for d in result["cells"]):
+        for base, r in sorted(c.ratios.items()):
+            cpu, wall = r.get("cpu_s"), r.get("wall_s")
+            if (cpu or 0) <= limit and (wall or 0) <= limit:
+                continue
+            def x(v: float | None) -> str:
+                return "–" if v is None else f"{v:.2f}x"
+
+            out.append(f"{c.impl} {c.method} x{c.channels} {format_bandwidth(c.max_bandwidth)} "
+                       f"vs {base}: CPU {x(cpu)} (send {x(r.get('src_cpu_s'))}, recv "
+                       f"{x(r.get('dst_cpu_s'))}), wall {x(wall)}")
+    return out
+
+
 def markdown_table(headers: Sequence[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|"]
@@ -432,7 +452,7 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
         groups = sorted({(c.method, c.channels) for c in mine},
                         key=lambda g: (result["methods"].index(g[0])
                                        if g[0] in result["methods"] else 99, g[1]))
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        fig, axes = plt.subplots(1, 3, figsize=(max(15.0, 1.6 * len(groups)), 4.5))
         width = 0.8 / max(1, len(labels))
         metrics = (("throughput_mbps", "guest throughput (Mbit/s)"),
                    ("src_cpu_s", "send CPU-s (source process)"),
@@ -446,7 +466,7 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
                     ys.append(getattr(c, metric) if c is not None else 0.0)
                 ax.bar([x + k * width for x in range(len(groups))], ys, width, label=label)
             ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(groups))])
-            ax.set_xticklabels([f"{m}\n{ch} ch" for m, ch in groups])
+            ax.set_xticklabels([f"{m}\n{ch} ch" for m, ch in groups], fontsize=8)
             ax.set_title(title)
             ax.grid(axis="y", alpha=0.3)
         axes[0].legend(fontsize=8)
@@ -582,6 +602,7 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
     m.validate()
     log = log or (lambda s: None)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamped = _stamp()
     load0 = os.getloadavg()
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     runs: list[RunResult] = []
@@ -616,6 +637,7 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
             "python": platform.python_version(), "repeat": m.repeat,
             "guest": {"kind": guest.kind, "size": m.size, "description": guest.description,
                       "zero_ratio": m.zero_ratio},
+            "stamp": stamped,
             "cpu_method": "utime+stime of each end's process over the migration "
                           "(/proc/<pid>/stat for QEMU, getrusage around api.send/api.listen "
                           "for the engine); start-up excluded",
@@ -652,7 +674,8 @@ def write_outputs(result: dict[str, Any], folder: Path, *, plots: bool = True) -
     return written
 
 
-def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
+def markdown_report(result: dict[str, Any], plot_dir: str | None = None,
+                    plot_prefix: str = "") -> str:
     """The tables as Markdown, with what was measured and how noisy the machine was."""
     meta = result["meta"]
     la0, la1 = meta["loadavg_before"], meta["loadavg_after"]
@@ -670,8 +693,182 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None) -> str:
     ]
     for (title, tab) in tables(result, markdown_table):
         lines += [f"**{title}**", "", tab, ""]
+    above = cells_above(result)
+    if above:
+        lines += ["Engine ÷ QEMU above 1.0× in this run (total CPU-s or wall time): "
+                  + "; ".join(above) + ".", ""]
+    elif any(c.get("ratios") for c in result["cells"]):
+        lines += ["Engine ÷ QEMU at or below 1.0× in every cell of this run, total CPU-s and "
+                  "wall time.", ""]
+    scaling = scaling_markdown(result)
+    if scaling:
+        lines += [scaling, ""]
     if plot_dir is not None:
         for bw in result["max_bandwidth"]:
             name = f"bench-{format_bandwidth(bw).replace('/', '_')}.png"
+            if plot_prefix:
+                name = f"{plot_prefix}-{name}"
             lines += [f"![{format_bandwidth(bw)}]({plot_dir}/{name})", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ scaling model
+@dataclass
+class ScalingFit:
+    """CPU-s per GiB of one end of one (implementation, method) as ``per_gib + per_channel·n``.
+
+    ``per_gib`` is the work per byte (compression, copies, syscalls: it does not depend on the
+    channel count); ``per_channel`` is what each extra channel adds per GiB (its thread, its
+    socket, its share of the per-round SYNCs). ``residual`` is the largest relative error of
+    the fit on the measured channel counts: the check of the model.
+    """
+
+    impl: str
+    method: str
+    side: str  # "send" | "recv"
+    per_gib: float
+    per_channel: float
+    channels: list[int]
+    measured: list[float]
+    residual: float
+
+    def predict(self, channels: int) -> float:
+        return self.per_gib + self.per_channel * channels
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    if len(set(xs)) < 2:
+        return statistics.fmean(ys), 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return my - b * mx, b
+
+
+def scaling_fits(result: dict[str, Any]) -> list[ScalingFit]:
+    """Fit the model on the unthrottled cells of ``result`` (one fit per implementation,
+    method and end), when at least two channel counts were measured."""
+    cells = [cell_from_json(c) for c in result["cells"] if c["max_bandwidth"] == UNLIMITED]
+    out = []
+    for impl in [i["label"] for i in result["impls"]]:
+        for method in result["methods"]:
+            mine = sorted((c for c in cells if c.impl == impl and c.method == method),
+                          key=lambda c: c.channels)
+            if len({c.channels for c in mine}) < 2:
+                continue
+            gib = mine[0].size / (1 << 30)
+            for side, attr in (("send", "src_cpu_s"), ("recv", "dst_cpu_s")):
+                xs = [c.channels for c in mine]
+                ys = [getattr(c, attr) / gib for c in mine]
+                a, b = _fit(xs, ys)
+                res = max(abs(a + b * x - y) / y for x, y in zip(xs, ys, strict=True) if y)
+                out.append(ScalingFit(impl, method, side, a, b, xs, ys, res))
+    return out
+
+
+def predict_host(fits: Sequence[ScalingFit], impl: str, method: str, *, channels: int,
+                 link_bytes_s: float, ratio: float, cores: int) -> dict[str, float]:
+    """The seed host from this machine's fits: raw (guest) GB/s, send and recv CPU %.
+
+    Each channel's thread compresses at ``1 / send CPU-s per byte`` at most (one core), the
+    channels share ``cores``, and the wire carries ``raw / ratio`` at most ``link_bytes_s``:
+    raw = min(link × ratio, min(channels, cores) / send CPU-s per byte, same for recv)."""
+    f = {x.side: x for x in fits if x.impl == impl and x.method == method}
+    send_s = f["send"].predict(channels) / (1 << 30)  # CPU-s per guest byte
+    recv_s = f["recv"].predict(channels) / (1 << 30)
+    par = min(channels, cores)
+    raw = min(link_bytes_s * ratio, par / send_s, par / recv_s)
+    return {"raw_gb_s": raw / 1e9, "wire_mbps": raw / ratio * 8 / 1e6,
+            "send_cpu_percent": 100 * raw * send_s, "recv_cpu_percent": 100 * raw * recv_s}
+
+
+def scaling_markdown(result: dict[str, Any]) -> str:
+    fits = scaling_fits(result)
+    if not fits:
+        return ""
+    lines = [
+        "Scaling model, fitted on the unthrottled cells above: CPU-s per GiB of each end = "
+        "`per GiB + per channel × channels` (least squares over the channel counts measured; "
+        "`worst error` = the largest relative miss of the fit on them).",
+        "",
+        "| implementation | method | end | per GiB (CPU-s) | per channel (CPU-s/GiB) | "
+        "measured by channel count | worst error |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    for f in fits:
+        meas = ", ".join(f"{c}: {y:.2f}" for c, y in zip(f.channels, f.measured, strict=True))
+        lines.append(f"| {f.impl} | {f.method} | {f.side} | {f.per_gib:.2f} | "
+                     f"{f.per_channel:+.3f} | {meas} | {f.residual:.0%} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ docs
+#: What the figures of ``qatmig bench`` describe (docstamp: a change there marks them stale).
+#: The engine both ends run and the harness that runs and measures them (engine/qemu); not
+#: this module, which only renders raw results (``--from-json`` re-renders them any time).
+MEASURED_CODE = (
+    "engine/api.py", "engine/source.py", "engine/destination.py", "engine/transport.py",
+    "engine/wire.py", "engine/mainstream.py", "engine/guest.py", "engine/codecs",
+    "engine/ratelimit.py", "engine/stats.py", "engine/params.py", "engine/dialects.py",
+    "engine/qemu",
+)
+DOCS_BLOCK = "bench"
+DOCS_HEADING = "## Engine vs real QEMU, the seed's table (`qatmig bench`)"
+PLOT_DIR = "perf"  # under docs/
+#: Where --update-docs puts a block of that id when the doc has none yet.
+DOCS_HEADINGS = {
+    DOCS_BLOCK: DOCS_HEADING,
+    "scaling": "## Scaling with the channel count (`qatmig bench --channels 1,2,4,8`)",
+}
+
+
+def _stamp() -> dict[str, str] | None:
+    """The docs stamp of the measured code as the measurement starts (None outside a source
+    checkout: an installed package has no docs to update)."""
+    from . import docstamp
+
+    try:
+        return {**docstamp.stamp(MEASURED_CODE), "code": ",".join(MEASURED_CODE)}
+    except (OSError, ValueError):
+        return None
+
+
+def _restamp(stamped: dict[str, str] | None, root: Path) -> dict[str, str] | None:
+    """A stamp taken over another list of measured code (an older qatmig bench) is recomputed
+    for :data:`MEASURED_CODE` as of its clean commit; a dirty or unknown commit stays as is
+    (then the block says its code has changed)."""
+    from . import docstamp
+
+    if not stamped or stamped.get("code") == ",".join(MEASURED_CODE):
+        return stamped
+    commit = stamped.get("commit", "")
+    if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        return stamped
+    try:
+        sha = docstamp.code_digest_at(commit, MEASURED_CODE, root)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return stamped
+    return {**stamped, "code_sha": sha, "code": ",".join(MEASURED_CODE)}
+
+
+def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
+                root: Path | None = None, block_id: str = DOCS_BLOCK) -> Path:
+    """Write the tables into ``docs/performance.md`` as the stamped block ``block_id`` (see
+    :mod:`qatmig_engine.docstamp`) and copy the plots to ``docs/perf/<block_id>-*.png``;
+    returns the doc."""
+    from . import docstamp
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", block_id):
+        raise ParameterError(f"--docs-id {block_id!r}: lower-case letters, digits and dashes")
+    root = root or docstamp.repo_root()
+    doc = root / "docs" / "performance.md"
+    if not doc.is_file():
+        raise ParameterError(f"--update-docs: {doc} not found (run it in a source checkout)")
+    (root / "docs" / PLOT_DIR).mkdir(exist_ok=True)
+    for p in plots:
+        shutil.copyfile(p, root / "docs" / PLOT_DIR / f"{block_id}-{p.name}")
+    body = markdown_report(result, plot_dir=PLOT_DIR if plots else None, plot_prefix=block_id)
+    heading = DOCS_HEADINGS.get(block_id, f"## `qatmig bench` ({block_id})")
+    docstamp.write_block(doc, block_id, body, script=command, code=MEASURED_CODE, root=root,
+                         heading=heading, stamped=_restamp(result["meta"].get("stamp"), root))
+    return doc

@@ -16,18 +16,21 @@ from .constants import QEMU_VM_FILE_MAGIC
 from .errors import MigrationError
 from .guest import GuestMemory
 from .params import MigrationParameters
+from .workload import Workload
 
 _QEVM = struct.pack(">I", QEMU_VM_FILE_MAGIC)
 
 
 def record_reference(
     guest: GuestMemory, params: MigrationParameters, *, uuid: str | bytes | None = None,
-    timeout: float = 30.0, machine_type: str | None = None,
+    timeout: float = 30.0, machine_type: str | None = None, workload: Workload | None = None,
 ) -> list[bytes]:
     """Migrate ``guest`` with ``params`` into a sink; the connections' bytes, main first.
 
     The sink never answers (a 7.2 destination does not either); the source does not wait for
-    a destination's close. Raises MigrationError if the source fails or a socket stalls.
+    a destination's close. ``workload`` dirties the guest during precopy (the guest's RAM
+    afterwards is what the destination must end with). Raises MigrationError if the source
+    fails or a socket stalls.
     """
     from .source import Source
 
@@ -65,10 +68,10 @@ def record_reference(
 
     acceptor = threading.Thread(target=accept, name="qatmig-capture", daemon=True)
     acceptor.start()
-    kwargs = {} if machine_type is None else {"machine_type": machine_type}
+    kwargs: dict[str, object] = {} if machine_type is None else {"machine_type": machine_type}
     try:
         src = Source(guest, params, "127.0.0.1", port, uuid=uuid, timeout=timeout,
-                     wait_for_destination=0, **kwargs)
+                     wait_for_destination=0, workload=workload, **kwargs)  # type: ignore[arg-type]
         stats = src.run()
         acceptor.join(timeout + 5)
     finally:

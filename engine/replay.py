@@ -71,6 +71,8 @@ def multifd_packets(blob: bytes, *, page_size: int = TARGET_PAGE_SIZE,
         flags, _alloc, normal, nps, num, zero = struct.unpack_from(">IIIIQI", blob, pos + 8)
         zero = zero if has_zero_pages else 0
         payload = nps if normal else 0
+        if normal + zero > (hl - MULTIFD_PACKET_FIXED_SIZE) // 8 or pos + hl + payload > len(blob):
+            break  # not a packet QEMU could send (a mutated header): stop walking here
         out.append(PacketSpan(pos, hl, payload, num, flags, normal, zero))
         pos += hl + payload
     return out

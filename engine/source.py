@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import queue
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -245,9 +246,12 @@ class Source:
         max_iters: int = DEFAULT_MAX_ITERS,
         progress: Callable[[int], None] | None = None,
         wait_for_destination: float | None = None,
+        connect_wait: float = 0.0,
     ) -> None:
         params.validate()
         self.guest = guest
+        #: seconds a refused first connection is retried (the destination may be starting).
+        self.connect_wait = connect_wait
         self.params = params
         self.host = host
         self.port = port
@@ -337,7 +341,13 @@ class Source:
     # ------------------------------------------------------------------ setup
     def _connect(self) -> None:
         host, port = self.host, self.port
-        mk = transport.connect
+        first = [True]
+
+        def mk(h: str, p: int, act: transport.Activity, what: str) -> socket.socket:
+            # Only the first connection waits for a listener; once it is up, all connect.
+            wait, first[0] = (self.connect_wait if first[0] else 0.0), False
+            return transport.connect(h, p, act, what, wait=wait)
+
         if self.dialect.channel_by_magic:
             # 9.0+ sources may open multifd channels before the main one; the destination
             # identifies each connection by its first 4 bytes.

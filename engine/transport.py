@@ -134,6 +134,10 @@ def _socket_call(act: Activity, what: str, call: Callable[..., T], *args: Any) -
             raise _closed(what, exc) from None
 
 
+#: Buffers per sendmsg/recvmsg call (Linux's UIO_MAXIOV is 1024).
+_IOV_MAX = 512
+
+
 def recv_into_exact(
     sock: socket.socket, view: memoryview, act: Activity, what: str, *, eof_ok: bool = False
 ) -> bool:
@@ -152,6 +156,33 @@ def recv_into_exact(
         got += r
         act.touch()
     return True
+
+
+def recv_into_views(
+    sock: socket.socket, views: Sequence[memoryview], act: Activity, what: str
+) -> None:
+    """Fill every view in order: scatter reads (``recvmsg_into``, one system call for many
+    buffers), continued after partial reads; ChannelClosed on EOF."""
+    bufs = [v for v in views if len(v)]
+    total = sum(len(v) for v in bufs)
+    got = 0
+    i = 0
+    while i < len(bufs):
+        r = _socket_call(act, what, sock.recvmsg_into, bufs[i : i + _IOV_MAX])[0]
+        if r == 0:
+            raise ChannelClosed(
+                f"{what}: connection closed by peer after {got} of {total} bytes"
+            )
+        got += r
+        act.touch()
+        while r:
+            n = len(bufs[i])
+            if r >= n:
+                r -= n
+                i += 1
+            else:
+                bufs[i] = bufs[i][r:]
+                r = 0
 
 
 def recv_exact(sock: socket.socket, n: int, act: Activity, what: str) -> bytes:
@@ -193,7 +224,7 @@ def sendmsg_all(
     total = sum(len(b) for b in bufs)
     i = 0
     while i < len(bufs):
-        sent = _socket_call(act, what, sock.sendmsg, bufs[i : i + 512])
+        sent = _socket_call(act, what, sock.sendmsg, bufs[i : i + _IOV_MAX])
         act.touch()
         while sent:
             n = len(bufs[i])
@@ -206,15 +237,31 @@ def sendmsg_all(
     return total
 
 
-def connect(host: str, port: int, act: Activity, what: str) -> socket.socket:
-    """TCP connect with the idle timeout as the connect timeout."""
-    try:
-        sock = socket.create_connection((host, port), timeout=act.idle_timeout)
-    except OSError as exc:
-        raise MigrationError(
-            f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
-            "(is `qatmig listen` running there?)"
-        ) from None
+def connect(
+    host: str, port: int, act: Activity, what: str, *, wait: float = 0.0
+) -> socket.socket:
+    """TCP connect with the idle timeout as the connect timeout. ``wait`` > 0: a refused
+    connection (nobody listening yet) is retried for up to that many seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=act.idle_timeout)
+            break
+        except ConnectionRefusedError as exc:
+            if time.monotonic() < deadline and not act.cancel.is_set():
+                time.sleep(0.05)
+                continue
+            hint = (f"still refused after --connect-wait {wait:g} s" if wait > 0 else
+                    "use --connect-wait S to retry while it starts")
+            raise MigrationError(
+                f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} (is `qatmig "
+                f"listen` running there? {hint})"
+            ) from None
+        except OSError as exc:
+            raise MigrationError(
+                f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
+                "(is `qatmig listen` running there?)"
+            ) from None
     return prepare(sock)
 
 

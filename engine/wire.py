@@ -511,10 +511,15 @@ class PacketOrder:
         self.dialect = get_dialect(dialect)
         self.page_size = page_size
         self.pages_once_per_round = self.dialect.name != "qemu-7.2"
+        #: QEMU 7.2 skips numbers (its counter also moves for packets it never sends): gaps
+        #: are checked in the later dialects only.
+        self.contiguous_numbers = self.dialect.name != "qemu-7.2"
         self._lock = threading.Lock()
         self._last: dict[int, tuple[int, bool]] = {}  # channel -> previous (packet_num, sync)
         self._round_nums: dict[int, int] = {}  # data packet_num -> channel, this round
         self._floor = -1  # highest data packet_num of the rounds already closed
+        self._round_all: set[int] = set()  # every packet_num of this round (SYNC ones too)
+        self._next: int | None = None  # the first packet_num the next round must use
         self._stamps: dict[str, array.array[int]] = {}  # block -> round + 1 per page
 
     def _err(self, text: str, pkt: Packet, channel: int, fld: str) -> PacketError:
@@ -548,6 +553,7 @@ class PacketOrder:
                     raise self._err(f"{how} on the channel (QEMU's counter only grows)", pkt,
                                     channel, "packet_num")
             self._last[channel] = (num, pkt.sync)
+            self._round_all.add(num)
             if not has_data:
                 return
             other = self._round_nums.get(num)
@@ -575,8 +581,39 @@ class PacketOrder:
                     stamps[i] = mark
 
     def end_round(self) -> None:
-        """Every channel reached the round's SYNC: later data packets carry higher numbers."""
+        """Every channel reached the round's SYNC: later data packets carry higher numbers,
+        and every number below the round's last one has arrived (QEMU numbers each packet,
+        SYNC ones included, from one counter: a gap is a packet lost on the way)."""
         with self._lock:
             if self._round_nums:
                 self._floor = max(self._floor, max(self._round_nums))
             self._round_nums.clear()
+            self._check_contiguous()
+
+    def finish(self) -> None:
+        """The migration ended: the packets after the last SYNC must be contiguous too."""
+        with self._lock:
+            self._check_contiguous()
+
+    def _check_contiguous(self) -> None:
+        seen = self._round_all
+        if not seen or not self.contiguous_numbers:
+            self._round_all = set()
+            return
+        lo = self._next if self._next is not None else min(seen)
+        hi = max(seen)
+        self._round_all = set()
+        self._next = hi + 1
+        if hi - lo + 1 == len(seen) and min(seen) >= lo:
+            return
+        if min(seen) < lo:
+            raise PacketError(
+                f"multifd: packet_num {min(seen)} belongs to an earlier round (this round "
+                f"starts at {lo}) (the reference is strict here; QEMU does not check it)",
+                packet_num=min(seen), field="packet_num")
+        missing = next(n for n in range(lo, hi + 1) if n not in seen)
+        raise PacketError(
+            f"multifd: packet_num {missing} never arrived (this round's packets run from {lo} "
+            f"to {hi}; {hi - lo + 1 - len(seen)} missing): a packet was lost or its number "
+            "changed (the reference is strict here; QEMU does not check it)",
+            packet_num=missing, field="packet_num")

@@ -2,7 +2,8 @@
 
 Public API (imported lazily so that ``import pytest_qatmig`` stays cheap): :class:`QatDevice`,
 :class:`Implementation`, :class:`MigrationPair`, :class:`PairSpec`, :class:`MigrationResult`,
-:class:`GuestImage`, :func:`load_implementation`.
+:class:`GuestImage`, :func:`load_implementation`, and the roles API (:class:`RoleContext`,
+:class:`Incoming`, :class:`RolePair`; see docs/plugin.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ _EXPORTS = {
     "MigrationPair": "pytest_qatmig.adapters",
     "PairSpec": "pytest_qatmig.adapters",
     "load_implementation": "pytest_qatmig.adapters",
+    "RoleContext": "pytest_qatmig.roles",
+    "RolePair": "pytest_qatmig.roles",
+    "Incoming": "pytest_qatmig.roles",
     "MigrationResult": "pytest_qatmig.results",
     "GuestImage": "pytest_qatmig.fixtures",
 }

@@ -76,7 +76,12 @@ class MigrationPair(Protocol):
 
 @runtime_checkable
 class Implementation(Protocol):
-    """The interface an implementation under test provides (see docs/plugin.md)."""
+    """The interface an implementation under test provides (see docs/plugin.md).
+
+    New implementations provide the two roles instead of (or besides) ``pair``:
+    ``destination(spec, ctx) -> Incoming`` and ``source(spec, ctx, address) -> Mapping``
+    (:mod:`pytest_qatmig.roles`); the suite then pairs them itself, across implementations,
+    and judges the wire between them. ``pair`` is the older, impl-to-impl-only form."""
 
     name: str
 
@@ -114,32 +119,6 @@ def guest_path(guest: Any) -> Path:
 
 
 # ------------------------------------------------------------------------------ reference
-class ReferencePair:
-    """The reference engine's two ends; ``migrate`` runs them over loopback TCP."""
-
-    def __init__(self, params: Any, workdir: Path) -> None:
-        self.params = params
-        self.workdir = workdir
-        self.source = {"role": "source", "host": "127.0.0.1", "params": params}
-        self.destination = {"role": "destination", "host": "127.0.0.1", "params": params}
-        self.results: list[MigrationResult] = []
-        self._closed = False
-
-    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
-        if self._closed:
-            raise RuntimeError("this multifd pair is closed")
-        from qatmig_engine.api import migrate_loopback
-
-        stats = migrate_loopback(guest_image=guest_path(guest), params=self.params, timeout=timeout)
-        result = MigrationResult.from_stats(stats)
-        self.results.append(result)
-        return result
-
-    def close(self) -> None:
-        # migrate_loopback joins its threads and closes its sockets before returning.
-        self._closed = True
-
-
 class ReferenceIncoming:
     """The reference engine's destination role, running in a thread of this process."""
 
@@ -226,8 +205,12 @@ class ReferenceImplementation:
             kwargs["extra"] = extra
         return MigrationParameters(**kwargs)
 
-    def pair(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> ReferencePair:
-        return ReferencePair(self.parameters(spec, device), workdir)
+    def pair(self, spec: PairSpec, *, device: QatDevice, workdir: Path) -> Any:
+        """The convenience on top of the roles: this engine's source to its destination,
+        paired and judged by the suite (:class:`pytest_qatmig.roles.RolePair`)."""
+        from .roles import RolePair
+
+        return RolePair(self, self, spec, workdir=workdir, device=device)
 
     # ---- roles (pytest_qatmig.roles): the engine's two ends in this process
     def validate(self, spec: PairSpec) -> None:

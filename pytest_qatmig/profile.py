@@ -91,15 +91,51 @@ def _numbers(where: str, raw: Any, path: Path) -> dict[str, float]:
     return out
 
 
+def _hosts_dir() -> Path | None:
+    from qatmig_engine.errors import QatmigError
+    from qatmig_engine.resources import fixtures_dir
+
+    try:
+        return fixtures_dir("hosts")
+    except QatmigError:  # qatmig_fixtures not installed: no shipped profiles
+        return None
+
+
+def shipped_profile_names() -> list[str]:
+    """Names of the host profiles shipped with qatmig."""
+    d = _hosts_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d else []
+
+
+def shipped_profile(name: str) -> Path | None:
+    """The shipped profile file of that name, or None."""
+    d = _hosts_dir()
+    p = d / f"{name}.yaml" if d else None
+    return p if p is not None and p.is_file() else None
+
+
+def profile_path(text: str | Path) -> Path:
+    """``text`` as a profile file: an existing path, else a shipped profile's name."""
+    p = Path(text)
+    if not p.exists() and "/" not in str(text) and p.suffix in ("", ".yaml"):
+        shipped = shipped_profile(p.stem)
+        if shipped is not None:
+            return shipped
+    return p
+
+
 def load_profile(path: str | Path) -> HostProfile:
-    """Read and check a host profile."""
+    """Read and check a host profile: a YAML file, or the name of one shipped in
+    ``qatmig_fixtures/hosts`` (``software-only``, ``4xxx-two-devices``)."""
     import yaml
 
-    p = Path(path)
+    p = profile_path(path)
     try:
         data = yaml.safe_load(p.read_text())
     except OSError as exc:
-        raise ProfileError(f"cannot read host profile {p}: {exc.strerror or exc}") from None
+        names = ", ".join(shipped_profile_names())
+        raise ProfileError(f"cannot read host profile {p}: {exc.strerror or exc} (shipped "
+                           f"profiles, usable by name: {names})") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"host profile {p} is not valid YAML: {exc}") from None
     if not isinstance(data, Mapping):

@@ -184,6 +184,14 @@ def _info_fields(info: dict[str, Any], version: tuple[int, int], compression: st
     return fields
 
 
+def _whole_mib(size: int) -> None:
+    """QEMU's ``-m`` takes whole MiB here: another guest size is a case this end cannot run."""
+    if size <= 0 or size % MIB:
+        from .roles import Unsupported
+
+        raise Unsupported(f"qemu runs guests of whole MiB (-m), not {size} bytes")
+
+
 class QemuIncoming:
     """The destination role: an ``-incoming defer`` QEMU whose RAM is the suite's file."""
 
@@ -192,6 +200,7 @@ class QemuIncoming:
 
         self.impl = impl
         self.spec = spec
+        _whole_mib(ctx.ram_size)
         self.q = QemuProcess(ram_file=ctx.ram, ram_size=ctx.ram_size, binary=impl.binary,
                              workdir=Path(ctx.workdir) / "q", name="dst", incoming=True,
                              uuid=ctx.uuid, backend_id=ctx.ramblock)
@@ -311,6 +320,7 @@ class QemuImplementation:
         from qatmig_engine.errors import QemuError
         from qatmig_engine.qemu.process import UNLIMITED_BANDWIDTH, QemuProcess
 
+        _whole_mib(ctx.ram_size)
         q = QemuProcess(ram_file=ctx.ram, ram_size=ctx.ram_size, binary=self.binary,
                         workdir=Path(ctx.workdir) / "q", name="src", uuid=ctx.uuid,
                         backend_id=ctx.ramblock)

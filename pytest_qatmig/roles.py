@@ -47,6 +47,10 @@ from .results import MigrationResult
 #: Directions of the cross matrix, as they appear in test ids.
 DIRECTIONS = ("impl-to-impl", "impl-to-peer", "peer-to-impl")
 RAMBLOCK = "pc.ram"
+#: Seconds a destination gets to finish once its source has failed.
+FAILED_SOURCE_GRACE = 10.0
+#: Seconds beyond the idle timeout a destination gets to finish after its source completed.
+DESTINATION_GRACE = 30.0
 #: The statistics a result carries (MigrationResult.REQUIRED), taken from the end that
 #: measures them: the source for everything but the destination's CPU.
 _SOURCE_FIELDS = (
@@ -259,15 +263,23 @@ class RolePair:
                                machine_type=getattr(incoming, "machine_type", None))
             try:
                 src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
+            except Unsupported:
+                raise
             except Exception as exc:  # an end that crashes is a failed migration, not a hang
                 src_res = {"status": "failed", "error": f"source raised {exc!r}"}
+            # A source that failed may never have connected: do not wait out the
+            # destination's idle timeout for channels that will not come.
+            src_ok = src_res.get("status") == "completed"
             try:
-                dst_res = dict(incoming.wait(timeout))
+                dst_res = dict(incoming.wait(timeout + DESTINATION_GRACE if src_ok
+                                             else FAILED_SOURCE_GRACE))
             except Exception as exc:
                 dst_res = {"status": "failed", "error": f"destination raised {exc!r}"}
             if proxy is not None:
+                if not src_ok:
+                    proxy.close()  # nothing more will come; do not wait for connections
                 try:
-                    report = proxy.wait(timeout)
+                    report = proxy.wait(timeout if src_ok else FAILED_SOURCE_GRACE)
                 except Exception as exc:
                     errors.append(f"tap: {exc}")
         finally:

@@ -154,3 +154,111 @@ def test_bench_engine_vs_qemu_ratio_columns(tmp_path: Path) -> None:
     assert q["downtime_ms"] is not None
     header = (tmp_path / "out" / "tables.txt").read_text().splitlines()[1]
     assert f"CPU ÷ {labels[1]}" in header
+
+
+def _result(cells: list[bench.Cell], impls: list[bench.Impl]) -> dict:
+    return {"impls": [i.to_json() for i in impls], "methods": ["zstd"], "channels": [],
+            "max_bandwidth": [0], "cells": [c.to_json() for c in cells],
+            "meta": {"started": "t0", "finished": "t1", "loadavg_before": [1.0, 1.0, 1.0],
+                     "loadavg_after": [2.0, 2.0, 2.0], "machine": "m", "python": "3",
+                     "repeat": 1, "cpu_method": "cpu", "guest": {"description": "g"}}}
+
+
+def _cell(impl: str, ch: int, src: float, dst: float) -> bench.Cell:
+    return bench.Cell(impl, "zstd", ch, 0, 1 << 30, 1, 2.0, 2.0, 2.0, src, dst, 0.0, None)
+
+
+def test_scaling_model_fits_per_gib_and_per_channel_and_predicts() -> None:
+    impl = bench.Impl("engine", "qemu-9.2", "engine (qemu-9.2)")
+    # send = 2.0 + 0.1 * channels, recv = 1.0 exactly: the fit must recover both.
+    cells = [_cell(impl.label, ch, 2.0 + 0.1 * ch, 1.0) for ch in (1, 2, 4, 8)]
+    fits = bench.scaling_fits(_result(cells, [impl]))
+    send = next(f for f in fits if f.side == "send")
+    recv = next(f for f in fits if f.side == "recv")
+    assert send.per_gib == pytest.approx(2.0) and send.per_channel == pytest.approx(0.1)
+    assert recv.per_gib == pytest.approx(1.0) and recv.per_channel == pytest.approx(0.0)
+    assert send.residual == pytest.approx(0.0, abs=1e-9)
+    p = bench.predict_host(fits, impl.label, "zstd", channels=8, link_bytes_s=1.25e9,
+                           ratio=3.0, cores=16)
+    # CPU-bound: 8 channels x 1 core / 2.8 CPU-s per GiB, below the link's 3.75 GB/s raw.
+    assert p["raw_gb_s"] == pytest.approx(8 / 2.8 * (1 << 30) / 1e9)
+    assert p["send_cpu_percent"] == pytest.approx(800.0)
+    md = bench.markdown_report(_result(cells, [impl]))
+    assert "Scaling model" in md and "| engine (qemu-9.2) | zstd | send | 2.00 | +0.100 |" in md
+
+
+def test_update_docs_writes_a_stamped_block_and_the_plots(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "bench.py").write_text("# measured code\n")
+    doc = tmp_path / "docs" / "performance.md"
+    doc.write_text("# Performance\n")
+    monkeypatch.setattr(bench, "MEASURED_CODE", ("engine/bench.py",))
+    impl = bench.Impl("engine", "qemu-9.2", "engine (qemu-9.2)")
+    plot = tmp_path / "bench-unlimited.png"
+    plot.write_bytes(PNG_MAGIC)
+    bench.update_docs(_result([_cell(impl.label, 2, 2.0, 1.0)], [impl]), [plot],
+                      "qatmig bench --update-docs", root=tmp_path)
+    text = doc.read_text()
+    assert "<!-- figures id=bench " in text and "<!-- /figures id=bench -->" in text
+    assert bench.DOCS_HEADING in text and "![unlimited](perf/bench-bench-unlimited.png)" in text
+    assert (tmp_path / "docs" / "perf" / "bench-bench-unlimited.png").read_bytes() == PNG_MAGIC
+    first = text
+    bench.update_docs(_result([_cell(impl.label, 2, 3.0, 1.0)], [impl]), [plot],
+                      "qatmig bench --update-docs", root=tmp_path)
+    assert doc.read_text().count("<!-- figures id=bench ") == 1 and doc.read_text() != first
+
+
+def test_bench_from_json_renders_without_measuring(tmp_path: Path) -> None:
+    impl = bench.Impl("engine", "qemu-9.2", "engine (qemu-9.2)")
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(_result([_cell(impl.label, 2, 2.0, 1.0)], [impl])))
+    p = subprocess.run([*QATMIG, "bench", "--from-json", str(src), "--no-plots", "-o",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("engine (qemu-9.2)\n")
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 2
+
+
+def test_cells_above_one_are_listed_from_the_data() -> None:
+    impls = [bench.Impl("engine", "qemu-7.2", "engine (qemu-7.2)"),
+             bench.Impl("qemu", "qemu-7.2", "QEMU 7.2", "/usr/bin/qemu-system-x86_64")]
+    e, q = _cell(impls[0].label, 2, 3.0, 1.0), _cell(impls[1].label, 2, 2.0, 2.0)
+    bench.add_ratios([e, q], impls)
+    res = _result([e, q], impls)
+    assert bench.cells_above(res) == []  # CPU 4.0 / 4.0 and equal wall: not above 1.0
+    assert "at or below 1.0× in every cell" in bench.markdown_report(res)
+    e2 = _cell(impls[0].label, 2, 5.0, 1.0)
+    bench.add_ratios([e2, q], impls)
+    res2 = _result([e2, q], impls)
+    assert bench.cells_above(res2) == [
+        "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 1.50x (send 2.50x, recv 0.50x), "
+        "wall 1.00x"]
+    assert "above 1.0× in this run" in bench.markdown_report(res2)
+    # A QEMU end that used no measurable CPU (a tiny guest) has no ratio: shown as –.
+    q0 = _cell(impls[1].label, 2, 2.0, 0.0)
+    e3 = _cell(impls[0].label, 2, 5.0, 1.0)
+    bench.add_ratios([e3, q0], impls)
+    assert bench.cells_above(_result([e3, q0], impls)) == [
+        "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 3.00x (send 2.50x, recv –), "
+        "wall 1.00x"]
+
+
+def test_restamp_keeps_current_stamps_and_recomputes_older_code_lists(tmp_path: Path) -> None:
+    code = ",".join(bench.MEASURED_CODE)
+    current = {"commit": "abc1234", "code_sha": "x", "measured": "t", "code": code}
+    assert bench._restamp(current, tmp_path) is current
+    dirty = {"commit": "abc1234+dirty", "code_sha": "x", "measured": "t"}
+    assert bench._restamp(dirty, tmp_path) is dirty  # cannot be recomputed: stays (stale)
+    from qatmig_engine import docstamp
+
+    root = docstamp.repo_root()
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    old = {"commit": head, "code_sha": "older-list", "measured": "t"}
+    new = bench._restamp(old, root)
+    assert new is not None and new["code"] == code
+    assert new["code_sha"] == docstamp.code_digest_at(head, bench.MEASURED_CODE, root)

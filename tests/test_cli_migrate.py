@@ -257,3 +257,30 @@ def test_a_listener_of_another_dialect_says_which_one_the_bytes_look_like(tmp_pa
     _lout, lerr = lp.communicate(timeout=60)
     assert lp.returncode == 1
     assert "look like dialect qemu-7.2" in lerr and "peer silent" not in lerr
+
+
+def test_send_connect_wait_outlasts_a_listener_that_starts_late(tmp_path):
+    """`listen ... &` then `send` at once: --connect-wait retries the refused connection."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    cli = [sys.executable, "-m", "qatmig_engine.cli"]
+    refused = subprocess.run([*cli, "send", f"127.0.0.1:{port}", "--guest-size", "1M",
+                              "--quiet"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().endswith("use --connect-wait S to retry while it starts)")
+    sender = subprocess.Popen([*cli, "send", f"127.0.0.1:{port}", "--guest-size", "1M",
+                               "--quiet", "--json", "--connect-wait", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the sender is now retrying; no listener yet
+    assert sender.poll() is None
+    listener = subprocess.run([*cli, "listen", "--listen", f"127.0.0.1:{port}", "--guest-image",
+                               str(tmp_path / "d.img"), "--guest-size", "1M", "--quiet",
+                               "--json"], capture_output=True, text=True, timeout=120)
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert json.loads(out)["status"] == "completed"
+    assert listener.returncode == 0, listener.stderr
+    assert json.loads(out)["source_digest"] == json.loads(listener.stdout)["destination_digest"]

@@ -4,6 +4,7 @@ written are left alone, any other zero page is still written)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import threading
@@ -52,21 +53,47 @@ def test_gathering_methods_decline_compress_parts() -> None:
 
 
 @pytest.mark.parametrize("method", ["zstd", "zlib", "none"])
-def test_decompress_into_equals_decompress(method: str) -> None:
+@pytest.mark.parametrize("cuts", [(), (1,), (1, 2, 30), (5, 6, 7, 8, 9)])  # page boundaries
+def test_decompress_into_pieces_equals_decompress(method: str, cuts: tuple[int, ...]) -> None:
     spec = get_codec(method)
-    data = bytes(_pages(32))
-    payload = spec.new_compressor(None).compress(data)
-    want = bytes(spec.new_decompressor().decompress(payload, 32))
-    out = bytearray(len(data))
-    spec.new_decompressor().decompress_into(payload, 32, memoryview(out))
-    assert bytes(out) == want == data
+    comp, plain, pieces = spec.new_compressor(None), spec.new_decompressor(), \
+        spec.new_decompressor()
+    for seed in (1, 2):  # two packets: the stream carries on across them
+        data = bytes(_pages(32, seed))
+        payload = comp.compress(data)
+        want = bytes(plain.decompress(payload, 32))
+        # The pages land in ranges of a bigger buffer with gaps between them, like runs of
+        # guest pages around zero pages; the gaps stay untouched.
+        bounds = [0, *(c * PAGE for c in cuts), len(data)]
+        runs = [(a + i * PAGE, b + i * PAGE) for i, (a, b) in
+                enumerate(itertools.pairwise(bounds))]
+        out = bytearray(b"\xee" * (len(data) + len(runs) * PAGE))
+        pieces.decompress_into(payload, 32, memoryview(out), runs)
+        assert b"".join(out[a:b] for a, b in runs) == want == data
+        gaps = [out[b : b + PAGE] for _a, b in runs]
+        assert all(g == b"\xee" * PAGE for g in gaps)
 
 
-def test_zstd_decompress_into_refuses_a_wrong_sized_buffer() -> None:
-    spec = get_codec("zstd")
-    payload = spec.new_compressor(1).compress(bytes(_pages(4)))
+@pytest.mark.parametrize("method", ["zstd", "zlib"])
+def test_decompress_into_refuses_pieces_of_the_wrong_size(method: str) -> None:
+    spec = get_codec(method)
+    payload = spec.new_compressor(None).compress(bytes(_pages(4)))
     with pytest.raises(ValueError, match="not 16384"):
         spec.new_decompressor().decompress_into(payload, 4, memoryview(bytearray(8192)))
+    with pytest.raises(ValueError, match="not 16384"):
+        spec.new_decompressor().decompress_into(payload, 4, memoryview(bytearray(32768)),
+                                                [(0, 4096), (8192, 12288)])
+
+
+def test_zstd_bomb_is_still_stopped_at_the_bound_with_pieces() -> None:
+    from qatmig_engine.errors import PayloadSizeError
+
+    spec = get_codec("zstd")
+    payload = spec.new_compressor(1).compress(bytes(8 * PAGE))  # 8 pages claimed as 4
+    out = bytearray(5 * PAGE)
+    with pytest.raises(PayloadSizeError):
+        spec.new_decompressor().decompress_into(
+            payload, 4, memoryview(out), [(0, 2 * PAGE), (3 * PAGE, 5 * PAGE)])
 
 
 def _half_zero_guest(size: int) -> GuestMemory:

@@ -154,3 +154,19 @@ def test_shipped_host_profiles_load() -> None:
     for path in profiles:
         profile = load_profile(path)
         assert profile.name == path.stem
+
+
+def test_a_shipped_profile_is_usable_by_name(pytester: pytest.Pytester) -> None:
+    """`--qatmig-profile software-only` / `qatmig certify --profile software-only` work in any
+    folder; a name that is neither a file nor shipped lists the shipped ones."""
+    pytester.makepyfile("""
+        from pytest_qatmig.fixtures import get_state
+
+        def test_profile(request):
+            assert get_state(request.config).profile.name == "software-only"
+    """)
+    pytester.runpytest("--qatmig-profile=software-only").assert_outcomes(passed=1)
+    result = pytester.runpytest("--qatmig-profile=no-such-host")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cannot read host profile no-such-host: No such file or "
+                                 "directory (shipped profiles, usable by name: *software-only)"])

@@ -82,7 +82,7 @@ def test_engine_pair_with_return_path_confirms():
     src_st, dst_st = _pair(_guest(), True)
     assert src_st.status == "completed" and dst_st.status == "completed", src_st.error
     assert src_st.return_path_shut == 0 and dst_st.return_path_shut == 0
-    assert dst_st.vm_commands == ["MIG_CMD_OPEN_RETURN_PATH", "MIG_CMD_PING"]
+    assert dst_st.vm_commands[:2] == ["MIG_CMD_OPEN_RETURN_PATH", "MIG_CMD_PING"]
 
 
 def test_destination_failure_reaches_the_source():

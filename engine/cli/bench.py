@@ -49,8 +49,8 @@ def register(subparsers: Any) -> None:
                    help="links: unlimited, bytes/s (1.25G) or bits (1Gbit,10Gbit) "
                    "(default unlimited)")
     p.add_argument("--impl", default=None, metavar="LIST",
-                   help="engine, engine@DIALECT, qemu:PATH (default: engine plus the QEMU on "
-                   "PATH when there is one)")
+                   help="engine, engine@DIALECT, qemu:PATH (default: engine, the QEMU on PATH "
+                   "and QEMU 10.0 when `python -m qatmig_engine.qemu.fetch` fetched it)")
     p.add_argument("--guest-size", type=size_arg, default=1 << 30, metavar="SIZE",
                    help="guest RAM, whole MiB (default 1G)")
     p.add_argument("--guest", default="silesia", metavar="KIND",
@@ -65,6 +65,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("bench-results"), metavar="DIR",
                    help="output folder (default ./bench-results)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="do not measure: render a previous results.json (tables, CSV, plots)")
+    p.add_argument("--update-docs", action="store_true",
+                   help="(source checkout) write the tables into docs/performance.md as a "
+                   "stamped figures block and the plots into docs/perf/")
+    p.add_argument("--docs-id", default="bench", metavar="ID",
+                   help="the figures block --update-docs writes (default bench)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -80,12 +87,50 @@ def _ints(text: str, what: str) -> list[int]:
             from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import bench
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces these figures (for the docs stamp)."""
+    import shlex
+
+    parts = ["qatmig", "bench", "--guest", args.guest, "--guest-size",
+             f"{args.guest_size >> 20}M", "--channels", args.channels,
+             "--multifd-compression", args.multifd_compression,
+             "--max-bandwidth", args.max_bandwidth, "--repeat", str(args.repeat)]
+    if args.impl:
+        parts += ["--impl", args.impl]
+    if args.zero_ratio:
+        parts += ["--zero-ratio", str(args.zero_ratio)]
+    if args.count_wire:
+        parts.append("--count-wire")
+    if args.docs_id != "bench":
+        parts += ["--docs-id", args.docs_id]
+    return " ".join(shlex.quote(p) for p in parts) + " --update-docs"
+
+
+def _qemus() -> list[str]:
+    """The QEMUs a default matrix compares with: the system's (7.2 on Debian 12) and QEMU 10.0
+    when ``python -m qatmig_engine.qemu.fetch`` has fetched it (never fetched here)."""
+    from ..qemu.fetch import find_qemu10
     from ..qemu.process import find_qemu
 
-    specs = bench.split_list(args.impl) if args.impl else bench.default_impls(
-        [q] if (q := find_qemu()) else [])
+    out = [q] if (q := find_qemu()) else []
+    q10 = find_qemu10()
+    if q10 is not None:
+        out.append(str(q10.wrapper))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from .. import bench
+
+    if args.from_json is not None:
+        try:
+            result = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"--from-json {args.from_json}: {exc}") from None
+        return _report(args, result)
+    specs = bench.split_list(args.impl) if args.impl else bench.default_impls(_qemus())
     if args.guest_size <= 0 or args.guest_size % (1 << 20):
         raise ParameterError(f"--guest-size {args.guest_size}: must be a whole number of MiB")
     matrix = bench.Matrix(
@@ -112,7 +157,17 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(what, refresh=False)
             bar.update(1)
 
-        result = bench.run_matrix(matrix, on_run=on_run)
+        # Without a terminal (a log file, CI) one line per migration instead of the bar.
+        log = None if (args.quiet or sys.stderr.isatty()) else \
+            (lambda line: print(line, file=sys.stderr, flush=True))
+        result = bench.run_matrix(matrix, on_run=on_run, log=log)
+    result["meta"]["command"] = _command_line(args)
+    return _report(args, result)
+
+
+def _report(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    from .. import bench
+
     written = bench.write_outputs(result, args.output, plots=not args.no_plots)
     if args.json:
         print_json(result)
@@ -120,7 +175,12 @@ def run(args: argparse.Namespace) -> int:
         la0, la1 = result["meta"]["loadavg_before"], result["meta"]["loadavg_after"]
         for title, tab in bench.tables(result, format_table):
             print(f"{title}\n{tab}\n")
-        print(f"{result['meta']['guest']['description']}; median of {matrix.repeat}; "
+        print(f"{result['meta']['guest']['description']}; median of {result['meta']['repeat']}; "
               f"load average {la0[0]:.2f} -> {la1[0]:.2f} (shared machine: read the ratios)")
     print(f"wrote {', '.join(str(w) for w in written)}", file=sys.stderr)
+    if args.update_docs:
+        plots = [w for w in written if w.suffix == ".png"]
+        command = result["meta"].get("command") or "qatmig bench --update-docs"
+        doc = bench.update_docs(result, plots, command, block_id=args.docs_id)
+        print(f"updated {doc}", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 import time
@@ -170,7 +171,8 @@ class _LazyProgress:
 def _report(st: MigrationStats, args: argparse.Namespace) -> int:
     if args.json:
         print_json(st.to_json())
-    else:
+    elif st.status == "completed":
+        # A failed run's figures are noise next to its one error line (below, on stderr).
         print(format_table(MigrationStats.TABLE_HEADERS, [st.table_row()]))
         print(MigrationStats.TABLE_LEGEND)
         print(st.summary())
@@ -225,6 +227,16 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return _report(st, args)
 
 
+def _connect_wait(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+    return value
+
+
 def _hostport(text: str) -> tuple[str, int]:
     from ..transport import parse_hostport
 
@@ -268,7 +280,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
                   ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
                   dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
                   machine_type=args.machine_type, max_iters=args.max_iters,
-                  digest=not args.no_digest)
+                  digest=not args.no_digest, connect_wait=args.connect_wait)
     finally:
         bar.close()
     return _report(st, args)
@@ -335,5 +347,9 @@ def register(subparsers: Any) -> None:
                    "dialect's pc, e.g. pc-i440fx-10.0 for qemu-10.0)")
     p.add_argument("--no-digest", action="store_true",
                    help="skip the sha256 of the sent RAM (saves ~2 CPU-s per GiB)")
+    p.add_argument("--connect-wait", type=_connect_wait, default=0.0, metavar="S",
+                   help="keep retrying for up to S seconds while HOST:PORT refuses connections "
+                   "(a destination still starting, e.g. `qatmig listen ... &` just before); "
+                   "default 0: fail at once, as QEMU does")
     _add_params(p)
     p.set_defaults(func=_cmd_send)

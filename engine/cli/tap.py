@@ -19,18 +19,21 @@ examples:
   # also compare every page with the source RAM file (guest started with -S)
   qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --verify-image src.img \
       --dialect qemu-7.2
+  # a guest that ran during the migration: its RAM afterwards is what must arrive last
+  qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --final-image src-after.img
   # keep the bytes (conn-0.bin is the main channel), check them again later offline
   qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --record cap/
   qatmig tap --replay cap/conn-0.bin cap/conn-1.bin cap/conn-2.bin
 
 The tap opens one upstream connection per accepted connection, in accept order (a QEMU 7.2
 destination takes the first connection as the main channel), and ends when all of them have
-closed. It checks init packets, packet headers, flags, offsets inside each RAM block (sizes
-from the main stream's block list), every payload decompressing to exactly normal_pages x 4096
-bytes, and one SYNC per channel per main-stream EOS. QEMU 7.2 sender quirks are printed as
-notes. Exit status: 0 when every byte conforms, 1 on any deviation (each names connection,
-channel, packet and field), 2 on usage errors. A stream of another dialect is a deviation that
-says which dialect the bytes look like. See docs/qemu-interop.md.
+closed. It judges every byte against the dialect (qatmig_engine.judge; the list of checks is
+in docs/wire-format.md, "The wire judge"): init packets, uuid and channel ids, packet headers
+(byte order, flags vs the method, packet_num, offsets), each payload's framing and size, the
+main channel's sections and syncs, and that every page arrived. QEMU 7.2 sender quirks are
+printed as notes. Exit status: 0 when every byte conforms, 1 on any deviation (each names
+connection, channel, packet, byte offset and field), 2 on usage errors. A stream of another
+dialect is a deviation that says which dialect the bytes look like. See docs/qemu-interop.md.
 """
 
 
@@ -68,8 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--uuid", default=None, help="expected uuid in the init packets (QEMU -uuid)")
     p.add_argument("--verify-image", type=Path, default=None, metavar="FILE",
                    help="source RAM file: every page received must equal it")
+    p.add_argument("--final-image", type=Path, default=None, metavar="FILE",
+                   help="source RAM file after the migration (a guest that ran): the last "
+                   "copy of every page must equal it, i.e. the final dirty round arrived")
     p.add_argument("--ramblock", default="pc.ram",
-                   help="RAM block --verify-image stands for (default pc.ram)")
+                   help="RAM block --verify-image/--final-image stand for (default pc.ram)")
+    p.add_argument("--level", type=int, default=None, metavar="N",
+                   help="multifd-zlib/zstd/qatzip-level both ends were given (checked where "
+                   "the stream shows it: zlib FLEVEL, qatzip XFL)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="write each connection's bytes to DIR/conn-<i>.bin")
     add_json_flag(p)
@@ -84,20 +93,25 @@ def run(args: argparse.Namespace) -> int:
                              "(or --replay FILE... to check a recording)")
     if args.timeout <= 0:
         raise ParameterError("--timeout must be positive")
-    expect = None
-    mm = None
-    if args.verify_image is not None:
+    maps = []
+
+    def _map(path: Path, opt: str) -> dict[str, object]:
         import mmap
 
         try:
-            with open(args.verify_image, "rb") as f:
+            with open(path, "rb") as f:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
-            raise ParameterError(f"--verify-image {args.verify_image}: {exc}") from None
-        expect = {args.ramblock: mm}
+            raise ParameterError(f"{opt} {path}: {exc}") from None
+        maps.append(mm)
+        return {args.ramblock: mm}
+
+    expect = _map(args.verify_image, "--verify-image") if args.verify_image else None
+    source = _map(args.final_image, "--final-image") if args.final_image else None
     checker = TapChecker(
         dialect=args.dialect, method=args.multifd_compression,
-        channels=args.multifd_channels, uuid=args.uuid, expect=expect,
+        channels=args.multifd_channels, uuid=args.uuid, expect=expect, source=source,
+        level=args.level,
     )
     if args.replay is not None:
         for i, path in enumerate(args.replay):
@@ -116,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tap: listening on {args.listen[0]}:{port}, forwarding to "
               f"{args.forward[0]}:{args.forward[1]}", file=sys.stderr, flush=True)
         report = proxy.run()
-    if mm is not None:
+    for mm in maps:
         mm.close()
     if args.json:
         print_json(report.to_json())

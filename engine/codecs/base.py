@@ -9,6 +9,7 @@ pure: bytes in, bytes out, no sockets, threads or files.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +56,21 @@ class Decompressor(ABC):
         """
 
     def decompress_into(self, payload: bytes | memoryview, normal_pages: int,
-                        out: memoryview) -> None:
-        """Like :meth:`decompress`, writing the pages into ``out`` (exactly
-        ``normal_pages * page_size`` bytes, e.g. guest memory). Methods that can decode in
-        place override this (no intermediate object); after an error ``out`` holds garbage."""
-        out[:] = self.decompress(payload, normal_pages)
+                        out: memoryview, runs: Sequence[tuple[int, int]] | None = None) -> None:
+        """Like :meth:`decompress`, writing the pages into ``out`` (e.g. a RAM block): into
+        its byte ranges ``runs`` (``(start, end)``, in order; default all of ``out``), whose
+        lengths add up to ``normal_pages * page_size`` (ValueError otherwise). Methods that
+        can decode in place override this (no intermediate object); after an error the
+        ranges hold garbage."""
+        data = memoryview(self.decompress(payload, normal_pages))
+        runs = [(0, len(out))] if runs is None else runs
+        if sum(e - s for s, e in runs) != len(data):
+            raise ValueError(f"decompress_into: the ranges hold {sum(e - s for s, e in runs)} "
+                             f"bytes, not {len(data)}")
+        pos = 0
+        for s, e in runs:
+            out[s:e] = data[pos : pos + e - s]
+            pos += e - s
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; idempotent."""

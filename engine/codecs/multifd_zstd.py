@@ -13,6 +13,7 @@ bound and never allocates more. ``zstandard`` objects are not thread-safe: one p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import zstandard
@@ -122,15 +123,22 @@ class ZstdDecompressor(Decompressor):
         return memoryview(out) if out else b""
 
     def decompress_into(self, payload: bytes | memoryview, normal_pages: int,
-                        out: memoryview) -> None:
-        """Decode straight into ``out`` (e.g. guest memory): libzstd writes there, no staging
-        buffer and no copy."""
+                        out: memoryview, runs: Sequence[tuple[int, int]] | None = None) -> None:
+        """Decode straight into the ranges ``runs`` of ``out`` (runs of guest pages): libzstd
+        writes there, one range after the other (its streaming API takes a new output buffer
+        per call), so there is no staging buffer and no copy."""
         ch = self.channel
         n = len(payload)
         expected = _shared.stream_payload_check("zstd", ch, self._broken, n, normal_pages,
                                                 self.page_size)
-        if len(out) != expected:
-            raise ValueError(f"decompress_into: out has {len(out)} bytes, not {expected}")
+        runs = [(0, len(out))] if runs is None else runs
+        total = 0
+        for s, e in runs:
+            if not 0 <= s <= e <= len(out):
+                raise ValueError(f"decompress_into: range {s}..{e} outside 0..{len(out)}")
+            total += e - s
+        if total != expected:
+            raise ValueError(f"decompress_into: the ranges hold {total} bytes, not {expected}")
         if expected == 0:
             return
         # The cffi views export the buffers of ``payload`` and ``out``; they must be released
@@ -141,34 +149,48 @@ class ZstdDecompressor(Decompressor):
         with _ffi.from_buffer(payload) as src, \
                 _ffi.from_buffer(out, require_writable=True) as dst:
             try:
-                self._decode(src, n, dst, expected)
+                self._decode(src, n, [(dst + s, e - s) for s, e in runs if e > s], expected)
             finally:
                 self._in.src = _ffi.NULL
                 self._out.dst = _ffi.NULL
 
-    def _decode(self, src: Any, n: int, dst: Any, expected: int) -> None:
+    def _decode(self, src: Any, n: int, dsts: list[tuple[Any, int]], expected: int) -> None:
         ch = self.channel
         lib, ds, inb, outb = _lib, self._ds, self._in, self._out
         inb.src, inb.size, inb.pos = src, n, 0
-        outb.dst, outb.size, outb.pos = dst, expected, 0
         ret = 0
+        hint = 0  # input hint after the last call that still had input
+        got = 0
         # Like QEMU's receiver: run until the input is used up or the output is full. A frame
-        # that ends inside the packet is followed by the next frame (libzstd restarts).
-        while inb.pos < n and outb.pos < expected:
-            ret = lib.ZSTD_decompressStream(ds, outb, inb)
-            if lib.ZSTD_isError(ret):
-                raise self._fail("decompress error", CodecError(
-                    f"multifd {ch}: decompressStream returned {_zstd_error(ret)}", channel=ch))
-            if ret == 0:
-                self.frames_ended += 1
-        got = outb.pos
+        # that ends inside the packet is followed by the next frame (libzstd restarts). The
+        # output moves from piece to piece; a piece may fill from libzstd's own buffer after
+        # the input is used up, so a piece ends when a call makes no progress.
+        for dst, size in dsts:
+            outb.dst, outb.size, outb.pos = dst, size, 0
+            while outb.pos < size:
+                in0, out0 = inb.pos, outb.pos
+                had_input = in0 < n
+                ret = lib.ZSTD_decompressStream(ds, outb, inb)
+                if lib.ZSTD_isError(ret):
+                    raise self._fail("decompress error", CodecError(
+                        f"multifd {ch}: decompressStream returned {_zstd_error(ret)}",
+                        channel=ch))
+                progressed = inb.pos != in0 or outb.pos != out0
+                if had_input:
+                    hint = ret
+                if ret == 0 and progressed:
+                    self.frames_ended += 1
+                if not progressed:
+                    break
+            got += outb.pos
+            if outb.pos < size:
+                break
         if got < expected:
             raise self._fail("size mismatch", _shared.size_mismatch(
                 ch, got, expected, "zstd produced too few bytes"))
         # Output is full: anything the rest of the input (or libzstd's buffer) still yields
         # makes the packet too big. Probe with a 1-byte buffer so nothing more is allocated.
         outb.dst, outb.size, outb.pos = self._spare, 1, 0
-        hint = ret  # input hint after the last call that still had input
         while True:
             had_input = inb.pos < n
             ret = lib.ZSTD_decompressStream(ds, outb, inb)

@@ -83,8 +83,9 @@ class TapChecker:
         self.ramblocks: dict[str, int] = {}
         self.blocks_known = False
         self.pages: dict[str, BlockPages] = {}
-        #: packet_num -> connection that used it (QEMU's counter is global to all channels)
-        self._packet_nums: dict[int, int] = {}
+        #: packet_num -> (connection, byte offset of its field) of the packet that used it
+        #: (QEMU's counter is global to all channels)
+        self._packet_nums: dict[int, tuple[int, int]] = {}
         self.started = time.monotonic()
         self.finished_at: float | None = None
 
@@ -180,10 +181,11 @@ class TapChecker:
 
     def _packet_num(self, ch: MultifdChannelChecker, pkt: Packet) -> None:
         num = pkt.packet_num
-        other = self._packet_nums.get(num)
-        if other is None:
-            self._packet_nums[num] = ch.stats.connection
-        elif other != ch.stats.connection:
+        seen = self._packet_nums.get(num)
+        if seen is None:
+            self._packet_nums[num] = (ch.stats.connection, ch.packet_at + 24)
+        elif seen[0] != ch.stats.connection:
+            other = seen[0]
             oc = self.conns.get(other)
             name = getattr(oc, "channel", None)
             raise PacketError(
@@ -191,8 +193,23 @@ class TapChecker:
                 "QEMU numbers packets with one counter shared by all channels",
                 channel=ch.channel, packet_num=num, field="packet_num")
 
-    def _synced(self) -> None:
-        pass
+    def _packet_num_gaps(self) -> None:
+        """8.0+ senders number every packet (SYNC included) from 0 with one counter, so the
+        numbers seen are exactly 0..max (7.2 skips numbers around its repeated packets)."""
+        nums = sorted(self._packet_nums)
+        prev = -1
+        for n in nums:
+            if n != prev + 1:
+                after = (f"after packet_num {prev} on connection {self._packet_nums[prev][0]}"
+                         if prev >= 0 else "at the start")
+                conn, at = self._packet_nums[n]
+                self._error(
+                    f"packet_num {prev + 1}..{n - 1} never appeared ({after}; next is {n} on "
+                    f"connection {conn}): QEMU numbers every packet, SYNC included, from 0 "
+                    "with one counter shared by all channels", conn, packet_num=n,
+                    fld="packet_num", offset=at)
+                return
+            prev = n
 
     # ---------------------------------------------------------------- page map
     def _arrive(self, block: str, off: int, rnd: int, data: Any, conn: int,
@@ -353,6 +370,9 @@ class TapChecker:
                 self._error("no RAM_SAVE_FLAG_MULTIFD_FLUSH in the RAM section's END (the "
                             "stop-and-copy round is never synced before the destination "
                             "completes)", main.stats.connection, fld="flush")
+        if (ram_done and self.dialect.name != "qemu-7.2" and self._packet_nums
+                and not any(c.failed for c in mf)):
+            self._packet_num_gaps()
         clean = ram_done and not any(c.failed for c in mf) and not self.errors
         if clean and self.expectations.every_page:
             for bp in self.pages.values():

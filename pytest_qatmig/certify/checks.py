@@ -90,6 +90,7 @@ def inventory(ctx: HostContext) -> dict[str, Any]:
         f"{uname.system}|{uname.machine}|{cpu_model}|{cpus}|{mem_total}".encode()
     ).hexdigest()[:16]
     return {
+        **_stack_facts(),
         "hostname": socket.gethostname(),
         "system": uname.system,
         "kernel": uname.release,
@@ -105,6 +106,46 @@ def inventory(ctx: HostContext) -> dict[str, Any]:
         "load_average": list(os.getloadavg()),
         "host_context": ctx.to_json(),
     }
+
+
+QAT_MODULES = ("intel_qat", "qat_4xxx", "qat_420xx", "qat_6xxx", "qat_c62x", "qat_c3xxx",
+               "qat_dh895xcc", "qat_4xxxvf", "qat_c62xvf", "usdm_drv", "vfio_pci", "vfio")
+
+
+def _stack_facts() -> dict[str, Any]:
+    """The driver stack as the kernel and the file system show it: QAT modules loaded,
+    firmware files with their sha256, and QEMU (its version, and whether it links
+    libqatzip, i.e. was built with --enable-qatzip)."""
+    modules: list[str] = []
+    try:
+        for line in Path("/proc/modules").read_text().splitlines():
+            name = line.split(" ", 1)[0]
+            if name in QAT_MODULES:
+                modules.append(name)
+    except OSError:
+        pass
+    firmware = {}
+    for fw in sorted(Path("/lib/firmware").glob("qat_*.bin*")):
+        try:
+            firmware[fw.name] = hashlib.sha256(fw.read_bytes()).hexdigest()
+        except OSError:
+            continue
+    qemu: dict[str, Any] = {"path": None}
+    import shutil
+
+    path = shutil.which("qemu-system-x86_64")
+    if path:
+        qemu["path"] = path
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 timeout=20, check=False).stdout
+            qemu["version"] = out.splitlines()[0].strip() if out else ""
+            ldd = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=20,
+                                 check=False).stdout
+            qemu["links_libqatzip"] = "libqatzip" in ldd
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"qat_modules": modules, "qat_firmware_sha256": firmware, "qemu": qemu}
 
 
 # ------------------------------------------------------------------------------ device checks

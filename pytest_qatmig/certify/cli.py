@@ -14,6 +14,8 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..profile import profile_path
+
 EPILOG = """\
 stages (in order):
   1. host checks: QAT endpoints present and up, dc service, driver/vfio state, libqatzip
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"cannot create {out_dir}: {exc.strerror or exc}")
     display = Display(args.quiet)
     opts: dict[str, Any] = {
-        "profile": str(Path(args.profile).resolve()), **host_opts, "library": library,
+        "profile": str(profile_path(args.profile).resolve()), **host_opts, "library": library,
         "impls": args.impl, "workers": args.workers, "k": args.k, "m": args.m,
         "suite_guest_size": args.suite_guest_size,
         "bench_guest_size": args.bench_guest_size, "repeat": args.repeat,

@@ -56,7 +56,12 @@ class _Events:
         if report.skipped and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2])
         elif report.failed:
-            message = report.longreprtext[-4000:]
+            # the assertion/exception line first (the full text starts with xdist's
+            # "[gw0] linux -- Python ..." header under xdist), then the end of the traceback
+            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "") or ""
+            text = "\n".join(line for line in report.longreprtext.splitlines()
+                             if not line.startswith("[gw"))
+            message = (crash + "\n" if crash else "") + text[-4000:]
         _write(self.config, {
             "event": "report",
             "nodeid": report.nodeid,

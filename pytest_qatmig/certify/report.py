@@ -222,6 +222,15 @@ def seed_table(cases: list[dict[str, Any]]) -> list[str]:
                    "thresholds", "result"], rows)
 
 
+def _qemu_text(q: dict[str, Any]) -> str:
+    if not q.get("path"):
+        return "qemu-system-x86_64 not found"
+    linked = q.get("links_libqatzip")
+    qz = ("" if linked is None else
+          ", links libqatzip (--enable-qatzip)" if linked else ", no libqatzip (no qatzip)")
+    return f"{q.get('version') or q['path']}{qz}"
+
+
 def _host_md(host: dict[str, Any], fleet: bool) -> list[str]:
     h = "###" if fleet else "##"
     lines: list[str] = []
@@ -300,6 +309,10 @@ def _host_md(host: dict[str, Any], fleet: bool) -> list[str]:
         ["memory", f"{(inv.get('memory_bytes') or 0) / (1 << 30):.1f} GiB"],
         ["libqatzip", libtext],
         ["sysfs root", inv.get("host_context", {}).get("sysfs_root")],
+        ["QAT modules", ", ".join(inv.get("qat_modules") or []) or "none loaded"],
+        ["QAT firmware",
+         ", ".join(inv.get("qat_firmware_sha256") or {}) or "none in /lib/firmware"],
+        ["QEMU", _qemu_text(inv.get("qemu") or {})],
         ["machine_id", inv.get("machine_id")],
         ["load average at start", ", ".join(f"{x:.2f}" for x in inv.get("load_average", []))],
         ["qatmig", inv.get("qatmig_version")],

@@ -239,13 +239,15 @@ def suite_checks(run: SuiteRun, prof: CertifyProfile) -> list[Check]:
                                 f"on {t.get('device') or 'sw'}", evidence=tev,
                                 duration_s=t["duration_s"]))
         elif t["outcome"] == "failed":
+            rerun = (f"rerun it alone: pytest --pyargs qatmig_conformance --qatmig-impl "
+                     f"'{run.impl}' -k '{title.split('[')[0]}'")
+            who = ("the host does not match its profile: fix the host checks above"
+                   if t["nodeid"].split("::")[0].endswith("test_host.py") else
+                   f"the implementation '{run.impl}' does not do what this test requires")
             checks.append(Check(
                 tid, title, "conformance", REQUIRED, FAIL,
-                f"failed in {t['phase']}: {t['message'].strip()[-1500:]}",
-                f"the implementation '{run.impl}' does not do what this test requires; "
-                f"rerun it alone: pytest --pyargs qatmig_conformance --qatmig-impl '{run.impl}' "
-                f"-k '{title.split('[')[0]}'", code="QATMIG_E_CONFORMANCE", evidence=tev,
-                duration_s=t["duration_s"]))
+                f"failed in {t['phase']}: {t['message'].strip()[-1500:]}", f"{who}; {rerun}",
+                code="QATMIG_E_CONFORMANCE", evidence=tev, duration_s=t["duration_s"]))
         elif t["outcome"] == "xfailed":
             checks.append(Check(tid, title, "conformance", INFORMATIONAL, SKIP,
                                 f"expected failure: {t['message']}", evidence=tev))
