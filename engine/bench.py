@@ -31,6 +31,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -380,6 +381,25 @@ def tables(result: dict[str, Any], render: Callable[[Sequence[str], list[list[st
     return out
 
 
+def cells_above(result: dict[str, Any], limit: float = 1.0) -> list[str]:
+    """Every engine cell whose total CPU or wall ratio to its QEMU is above ``limit``, as
+    ``engine (qemu-10.0) zstd x2 unlimited vs QEMU 10.0: CPU 1.21x (send 1.18x, recv
+    1.28x), wall 1.59x``."""
+    out = []
+    for c in (cell_from_json(d) for d in result["cells"]):
+        for base, r in sorted(c.ratios.items()):
+            cpu, wall = r.get("cpu_s"), r.get("wall_s")
+            if (cpu or 0) <= limit and (wall or 0) <= limit:
+                continue
+            def x(v: float | None) -> str:
+                return "–" if v is None else f"{v:.2f}x"
+
+            out.append(f"{c.impl} {c.method} x{c.channels} {format_bandwidth(c.max_bandwidth)} "
+                       f"vs {base}: CPU {x(cpu)} (send {x(r.get('src_cpu_s'))}, recv "
+                       f"{x(r.get('dst_cpu_s'))}), wall {x(wall)}")
+    return out
+
+
 def markdown_table(headers: Sequence[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|"]
@@ -432,7 +452,7 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
         groups = sorted({(c.method, c.channels) for c in mine},
                         key=lambda g: (result["methods"].index(g[0])
                                        if g[0] in result["methods"] else 99, g[1]))
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        fig, axes = plt.subplots(1, 3, figsize=(max(15.0, 1.6 * len(groups)), 4.5))
         width = 0.8 / max(1, len(labels))
         metrics = (("throughput_mbps", "guest throughput (Mbit/s)"),
                    ("src_cpu_s", "send CPU-s (source process)"),
@@ -446,7 +466,7 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
                     ys.append(getattr(c, metric) if c is not None else 0.0)
                 ax.bar([x + k * width for x in range(len(groups))], ys, width, label=label)
             ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(groups))])
-            ax.set_xticklabels([f"{m}\n{ch} ch" for m, ch in groups])
+            ax.set_xticklabels([f"{m}\n{ch} ch" for m, ch in groups], fontsize=8)
             ax.set_title(title)
             ax.grid(axis="y", alpha=0.3)
         axes[0].legend(fontsize=8)
@@ -673,6 +693,13 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None,
     ]
     for (title, tab) in tables(result, markdown_table):
         lines += [f"**{title}**", "", tab, ""]
+    above = cells_above(result)
+    if above:
+        lines += ["Engine ÷ QEMU above 1.0× in this run (total CPU-s or wall time): "
+                  + "; ".join(above) + ".", ""]
+    elif any(c.get("ratios") for c in result["cells"]):
+        lines += ["Engine ÷ QEMU at or below 1.0× in every cell of this run, total CPU-s and "
+                  "wall time.", ""]
     scaling = scaling_markdown(result)
     if scaling:
         lines += [scaling, ""]
@@ -777,11 +804,13 @@ def scaling_markdown(result: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------ docs
 #: What the figures of ``qatmig bench`` describe (docstamp: a change there marks them stale).
+#: The engine both ends run and the harness that runs and measures them (engine/qemu); not
+#: this module, which only renders raw results (``--from-json`` re-renders them any time).
 MEASURED_CODE = (
     "engine/api.py", "engine/source.py", "engine/destination.py", "engine/transport.py",
     "engine/wire.py", "engine/mainstream.py", "engine/guest.py", "engine/codecs",
     "engine/ratelimit.py", "engine/stats.py", "engine/params.py", "engine/dialects.py",
-    "engine/qemu", "engine/bench.py",
+    "engine/qemu",
 )
 DOCS_BLOCK = "bench"
 DOCS_HEADING = "## Engine vs real QEMU, the seed's table (`qatmig bench`)"
@@ -799,9 +828,27 @@ def _stamp() -> dict[str, str] | None:
     from . import docstamp
 
     try:
-        return docstamp.stamp(MEASURED_CODE)
+        return {**docstamp.stamp(MEASURED_CODE), "code": ",".join(MEASURED_CODE)}
     except (OSError, ValueError):
         return None
+
+
+def _restamp(stamped: dict[str, str] | None, root: Path) -> dict[str, str] | None:
+    """A stamp taken over another list of measured code (an older qatmig bench) is recomputed
+    for :data:`MEASURED_CODE` as of its clean commit; a dirty or unknown commit stays as is
+    (then the block says its code has changed)."""
+    from . import docstamp
+
+    if not stamped or stamped.get("code") == ",".join(MEASURED_CODE):
+        return stamped
+    commit = stamped.get("commit", "")
+    if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        return stamped
+    try:
+        sha = docstamp.code_digest_at(commit, MEASURED_CODE, root)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return stamped
+    return {**stamped, "code_sha": sha, "code": ",".join(MEASURED_CODE)}
 
 
 def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
@@ -823,5 +870,5 @@ def update_docs(result: dict[str, Any], plots: Sequence[Path], command: str,
     body = markdown_report(result, plot_dir=PLOT_DIR if plots else None, plot_prefix=block_id)
     heading = DOCS_HEADINGS.get(block_id, f"## `qatmig bench` ({block_id})")
     docstamp.write_block(doc, block_id, body, script=command, code=MEASURED_CODE, root=root,
-                         heading=heading, stamped=result["meta"].get("stamp"))
+                         heading=heading, stamped=_restamp(result["meta"].get("stamp"), root))
     return doc

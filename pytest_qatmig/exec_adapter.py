@@ -5,8 +5,9 @@ contract"), the one ``qatmig`` itself follows: ``PROGRAM capabilities --json``, 
 check PARAMS``, ``PROGRAM listen --listen 127.0.0.1:0 ... --json`` (announces ``listening on
 HOST:PORT`` on stderr) and ``PROGRAM send HOST:PORT ... --json``; one JSON object on stdout,
 exit status 0 only when the migration completed. ``PROGRAM`` may carry arguments
-(``exec:python3 -m qatmig_engine.cli``) and may be a wrapper script. Nothing of the program is
-imported: the suite only runs it.
+(``exec:python3 -m qatmig_engine.cli``) and may be a wrapper script; ``exec:FILE.yaml`` names
+one command line per subcommand instead. Nothing of the program is imported: the suite only
+runs it.
 """
 
 from __future__ import annotations
@@ -190,18 +191,13 @@ class ExecImplementation:
     """An implementation run as a program through the exec: contract (see module docstring)."""
 
     def __init__(self, command: str) -> None:
-        argv = shlex.split(command)
-        if not argv:
-            raise ImplementationError("--qatmig-impl=exec: names no program (exec:PROGRAM)")
-        # PATH first, then beside this Python (a virtualenv's bin/ that is not activated).
-        exe = shutil.which(argv[0]) or shutil.which(
-            argv[0], path=os.path.dirname(sys.executable))
-        if exe is None:
-            raise ImplementationError(
-                f"--qatmig-impl=exec:{command}: {argv[0]!r} is not an executable file or a "
-                "program on PATH"
-            )
-        self.argv = [os.path.abspath(exe) if os.sep in argv[0] else exe, *argv[1:]]
+        #: subcommand -> argv prefix the suite appends that subcommand's arguments to
+        self.commands: dict[str, list[str]] = {}
+        if command.endswith((".yaml", ".yml")) and os.path.isfile(command):
+            self.commands = _commands_from_yaml(command)
+            self.argv = self.commands.get("program", [])
+        else:
+            self.argv = _resolve(shlex.split(command), command)
         self.command = command
         self.name = f"exec:{command}"
         info = self._query()
@@ -214,9 +210,15 @@ class ExecImplementation:
         self._caps = frozenset(caps)
         self.info = info
 
+    def _argv(self, word: str) -> list[str]:
+        """The command line up to the subcommand's own arguments."""
+        if word in self.commands:
+            return self.commands[word]
+        return [*self.argv, word]
+
     def _query(self) -> dict[str, Any]:
         try:
-            cp = subprocess.run([*self.argv, "capabilities", "--json"], capture_output=True,
+            cp = subprocess.run([*self._argv("capabilities"), "--json"], capture_output=True,
                                 text=True, timeout=START_TIMEOUT, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ImplementationError(f"--qatmig-impl=exec:{self.command}: {exc}") from None
@@ -262,7 +264,7 @@ class ExecImplementation:
         return args
 
     def validate(self, spec: PairSpec) -> None:
-        argv = [*self.argv, "check", *self.parameter_args(spec), "--quiet"]
+        argv = [*self._argv("check"), *self.parameter_args(spec), "--quiet"]
         try:
             cp = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT,
                                 stdin=subprocess.DEVNULL)
@@ -280,11 +282,11 @@ class ExecImplementation:
         ]
 
     def destination(self, spec: PairSpec, ctx: Any) -> ExecIncoming:
-        argv = [*self.argv, "listen", "--listen", "127.0.0.1:0", *self._common(spec, ctx)]
+        argv = [*self._argv("listen"), "--listen", "127.0.0.1:0", *self._common(spec, ctx)]
         return ExecIncoming(argv, ctx.workdir, ctx.timeout)
 
     def source(self, spec: PairSpec, ctx: Any, address: tuple[str, int]) -> Mapping[str, Any]:
-        argv = [*self.argv, "send", f"{address[0]}:{address[1]}", *self._common(spec, ctx)]
+        argv = [*self._argv("send"), f"{address[0]}:{address[1]}", *self._common(spec, ctx)]
         if ctx.machine_type:
             argv += ["--machine-type", ctx.machine_type]
         proc = _Proc(argv, ctx.workdir)
@@ -298,6 +300,58 @@ class ExecImplementation:
         from .roles import RolePair
 
         return RolePair(self, self, spec, workdir=workdir, device=device)
+
+
+def _resolve(argv: list[str], spec: str) -> list[str]:
+    """``argv`` with its program found: PATH first, then beside this Python (a virtualenv's
+    bin/ that is not activated); a path is made absolute."""
+    if not argv:
+        raise ImplementationError("--qatmig-impl=exec: names no program (exec:PROGRAM)")
+    exe = shutil.which(argv[0]) or shutil.which(argv[0], path=os.path.dirname(sys.executable))
+    if exe is None:
+        raise ImplementationError(
+            f"--qatmig-impl=exec:{spec}: {argv[0]!r} is not an executable file or a program "
+            "on PATH"
+        )
+    return [os.path.abspath(exe) if os.sep in argv[0] else exe, *argv[1:]]
+
+
+#: Keys of an exec: YAML file: ``program`` (the default: ``program <subcommand> ...``) and one
+#: command line per subcommand that is not ``program <subcommand>``.
+YAML_KEYS = ("program", "capabilities", "check", "listen", "send")
+
+
+def _commands_from_yaml(path: str) -> dict[str, list[str]]:
+    """``exec:impl.yaml``: command lines per subcommand (relative programs: from the file's
+    folder), e.g. ``{program: ./myvmm, listen: ./myvmm-dst, send: ./myvmm-src}``."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ImplementationError(f"--qatmig-impl=exec:{path}: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise ImplementationError(
+            f"--qatmig-impl=exec:{path}: expected a mapping with keys {', '.join(YAML_KEYS)}")
+    unknown = sorted(set(data) - set(YAML_KEYS))
+    if unknown:
+        raise ImplementationError(
+            f"--qatmig-impl=exec:{path}: unknown key(s) {', '.join(unknown)} (known: "
+            f"{', '.join(YAML_KEYS)})")
+    missing = [k for k in YAML_KEYS[1:] if k not in data and "program" not in data]
+    if missing:
+        raise ImplementationError(
+            f"--qatmig-impl=exec:{path}: no command for {', '.join(missing)} and no 'program'")
+    base = os.path.dirname(os.path.abspath(path))
+    out: dict[str, list[str]] = {}
+    for key, value in data.items():
+        argv = value if isinstance(value, list) else shlex.split(str(value))
+        argv = [str(a) for a in argv]
+        if argv and argv[0].startswith(("./", "../")):
+            argv[0] = os.path.join(base, argv[0])
+        out[key] = _resolve(argv, path)
+    return out
 
 
 def exec_factory(command: str) -> ExecImplementation:

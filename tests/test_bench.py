@@ -219,3 +219,46 @@ def test_bench_from_json_renders_without_measuring(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("engine (qemu-9.2)\n")
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 2
+
+
+def test_cells_above_one_are_listed_from_the_data() -> None:
+    impls = [bench.Impl("engine", "qemu-7.2", "engine (qemu-7.2)"),
+             bench.Impl("qemu", "qemu-7.2", "QEMU 7.2", "/usr/bin/qemu-system-x86_64")]
+    e, q = _cell(impls[0].label, 2, 3.0, 1.0), _cell(impls[1].label, 2, 2.0, 2.0)
+    bench.add_ratios([e, q], impls)
+    res = _result([e, q], impls)
+    assert bench.cells_above(res) == []  # CPU 4.0 / 4.0 and equal wall: not above 1.0
+    assert "at or below 1.0× in every cell" in bench.markdown_report(res)
+    e2 = _cell(impls[0].label, 2, 5.0, 1.0)
+    bench.add_ratios([e2, q], impls)
+    res2 = _result([e2, q], impls)
+    assert bench.cells_above(res2) == [
+        "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 1.50x (send 2.50x, recv 0.50x), "
+        "wall 1.00x"]
+    assert "above 1.0× in this run" in bench.markdown_report(res2)
+    # A QEMU end that used no measurable CPU (a tiny guest) has no ratio: shown as –.
+    q0 = _cell(impls[1].label, 2, 2.0, 0.0)
+    e3 = _cell(impls[0].label, 2, 5.0, 1.0)
+    bench.add_ratios([e3, q0], impls)
+    assert bench.cells_above(_result([e3, q0], impls)) == [
+        "engine (qemu-7.2) zstd x2 unlimited vs QEMU 7.2: CPU 3.00x (send 2.50x, recv –), "
+        "wall 1.00x"]
+
+
+def test_restamp_keeps_current_stamps_and_recomputes_older_code_lists(tmp_path: Path) -> None:
+    code = ",".join(bench.MEASURED_CODE)
+    current = {"commit": "abc1234", "code_sha": "x", "measured": "t", "code": code}
+    assert bench._restamp(current, tmp_path) is current
+    dirty = {"commit": "abc1234+dirty", "code_sha": "x", "measured": "t"}
+    assert bench._restamp(dirty, tmp_path) is dirty  # cannot be recomputed: stays (stale)
+    from qatmig_engine import docstamp
+
+    root = docstamp.repo_root()
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    old = {"commit": head, "code_sha": "older-list", "measured": "t"}
+    new = bench._restamp(old, root)
+    assert new is not None and new["code"] == code
+    assert new["code_sha"] == docstamp.code_digest_at(head, bench.MEASURED_CODE, root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -156,3 +157,34 @@ def test_exec_spec_finds_programs_beside_this_python(monkeypatch) -> None:  # ty
     impl = load_implementation("exec:qatmig")
     assert "dialect:qemu-9.2" in impl.capabilities()
     assert impl.describe().startswith("exec:qatmig (qatmig ")
+
+
+def test_exec_yaml_names_one_command_per_subcommand(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Separate programs for the two roles, as a VMM with a source and a destination binary.
+    for role in ("dst", "src"):
+        word = "listen" if role == "dst" else "send"
+        _script(tmp_path / f"vmm-{role}", f"exec {shlex_join(QATMIG)} {word} \"$@\"\n")
+    spec = tmp_path / "impl.yaml"
+    spec.write_text(
+        f"program: {shlex_join(QATMIG)}\n"
+        "listen: ./vmm-dst\n"
+        "send: [./vmm-src]\n")
+    impl = load_implementation(f"exec:{spec}")
+    assert impl.commands["listen"] == [str(tmp_path / "vmm-dst")]
+    work = tmp_path / "work"
+    work.mkdir()
+    result = RolePair(impl, impl, PairSpec(channels=2, compression="zstd"),
+                      workdir=work).migrate(_guest(tmp_path), timeout=30)
+    assert result.status == "completed" and result.verified is True, result.get("error")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("listen: ./x\n", "no command for capabilities, check, send and no 'program'"),
+    ("program: qatmig\nlisen: ./x\n", "unknown key(s) lisen"),
+    ("[1, 2]\n", "expected a mapping"),
+])
+def test_a_bad_exec_yaml_is_a_clear_error(tmp_path, text, message) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "impl.yaml"
+    spec.write_text(text)
+    with pytest.raises(ImplementationError, match=re.escape(message)):
+        load_implementation(f"exec:{spec}")

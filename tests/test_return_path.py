@@ -181,3 +181,29 @@ class TestQemu10:
                              binary=str(qemu10().wrapper), dialect="qemu-10.0",
                              return_path=return_path)
         _check_engine_to_qemu(run, return_path)
+
+
+def test_the_tap_judges_a_return_path_session():
+    """Through the validating tap: OPEN_RETURN_PATH/PING are accepted commands and the PONG and
+    SHUT going back on the main channel are allowed once the return path is open."""
+    from qatmig_engine.tap import TapChecker, TapProxy, format_report
+
+    dst_guest = GuestMemory([RAMBlock.anonymous("pc.ram", 1 << 20)])
+    dst = Destination(dst_guest, MigrationParameters(multifd_compression="zstd",
+                                                     dialect="qemu-9.2"),
+                      ramblock="pc.ram", timeout=5)
+    tap = TapProxy(("127.0.0.1", 0), dst.address,
+                   TapChecker(channels=2, method="zstd", dialect="qemu-9.2"), timeout=10)
+    port = tap.start()
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(st=dst.run()), daemon=True)
+    t.start()
+    st = send("127.0.0.1", port, params=MigrationParameters(
+        multifd_compression="zstd", dialect="qemu-9.2", return_path=True),
+        guest=_guest(1 << 20), timeout=5)
+    t.join(20)
+    report = tap.wait(20)
+    dst_guest.close()
+    assert st.status == "completed" and box["st"].status == "completed", st.error
+    assert report.ok, format_report(report)
+    assert report.commands[:2] == ["MIG_CMD_OPEN_RETURN_PATH", "MIG_CMD_PING"]

@@ -211,9 +211,6 @@ class TapChecker:
                 return
             prev = n
 
-    def _synced(self) -> None:
-        pass
-
     # ---------------------------------------------------------------- page map
     def _arrive(self, block: str, off: int, rnd: int, data: Any, conn: int,
                 channel: int | None, packet_num: int | None, what: str,

@@ -12,7 +12,7 @@ from ..constants import TARGET_PAGE_SIZE
 class Expectations:
     """The migration both ends were given; None means "learn it from the wire".
 
-    * ``dialect`` — ``qemu-7.2`` / ``qemu-9.0`` / ``qemu-9.2`` (10.x RAM speaks ``qemu-9.2``);
+    * ``dialect`` — ``qemu-7.2`` / ``qemu-9.0`` / ``qemu-9.2`` / ``qemu-10.0``;
     * ``method`` / ``level`` — multifd-compression and its level (the level is checked where
       the stream shows it: zlib's FLEVEL bits, qatzip's XFL byte);
     * ``channels`` — multifd-channels: ids 0..n-1, each once, and exactly n connections;

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..constants import QEMU_VM_FILE_MAGIC, QEMU_VM_SECTION_END
 from ..errors import StreamError
 from ..mainstream import (
+    RETURN_PATH_COMMANDS,
     EndOfSection,
     Event,
     MainStreamDecoder,
@@ -36,6 +37,8 @@ class MainStreamChecker:
         self.tap = tap
         self.stats = ChannelStats(connection=connection, role="main")
         self.decoder = MainStreamDecoder(tap.dialect, page_size=tap.page_size)
+        # A source with QEMU's return-path capability opens it and pings (every dialect).
+        self.decoder.accepted_commands = self.decoder.accepted_commands | RETURN_PATH_COMMANDS
         self.flushes = 0
         #: kind of the RAM section being read (QEMU_VM_SECTION_START/PART/END)
         self.section_kind = 0
