@@ -114,6 +114,11 @@ def _cached_guest_image() -> Callable[..., Any]:
     return cached_guest_image  # type: ignore[no-any-return]
 
 
+def _skip_here(reason: str) -> None:
+    """Skip the running test, reported at the test's own line (``-rs``), not at this module's."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
@@ -174,7 +179,7 @@ class RecordingPair:
                             "destination/source roles (docs/plugin.md)")
             result = MigrationResult.from_stats(raw)
         except Unsupported as exc:  # e.g. a guest size one end cannot run
-            pytest.skip(f"UNIMPLEMENTED: {exc}")
+            _skip_here(f"UNIMPLEMENTED: {exc}")
         self.results.append(result)
         wire_errors = result.get("wire_errors") or []
         if wire_errors and self.judge:
@@ -284,7 +289,7 @@ def multifd_pair(
             judge = request.node.get_closest_marker("qatmig_perf") is None
         src, dst = _ends(state, qatmig_direction)
         if not (has_roles(src) and has_roles(dst)) and qatmig_direction != "impl-to-impl":
-            pytest.skip(f"UNIMPLEMENTED: {qatmig_direction} needs the destination/source "
+            _skip_here(f"UNIMPLEMENTED: {qatmig_direction} needs the destination/source "
                         "roles on both ends (docs/plugin.md, Implementations)")
         workdir = Path(tempfile.mkdtemp(prefix="qatmig-pair-", dir=_workdir_parent()))
         try:
@@ -295,7 +300,7 @@ def multifd_pair(
                 pair = qatmig_impl.pair(spec, device=qat_device, workdir=workdir)
         except Unsupported as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            pytest.skip(f"UNIMPLEMENTED ({qatmig_direction}): {exc}")
+            _skip_here(f"UNIMPLEMENTED ({qatmig_direction}): {exc}")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
