@@ -341,6 +341,16 @@ def check_isolated(prog: Path) -> str:
     return out
 
 
+def check_pristine(cwd: Path, env: dict[str, str]) -> None:
+    """The suite, started in ``cwd`` with ``env``, imports this repository's engine."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import qatmig_engine; print(qatmig_engine.__file__)"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=cwd, env=env).stdout.strip()
+    if not Path(out).resolve().is_relative_to(ENGINE_SRC.resolve()):
+        raise RuntimeError(f"the suite would import {out}, not the pristine engine in "
+                           f"{ENGINE_SRC}: its judge and peer would be mutated too")
+
+
 # ---------------------------------------------------------------------------------- run
 @dataclass
 class Outcome:
@@ -383,10 +393,15 @@ def run_suite(prog: Path, *, select: str | None = None, workers: int = 2,
         cmd += ["-k", select]
     cmd += list(extra)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Never beside the mutant's package: "python -m" puts the working directory first on
+    # sys.path, and the suite would import the mutated engine as its judge and its peer.
+    cwd = prog.parent / "suite-run"
+    cwd.mkdir(exist_ok=True)
+    check_pristine(cwd, env)
     t0 = time.monotonic()
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                            cwd=prog.parent, start_new_session=True)
+                            cwd=cwd, start_new_session=True)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) \
             else (exc.stdout or "")
@@ -421,6 +436,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:
+    outcomes = [o for o in outcomes if o.verdict != "not run"]
     n = len(outcomes)
     k = sum(o.verdict == "killed" for o in outcomes)
     e = sum(o.verdict == "error" for o in outcomes)
@@ -439,6 +455,29 @@ def update_docs(outcomes: Sequence[Outcome], meta: dict[str, object]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n## Mutation score\n\n" + body + "\n"
     DOC.write_text(text)
+
+
+def report_only(files: Sequence[str], docs: bool) -> int:
+    """Table (and docs) from earlier ``--json`` files; mutants in none of them: ``not run``."""
+    seen: dict[str, Outcome] = {}
+    metas = []
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        metas.append(data.get("meta") or {})
+        for o in data["outcomes"]:
+            seen[o["name"]] = Outcome(**o)
+    outcomes = [seen.get(m.name) or Outcome(m.name, m.area, m.defect, "not run")
+                for m in MUTANTS]
+    run = [o for o in outcomes if o.verdict != "not run"]
+    print(table(outcomes))
+    print()
+    print(summary(run) + f"; {len(outcomes) - len(run)} not run")
+    if docs:
+        meta = next((m for m in reversed(metas) if "command" in m), {})
+        update_docs(outcomes, {
+            "command": meta.get("command", "python benchmarks/mutation_score.py"),
+            "loadavg": meta.get("loadavg", "?"), "seconds": sum(o.seconds for o in run)})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,7 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the outcomes as JSON")
     ap.add_argument("--update-docs", action="store_true",
                     help="write the table into docs/conformance.md (Mutation score)")
+    ap.add_argument("--report", metavar="FILE",
+                    help="no run: the outcomes of JSON files written by --json (repeatable "
+                    "with commas; later files win per mutant), as a table (and --update-docs)")
     args = ap.parse_args(argv)
+    if args.report:
+        return report_only(args.report.split(","), args.update_docs)
     chosen = [m for m in MUTANTS if not args.only or any(m.name.startswith(o) for o in args.only)]
     if args.fast:
         chosen = [m for m in chosen if m.ci_select]
@@ -493,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(chosen, 1):
             o = score(m, root, select=m.ci_select if args.fast else None, **kw)
             outcomes.append(o)
+            if args.json:  # after every mutant: a long run interrupted still leaves its part
+                Path(args.json).write_text(json.dumps(
+                    {"meta": {"partial": True}, "outcomes": [asdict(x) for x in outcomes]},
+                    indent=2))
             print(f"[{i}/{len(chosen)}] {m.name}: {o.verdict} ({o.seconds:.0f} s)"
                   + (f" by {o.killed_by[0]}" if o.killed_by else "")
                   + (f" [{o.detail[:200]}]" if o.detail else ""), file=sys.stderr)

@@ -32,7 +32,7 @@ MARGIN = 12.0
 #: Every other case carries its defect in bytes the destination receives: it must fail on
 #: them, not wait out an idle timeout (given as LONG_TIMEOUT, far above PROMPT).
 LONG_TIMEOUT = 60.0
-PROMPT = 10.0
+PROMPT = 15.0
 #: Growth of the destination's peak resident memory a bomb may cause: far below what the bombs
 #: inflate to (256 MiB), far above one packet (512 KiB) and its receive buffers.
 BOMB_MEMORY_BOUND = 64 << 20

@@ -46,7 +46,16 @@ def test_capabilities_are_declared(qatmig_impl) -> None:  # type: ignore[no-unty
 def test_round_trip_per_method(multifd_pair, silesia_guest_memory, method) -> None:  # type: ignore[no-untyped-def]
     result = multifd_pair(channels=2, compression=method).migrate(silesia_guest_memory)
     _check(result, silesia_guest_memory, 2)
-    assert result.get("multifd_compression", method) == method
+    if result.wire is not None:
+        # The judge checked every packet's flag against the method; this checks the method
+        # did its work: Silesia-like RAM compresses under every method but none.
+        totals = result.wire["totals"]
+        if method == "none":
+            assert totals["payload_bytes"] == totals["page_bytes"], "none: payload != pages"
+        else:
+            assert totals["payload_bytes"] < totals["page_bytes"], (
+                f"{method}: {totals['payload_bytes']} payload bytes for {totals['page_bytes']} "
+                "bytes of pages: nothing was compressed")
 
 
 @pytest.mark.qatmig_cross
@@ -60,7 +69,14 @@ def test_round_trip_per_dialect(multifd_pair, silesia_guest_memory, dialect) -> 
         silesia_guest_memory
     )
     _check(result, silesia_guest_memory, 2)
-    assert result.dialect == dialect
+    if result.wire is not None:
+        # What only the requested dialect puts on the wire (the judge checks the rest):
+        # qemu-7.2 syncs at every EOS, 8.1+ at RAM_SAVE_FLAG_MULTIFD_FLUSH.
+        flushes = sum(c.get("flushes", 0) for c in result.wire["channels"])
+        if DIALECTS[dialect].flush_after_each_section:
+            assert flushes == 0, f"{flushes} MULTIFD_FLUSH records in the {dialect} dialect"
+        else:
+            assert flushes > 0, f"no MULTIFD_FLUSH record: not the {dialect} dialect"
 
 
 @pytest.mark.qatmig_cross
@@ -110,24 +126,19 @@ def test_full_matrix(multifd_pair, silesia_guest_memory, method, dialect, channe
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "text"),
     [
-        {"channels": 0},
-        {"channels": 256},
-        {"compression": "lz4"},
-        {"compression": "none", "level": 1},
+        ({"channels": 0}, "Parameter 'multifd_channels' expects a value between 1 and 255"),
+        ({"channels": 256}, "Parameter 'multifd-channels' expects uint8_t"),
+        ({"compression": "lz4"}, "'lz4'"),
+        ({"compression": "none", "level": 1}, "level"),
     ],
     ids=["channels-0", "channels-256", "unknown-method", "level-without-method"],
 )
-def test_bad_parameters_are_rejected_before_starting(multifd_pair, kwargs) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError):
+def test_bad_parameters_are_rejected_before_starting(multifd_pair, kwargs, text) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError) as info:
         multifd_pair(**kwargs)
-
-
-@pytest.mark.qatmig_requires("zlib")
-def test_level_out_of_range_is_rejected(multifd_pair) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError):
-        multifd_pair(compression="zlib", level=10)
+    assert text in str(info.value), f"refused without saying {text!r}: {info.value}"
 
 
 @pytest.mark.qat_hw
@@ -135,5 +146,7 @@ def test_level_out_of_range_is_rejected(multifd_pair) -> None:  # type: ignore[n
 def test_qatzip_on_this_workers_device(multifd_pair, silesia_guest_memory, qat_device) -> None:  # type: ignore[no-untyped-def]
     result = multifd_pair(channels=2, compression="qatzip").migrate(silesia_guest_memory)
     _check(result, silesia_guest_memory, 2)
-    if "qat_backend" in result:
-        assert result.qat_backend == "hw", result.get("qat_fallback_reasons")
+    src = result.get("source_result") or dict(result)
+    assert src.get("qat_backend") == "hw", (
+        f"qat_backend {src.get('qat_backend')!r} on a worker that owns a ready QAT device: "
+        f"{src.get('qat_fallback_reasons')}")

@@ -236,14 +236,21 @@ def listen(
     prealloc: bool = False,
 ) -> MigrationStats:
     """Serve one incoming migration; the ``ramblock`` block's RAM lives in ``guest_image``
-    (created/truncated to ``guest_size``; anonymous memory if None). ``on_ready(address)`` is
-    called once the socket listens (port 0 picks a free port). ``prealloc`` faults the RAM in
-    before listening (QEMU's ``prealloc=on``)."""
+    (anonymous memory if None). A file that already has ``guest_size`` bytes is used as it is
+    (its bytes are the RAM before the migration, as with QEMU's ``memory-backend-file``: zero
+    pages are written over stale bytes); any other is created or truncated to ``guest_size``.
+    ``on_ready(address)`` is called once the socket listens (port 0 picks a free port).
+    ``prealloc`` faults the RAM in before listening (QEMU's ``prealloc=on``)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
+    fresh = True
     if guest_image is not None:
-        blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w")
+        try:
+            fresh = os.path.getsize(guest_image) != guest_size
+        except OSError:
+            fresh = True
+        blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w", keep_content=True)
     else:
         blk = RAMBlock.anonymous(ramblock, guest_size)
     if prealloc:
@@ -251,7 +258,7 @@ def listen(
     guest = GuestMemory([blk])
     try:
         dst = Destination(guest, params, host=host, port=port, uuid=uuid, timeout=timeout,
-                          ramblock=ramblock, progress=progress, fresh_ram=True)
+                          ramblock=ramblock, progress=progress, fresh_ram=fresh)
         if on_ready is not None:
             on_ready(dst.address)
         st = dst.run()

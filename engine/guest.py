@@ -112,12 +112,15 @@ class RAMBlock:
         *,
         mode: str = "r",
         page_size: int = TARGET_PAGE_SIZE,
+        keep_content: bool = False,
     ) -> RAMBlock:
         """Map ``path`` as a block.
 
         ``mode``: ``"r"`` read-only (a source that nobody writes), ``"c"`` copy-on-write (a
         source under a workload: the file is never modified), ``"w"`` shared writable (a
-        destination whose RAM lives in the file; created or resized to ``size``).
+        destination whose RAM lives in the file; created or resized to ``size``, emptied first
+        unless ``keep_content`` and it already has ``size`` bytes: then its bytes are the RAM,
+        as with QEMU's ``memory-backend-file``).
         """
         path = os.fspath(path)
         if mode == "w":
@@ -136,9 +139,10 @@ class RAMBlock:
                         f"guest image {path} is not a regular file (a destination's RAM lives "
                         "in a file it can resize, e.g. in /dev/shm)"
                     )
-                # Truncate first so the destination starts as a sparse file of zeros.
-                os.ftruncate(fd, 0)
-                os.ftruncate(fd, size)
+                if not (keep_content and os.fstat(fd).st_size == size):
+                    # Truncate first so the destination starts as a sparse file of zeros.
+                    os.ftruncate(fd, 0)
+                    os.ftruncate(fd, size)
                 mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
             except (OSError, OverflowError) as exc:
                 raise _image_error(path, f"make it {size} bytes long", exc) from None

@@ -128,7 +128,9 @@ class ReferenceIncoming:
         from qatmig_engine.destination import Destination
         from qatmig_engine.guest import GuestMemory, RAMBlock
 
-        blk = RAMBlock.from_file(ctx.ramblock, ctx.ram, ctx.ram_size, mode="w")
+        # The suite's file is the destination's RAM as it is (not necessarily zero).
+        blk = RAMBlock.from_file(ctx.ramblock, ctx.ram, ctx.ram_size, mode="w",
+                                 keep_content=True)
         self._guest = GuestMemory([blk])
         try:
             self._dst = Destination(self._guest, params, host="127.0.0.1", port=0,
@@ -198,6 +200,8 @@ class ReferenceImplementation:
         if qatzip and device is not None and "qat_backend" not in spec.options:
             kwargs["qat_backend"] = "auto" if device.hw_ready else "sw"
         kwargs.update(spec.options)
+        if isinstance(kwargs.get("qat_fallback"), str):  # "on"/"off", as on the command line
+            kwargs["qat_fallback"] = kwargs["qat_fallback"] != "off"
         if qatzip and device is not None and device.sysfs_root:
             # The engine must judge the same host the plugin allocated the device from.
             extra = dict(kwargs.get("extra") or {})

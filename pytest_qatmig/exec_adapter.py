@@ -5,8 +5,9 @@ contract"), the one ``qatmig`` itself follows: ``PROGRAM capabilities --json``, 
 check PARAMS``, ``PROGRAM listen --listen 127.0.0.1:0 ... --json`` (announces ``listening on
 HOST:PORT`` on stderr) and ``PROGRAM send HOST:PORT ... --json``; one JSON object on stdout,
 exit status 0 only when the migration completed. ``PROGRAM`` may carry arguments
-(``exec:python3 -m qatmig_engine.cli``) and may be a wrapper script. Nothing of the program is
-imported: the suite only runs it.
+(``exec:python3 -m qatmig_engine.cli``) and may be a wrapper script; ``exec:FILE.yaml`` names
+one command line per subcommand instead. Nothing of the program is imported: the suite only
+runs it.
 """
 
 from __future__ import annotations

@@ -114,6 +114,11 @@ def _cached_guest_image() -> Callable[..., Any]:
     return cached_guest_image  # type: ignore[no-any-return]
 
 
+def _skip_here(reason: str) -> None:
+    """Skip the running test, reported at the test's own line (``-rs``), not at this module's."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
@@ -152,8 +157,11 @@ class RecordingPair:
     def implementation_pair(self) -> MigrationPair:
         return self._pair
 
-    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
+    def migrate(self, guest: Any, *, timeout: float = 120.0,
+                destination_fill: int | None = None) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
+        ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
+        that byte instead of zeros.
 
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
@@ -161,9 +169,17 @@ class RecordingPair:
         from .roles import Unsupported
 
         try:
-            result = MigrationResult.from_stats(self._pair.migrate(guest, timeout=timeout))
+            if destination_fill is None:
+                raw = self._pair.migrate(guest, timeout=timeout)
+            elif hasattr(self._pair, "dst"):  # a RolePair: the suite creates the destination RAM
+                raw = self._pair.migrate(guest, timeout=timeout,  # type: ignore[call-arg]
+                                         destination_fill=destination_fill)
+            else:
+                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero needs the "
+                            "destination/source roles (docs/plugin.md)")
+            result = MigrationResult.from_stats(raw)
         except Unsupported as exc:  # e.g. a guest size one end cannot run
-            pytest.skip(f"UNIMPLEMENTED: {exc}")
+            _skip_here(f"UNIMPLEMENTED: {exc}")
         self.results.append(result)
         wire_errors = result.get("wire_errors") or []
         if wire_errors and self.judge:
@@ -273,7 +289,7 @@ def multifd_pair(
             judge = request.node.get_closest_marker("qatmig_perf") is None
         src, dst = _ends(state, qatmig_direction)
         if not (has_roles(src) and has_roles(dst)) and qatmig_direction != "impl-to-impl":
-            pytest.skip(f"UNIMPLEMENTED: {qatmig_direction} needs the destination/source "
+            _skip_here(f"UNIMPLEMENTED: {qatmig_direction} needs the destination/source "
                         "roles on both ends (docs/plugin.md, Implementations)")
         workdir = Path(tempfile.mkdtemp(prefix="qatmig-pair-", dir=_workdir_parent()))
         try:
@@ -284,7 +300,7 @@ def multifd_pair(
                 pair = qatmig_impl.pair(spec, device=qat_device, workdir=workdir)
         except Unsupported as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            pytest.skip(f"UNIMPLEMENTED ({qatmig_direction}): {exc}")
+            _skip_here(f"UNIMPLEMENTED ({qatmig_direction}): {exc}")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise

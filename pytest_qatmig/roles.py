@@ -214,8 +214,13 @@ class RolePair:
         self.results: list[MigrationResult] = []
         self.reports: list[Any] = []
 
-    def migrate(self, guest: Any, *, timeout: float = 120.0) -> MigrationResult:
-        """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's."""
+    def migrate(self, guest: Any, *, timeout: float = 120.0,
+                destination_fill: int | None = None) -> MigrationResult:
+        """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's.
+
+        ``destination_fill``: the destination's RAM file starts filled with this byte instead
+        of zeros (a destination that skips zero pages then keeps stale bytes, as on a reused
+        host)."""
         from qatmig_engine.tap import TapChecker, TapProxy
 
         image = guest_path(guest)
@@ -237,6 +242,10 @@ class RolePair:
         try:
             shutil.copyfile(image, src_ram)
             with open(dst_ram, "wb") as f:
+                if destination_fill:
+                    chunk = bytes([destination_fill]) * min(size, 1 << 22)
+                    for pos in range(0, size, len(chunk)):
+                        f.write(chunk[: size - pos])
                 f.truncate(size)
             src_dir.mkdir()
             dst_dir.mkdir()

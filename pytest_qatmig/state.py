@@ -17,7 +17,8 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
     "impl": (
         "reference",
         "implementation under test: 'reference' (default), an entry-point name of the group "
-        "qatmig.implementations, 'package.module:factory', or 'qemu:PATH-TO-qemu-system-x86_64'",
+        "qatmig.implementations, 'package.module:factory', 'qemu:PATH-TO-qemu-system-x86_64', "
+        "or 'exec:PROGRAM' / 'exec:FILE.yaml' (a program through the exec: contract)",
     ),
     "devices": (
         "auto",

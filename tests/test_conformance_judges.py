@@ -43,6 +43,13 @@ MUTANTS: dict[str, list[tuple[str, str, str]]] = {
          "                    raise duplicate_channel_error(init.channel_id)\n"
          "                chans[init.channel_id - 1] = conn"),
     ],
+    # The VM uuid zeroed on both ends (the -uuid both were given is ignored).
+    "uuid-zeroed": [
+        ("source.py", "init = InitPacket(ch, src.uuid).encode()",
+         "init = InitPacket(ch, bytes(16)).encode()"),
+        ("destination.py", "expected_uuid=self.uuid, channels=n)",
+         "expected_uuid=bytes(16), channels=n)"),
+    ],
     # A destination that loses a page after completing and says `verified: true` anyway.
     "lies-verified": [
         ("api.py",
@@ -90,7 +97,7 @@ def test_the_unpatched_engine_through_a_wrapper_passes(pytester, tmp_path) -> No
                                  "*zstd-peer-to-impl*PASSED*"])
 
 
-@pytest.mark.parametrize("name", ["little-endian-headers", "channel-ids-from-1"])
+@pytest.mark.parametrize("name", ["little-endian-headers", "channel-ids-from-1", "uuid-zeroed"])
 def test_a_defect_on_both_ends_fails_the_cross_directions_and_the_wire_judge(  # type: ignore[no-untyped-def]
         pytester, tmp_path, name) -> None:
     result = _run(pytester, _mutant(tmp_path, name))

@@ -56,3 +56,11 @@ def test_the_ci_subset_is_killed_and_the_pristine_copy_passes(tmp_path: Path) ->
     for m in fast:
         o = ms.score(m, tmp_path, select=m.ci_select, workers=1, timeout=600)
         assert o.verdict == "killed", f"{m.name}: {o.verdict} {o.detail}"
+
+
+def test_the_suite_never_imports_the_mutant(tmp_path: Path) -> None:
+    prog = ms.build(ms.MUTANTS[0], tmp_path)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    ms.check_pristine(tmp_path, env)  # an unrelated directory: fine
+    with pytest.raises(RuntimeError, match="would import"):
+        ms.check_pristine(prog.parent, env)  # beside the mutant's package: refused

@@ -1,7 +1,8 @@
 """The recorded real-QEMU multifd captures shipped in ``qatmig_fixtures/golden/<release>``.
 
-``release`` is ``qemu-7.2`` (Debian 12's QEMU; the default) or ``qemu-10.0`` (Debian
-bookworm-backports, zero-page-detection multifd). Each capture is one migration (2 channels,
+``release`` is ``qemu-7.2`` (Debian 12's QEMU; the default), ``qemu-10.0`` (Debian
+bookworm-backports, zero-page-detection multifd) or ``qemu-10.0-qatzip`` (QEMU 10.0.2 built with
+QATzip, ``tools/record_qatzip.py``). Each capture is one migration (2 channels,
 8 MiB guest, none/zlib/zstd) recorded through the tap by ``tools/record_golden.py``: one xz
 file per connection in accept order (``conn-0`` is the main channel). ``manifest.json`` says
 how the source RAM was made and what QEMU reported.
@@ -18,7 +19,7 @@ from typing import Any
 from qatmig_engine.errors import CorpusError
 
 GOLDEN_SUBDIR = ("golden", "qemu-7.2")
-RELEASES = ("qemu-7.2", "qemu-10.0")
+RELEASES = ("qemu-7.2", "qemu-10.0", "qemu-10.0-qatzip")
 
 
 def golden_dir(release: str = "qemu-7.2") -> Path:
@@ -36,6 +37,7 @@ def golden_dir(release: str = "qemu-7.2") -> Path:
 def load_manifest(release: str = "qemu-7.2") -> dict[str, Any]:
     data: dict[str, Any] = json.loads((golden_dir(release) / "manifest.json").read_text())
     data.setdefault("dialect", release)
+    data["release"] = release  # the folder, e.g. qemu-10.0-qatzip (its dialect: qemu-10.0)
     return data
 
 
@@ -51,7 +53,7 @@ def load_connections(method: str, manifest: dict[str, Any] | None = None) -> lis
     """The capture's connections (decompressed, accept order), each checked by sha256."""
     m = manifest or load_manifest()
     entry = capture_entry(method, m)
-    base = golden_dir(m.get("dialect", "qemu-7.2"))
+    base = golden_dir(m.get("release", m.get("dialect", "qemu-7.2")))
     out = []
     for conn in sorted(entry["connections"], key=lambda c: c["connection"]):
         raw = lzma.decompress((base / conn["file"]).read_bytes())

@@ -109,10 +109,11 @@ def _engine_json(out: str) -> dict[str, Any]:
 
 
 def _params(method: str, channels: int, dialect: str = "qemu-7.2",
-            zero_page_detection: str | None = None) -> list[str]:
+            zero_page_detection: str | None = None, level: int | None = None) -> list[str]:
     zpd = ["--zero-page-detection", zero_page_detection] if zero_page_detection else []
+    lvl = [f"--multifd-{method}-level", str(level)] if level is not None else []
     return ["--dialect", dialect, "--multifd-channels", str(channels),
-            "--multifd-compression", method, *zpd]
+            "--multifd-compression", method, *zpd, *lvl]
 
 
 def _start_listen(dst_img: str, size: int, method: str, channels: int, port: int,
@@ -204,9 +205,11 @@ def _equal(a: str, b: str) -> bool:
 
 
 def _tap(port: int, method: str, channels: int, check: bool,
-         timeout: float, dialect: str = "qemu-7.2") -> TapProxy:
+         timeout: float, dialect: str = "qemu-7.2",
+         record_dir: str | None = None) -> TapProxy:
     checker = TapChecker(dialect=dialect, method=method, channels=channels) if check else None
-    return TapProxy(("127.0.0.1", 0), ("127.0.0.1", port), checker, timeout=timeout)
+    return TapProxy(("127.0.0.1", 0), ("127.0.0.1", port), checker, timeout=timeout,
+                    record_dir=record_dir)
 
 
 # ------------------------------------------------------------------------------ directions
@@ -214,21 +217,23 @@ def qemu_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels: i
                  workdir: str, tap: bool = False, check: bool = True,
                  binary: str | None = None, max_bandwidth: int = UNLIMITED_BANDWIDTH,
                  poll: float = 0.05, timeout: float = 120.0, dialect: str = "qemu-7.2",
-                 zero_page_detection: str | None = None, machine: str = "pc") -> InteropRun:
+                 zero_page_detection: str | None = None, machine: str = "pc",
+                 level: int | None = None, record_dir: str | None = None) -> InteropRun:
     """QEMU -> QEMU (``binary``, default the system QEMU; optionally through the tap, which
-    speaks ``dialect``). ``max_bandwidth`` in bytes/s (QEMU's parameter); ``poll`` is the
-    query-migrate period."""
+    speaks ``dialect`` and records into ``record_dir`` when given). ``max_bandwidth`` in
+    bytes/s (QEMU's parameter); ``poll`` is the query-migrate period."""
     run = InteropRun("qemu->qemu", method, channels, size)
     with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
                      machine=machine, workdir=f"{workdir}/qsrc") as src, \
          QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
                      binary=binary, machine=machine, workdir=f"{workdir}/qdst") as dst:
         for q in (src, dst):
-            q.setup_migration(channels=channels, compression=method,
+            q.setup_migration(channels=channels, compression=method, level=level,
                               max_bandwidth=max_bandwidth,
                               zero_page_detection=zero_page_detection)
         port = dst.migrate_incoming()
-        proxy = _tap(port, method, channels, check, timeout, dialect) if tap else None
+        proxy = (_tap(port, method, channels, check, timeout, dialect, record_dir)
+                 if tap else None)
         target = proxy.start() if proxy else port
         cpu0 = (src.cpu_seconds(), dst.cpu_seconds())
         t0 = time.monotonic()
@@ -248,8 +253,10 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
                    workdir: str, tap: bool = False, live: bool = False,
                    timeout: float = 120.0, binary: str | None = None,
                    dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
-                   machine: str = "pc", return_path: bool = False) -> InteropRun:
-    """QEMU source -> ``qatmig listen --dialect DIALECT`` (optionally through the tap).
+                   machine: str = "pc", return_path: bool = False,
+                   level: int | None = None, record_dir: str | None = None) -> InteropRun:
+    """QEMU source -> ``qatmig listen --dialect DIALECT`` (optionally through the tap, which
+    records each connection's bytes into ``record_dir`` when given).
 
     ``return_path``: the source QEMU has the return-path capability (the engine's destination
     answers its PING and confirms with MIG_RP_MSG_SHUT).
@@ -259,16 +266,17 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
     run = InteropRun("qemu->engine", method, channels, size)
     listen, port = _listen_on_free_port(
         dst_img, size, method, channels, timeout,
-        _params(method, channels, dialect, zero_page_detection))
+        _params(method, channels, dialect, zero_page_detection, level))
     try:
         with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
                          machine=machine, workdir=f"{workdir}/qsrc") as src:
-            src.setup_migration(channels=channels, compression=method,
+            src.setup_migration(channels=channels, compression=method, level=level,
                                 zero_page_detection=zero_page_detection,
                                 return_path=return_path)
             if live:
                 src.execute("cont")
-            proxy = _tap(port, method, channels, True, timeout, dialect) if tap else None
+            proxy = (_tap(port, method, channels, True, timeout, dialect, record_dir)
+                     if tap else None)
             target = proxy.start() if proxy else port
             cpu0 = src.cpu_seconds()
             t0 = time.monotonic()
@@ -295,8 +303,10 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
                    workdir: str, tap: bool = False, extra_args: tuple[str, ...] = (),
                    timeout: float = 120.0, binary: str | None = None,
                    dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
-                   machine: str = "pc", return_path: bool = False) -> InteropRun:
-    """``qatmig send --dialect DIALECT`` -> QEMU destination (optionally through the tap).
+                   machine: str = "pc", return_path: bool = False,
+                   level: int | None = None, record_dir: str | None = None) -> InteropRun:
+    """``qatmig send --dialect DIALECT`` -> QEMU destination (optionally through the tap, which
+    records each connection's bytes into ``record_dir`` when given).
 
     ``return_path``: ``send --return-path on`` (and the capability on the QEMU destination).
 
@@ -306,20 +316,22 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
     run = InteropRun("engine->qemu", method, channels, size)
     with QemuProcess(ram_file=dst_img, ram_size=size, incoming=True, name="dst",
                      binary=binary, machine=machine, workdir=f"{workdir}/qdst") as dst:
-        dst.setup_migration(channels=channels, compression=method,
+        dst.setup_migration(channels=channels, compression=method, level=level,
                             zero_page_detection=zero_page_detection, return_path=return_path)
         if return_path:
             extra_args = (*extra_args, "--return-path", "on")
         if dialect != "qemu-7.2" and "--machine-type" not in extra_args:
             extra_args = ("--machine-type", dst.machine_type(), *extra_args)
         port = dst.migrate_incoming()
-        proxy = _tap(port, method, channels, True, timeout, dialect) if tap else None
+        proxy = (_tap(port, method, channels, True, timeout, dialect, record_dir)
+                 if tap else None)
         target = proxy.start() if proxy else port
         cpu0 = dst.cpu_seconds()
         t0 = time.monotonic()
         send = subprocess.Popen(
             [*QATMIG, "send", f"127.0.0.1:{target}", "--guest-image", src_img,
-             "--ramblock", "pc.ram", *_params(method, channels, dialect, zero_page_detection),
+             "--ramblock", "pc.ram",
+             *_params(method, channels, dialect, zero_page_detection, level),
              "--timeout", str(timeout), "--json", "--quiet", *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

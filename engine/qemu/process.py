@@ -294,7 +294,7 @@ class QemuProcess:
         params: dict[str, Any] = {
             "multifd-channels": channels, "multifd-compression": compression,
         }
-        if level is not None and compression in ("zlib", "zstd"):
+        if level is not None and compression in ("zlib", "zstd", "qatzip"):
             params[f"multifd-{compression}-level"] = level
         if max_bandwidth is not None:
             params["max-bandwidth"] = max_bandwidth

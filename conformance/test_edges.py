@@ -1,0 +1,146 @@
+"""Conformance: guests at the edges, and statistics the suite checks against the wire.
+
+Edge guests (``pytest_qatmig.edge_guests``): zero pages migrated into a destination whose RAM is
+*not* zero beforehand (a destination that skips zero pages, or a source that counts them without
+sending them, leaves stale bytes the suite's digest sees); a guest of 16 MiB + 4 KiB (the last
+packet of the block holds one page); a sparse guest above 4 GiB (offsets that need 64 bits;
+``--qatmig-matrix full``).
+
+Honest statistics: the source's figures are compared with what the wire judge counted between
+the two ends: pages by kind, bytes, throughput = bytes x 8 / time, downtime > 0 (the guest was
+stopped), compression ratio = page bytes / payload bytes, one connection per channel, and
+max-bandwidth honoured within +-5 % at a limit well below the unthrottled rate measured in the
+same test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.qatmig_cross
+
+#: Byte the destination's RAM holds before a migration into "dirty" RAM.
+STALE = 0xA5
+
+
+def _completed(result: Any) -> dict[str, Any]:
+    assert result.status == "completed", result.get("error")
+    assert result.verified is True, (
+        f"destination RAM differs from the source: {result.get('ram_mismatch') or ''}")
+    if result.wire is None:
+        pytest.skip("UNIMPLEMENTED: no wire judge between these ends (they lack the roles)")
+    return dict(result.wire["totals"])
+
+
+# ------------------------------------------------------------------------------ edge guests
+@pytest.mark.parametrize(
+    "dialect", [pytest.param(d, marks=pytest.mark.qatmig_requires(f"dialect:{d}"))
+                for d in ("qemu-7.2", "qemu-9.2")])
+def test_zero_pages_reach_a_destination_whose_ram_is_not_zero(
+    multifd_pair, guest_with_zero_pages, dialect  # type: ignore[no-untyped-def]
+) -> None:
+    # qemu-7.2: zero pages travel as ZERO records on the main channel; 9.x: in the packets.
+    result = multifd_pair(channels=2, dialect=dialect).migrate(
+        guest_with_zero_pages, destination_fill=STALE)
+    totals = _completed(result)
+    assert totals["zero_pages"] > 0 or totals["normal_pages"] >= guest_with_zero_pages.pages, (
+        "neither zero pages nor every page as a normal page crossed the wire")
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.qatmig_requires(m)) for m in ("none", "zlib")])
+def test_a_guest_that_is_not_a_multiple_of_a_packet(multifd_pair, guest_odd_size, method) -> None:  # type: ignore[no-untyped-def]
+    result = multifd_pair(channels=2, compression=method).migrate(guest_odd_size)
+    totals = _completed(result)
+    assert totals["normal_pages"] + totals["zero_pages"] >= guest_odd_size.pages
+
+
+@pytest.mark.qatmig_full_matrix
+def test_a_sparse_guest_with_data_above_4_gib(multifd_pair, guest_above_4g) -> None:  # type: ignore[no-untyped-def]
+    result = multifd_pair(channels=2).migrate(guest_above_4g, timeout=600)
+    _completed(result)
+
+
+# ------------------------------------------------------------------------------ honest stats
+def _honest_stats(result: Any, totals: dict[str, Any], channels: int) -> None:
+    who = f"the source ({result.get('source_implementation')})"
+    assert totals["multifd_channels"] == channels, (
+        f"{totals['multifd_channels']} multifd connections for multifd-channels={channels}")
+    # Page counts within 2 % (QEMU counts at enqueue time and leaves out a few ROM pages the
+    # wire carries): a source that counts packets, or doubles, is far outside.
+    for kind in ("normal_pages", "zero_pages"):
+        reported, seen = result.get(kind), totals[kind]
+        assert reported is not None and abs(reported - seen) <= 0.02 * seen, (
+            f"{who} reports {reported} {kind.replace('_', ' ')}; the wire carried {seen}")
+    qemu = str(result.get("source_implementation", "")).startswith("qemu")
+    if qemu and result.get("transferred_bytes") is None:
+        # QEMU <= 8.0 counts compressed migrations in uncompressed bytes; the adapter keeps
+        # that figure as qemu_mbps and reports no wire bytes: nothing to compare.
+        assert result.get("throughput_mbps") is None
+    else:
+        for key in ("transferred_bytes", "total_time_ms", "throughput_mbps", "downtime_ms"):
+            assert result.get(key) is not None, f"{who} reports no {key}"
+        _bytes_and_rate(result, totals, who)
+    assert result.downtime_ms is not None and result.downtime_ms > 0, (
+        f"{who} reports downtime {result.downtime_ms!r} ms: the guest was stopped for the last "
+        "round, so it cannot be 0")
+    assert result.downtime_ms <= result.total_time_ms, "downtime longer than the migration"
+    ratio = result.get("compression_ratio")
+    if totals["payload_bytes"]:
+        expected = totals["page_bytes"] / totals["payload_bytes"]
+        if ratio is None and qemu:
+            return  # query-migrate has no compression ratio to check
+        assert ratio is not None, f"{who} reports no compression_ratio"
+        assert abs(ratio - expected) <= 0.02 * expected, (
+            f"{who} reports compression ratio {ratio}; the wire shows {expected:.3f} "
+            "(page bytes / payload bytes)")
+
+
+def _bytes_and_rate(result: Any, totals: dict[str, Any], who: str) -> None:
+    wire = totals["wire_bytes"]
+    assert abs(result.transferred_bytes - wire) <= 0.02 * wire, (
+        f"{who} reports {result.transferred_bytes} bytes transferred; {wire} crossed the wire")
+    # Times in whole milliseconds (QEMU's) on a short migration: 2 ms of slack either way.
+    total_s = result.total_time_ms / 1000.0
+    setup_s = (result.get("setup_time_ms") or 0.0) / 1000.0
+    lo = wire * 8 / (total_s + 0.002) / 1e6
+    hi = wire * 8 / max(total_s - setup_s - 0.002, 1e-3) / 1e6
+    # QEMU computes mbps over a shorter span than its total-time (up to a third more on
+    # migrations under 0.1 s); others must agree within 10 %. A doubled figure fails both.
+    slack = 1.5 if str(result.get("source_implementation", "")).startswith("qemu") else 1.1
+    assert 0.9 * lo <= result.throughput_mbps <= slack * hi, (
+        f"{who} reports {result.throughput_mbps} Mbit/s; {wire} bytes in {total_s:.3f} s "
+        f"(setup {setup_s:.3f} s) is {lo:.1f}..{hi:.1f}")
+
+
+@pytest.mark.parametrize(
+    ("method", "channels"),
+    [pytest.param(m, c, marks=pytest.mark.qatmig_requires(m))
+     for m, c in (("none", 2), ("zstd", 3))],
+    ids=["none-2ch", "zstd-3ch"])
+def test_statistics_match_the_wire(multifd_pair, guest_with_zero_pages, method, channels) -> None:  # type: ignore[no-untyped-def]
+    result = multifd_pair(channels=channels, compression=method).migrate(guest_with_zero_pages)
+    _honest_stats(result, _completed(result), channels)
+
+
+@pytest.mark.qatmig_requires("max-bandwidth")
+def test_max_bandwidth_is_honoured(multifd_pair, silesia_guest_memory) -> None:  # type: ignore[no-untyped-def]
+    free = multifd_pair(channels=2).migrate(silesia_guest_memory)
+    t_free = _completed(free)
+    unthrottled = t_free["wire_bytes"] / max(free.total_time_ms / 1000.0, 1e-3)
+    # Well below what the host reached, and long enough (~2 s) for a 100 ms window to average.
+    limit = int(min(unthrottled / 3, t_free["wire_bytes"] / 2.0))
+    result = multifd_pair(channels=2, max_bandwidth=limit).migrate(silesia_guest_memory)
+    totals = _completed(result)
+    rate = totals["wire_bytes"] / (result.total_time_ms / 1000.0)
+    if not 0.95 * limit <= rate <= 1.05 * limit:
+        text = (f"max-bandwidth {limit} B/s (unthrottled: {unthrottled:.0f} B/s): "
+                f"{totals['wire_bytes']} bytes in {result.total_time_ms:.0f} ms = {rate:.0f} B/s, "
+                "outside +-5 %")
+        if str(result.get("source_implementation", "")).startswith("qemu"):
+            # A finding about QEMU, kept visible: 7.2 counts multifd bytes against the limit
+            # at enqueue time, uncompressed, and overshoots on short migrations.
+            pytest.xfail(f"finding about the QEMU source: {text}")
+        pytest.fail(text, pytrace=False)

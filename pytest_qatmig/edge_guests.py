@@ -1,0 +1,96 @@
+"""Guests at the edges: RAM images that exercise what the default Silesia guest does not.
+
+The default guest (``silesia_guest_memory``) has no zero pages, is a multiple of a multifd packet
+(512 KiB), below 4 GiB, and static. These fixtures add, with names saying what they are:
+
+* ``guest_with_zero_pages`` -- the stand-in corpus with a realistic zero-page share (25 %), to
+  be migrated into a destination whose RAM is *not* zero beforehand (``destination_fill``);
+* ``guest_small_text`` -- 1 MiB of English-like text, for level comparisons;
+* ``guest_odd_size`` -- 16 MiB + 4 KiB: the last multifd packet of the block holds one page;
+* ``guest_above_4g`` -- a sparse 4 GiB + 2 MiB guest with data below and above 4 GiB (page
+  offsets that need more than 32 bits). Heavy: collected only with ``--qatmig-matrix full``
+  (mark the test ``qatmig_full_matrix``).
+
+Images are built once per session in the session's temporary directory (the stand-in one in the
+Silesia cache); the engine is imported inside the fixtures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .fixtures import GuestImage
+
+PAGE = 4096
+ODD_SIZE = (16 << 20) + PAGE
+ABOVE_4G_SIZE = (4 << 30) + (2 << 20)
+#: Share of zero pages in ``guest_with_zero_pages`` (Silesia-like guests carry a good part).
+ZERO_SHARE = 0.25
+
+
+def _text_pages(n: int, tag: str) -> bytes:
+    out = bytearray()
+    for p in range(n):
+        line = f"{tag} page {p:06d}: the quick brown fox jumps over the lazy dog\n".encode()
+        out += (line * (PAGE // len(line) + 1))[:PAGE]
+    return bytes(out)
+
+
+@pytest.fixture(scope="session")
+def guest_with_zero_pages() -> GuestImage:
+    """16 MiB of the stand-in corpus with 25 % zero pages (``qatmig guest build --zero-ratio``)."""
+    from qatmig_engine.silesia import cached_guest_image
+
+    size = 16 << 20
+    path = cached_guest_image(size, corpus="stand-in", zero_ratio=ZERO_SHARE)
+    return GuestImage(path=Path(path), size=size, corpus=f"stand-in, {ZERO_SHARE:.0%} zero pages")
+
+
+@pytest.fixture(scope="session")
+def guest_small_text(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    """1 MiB of English-like text (words drawn from a fixed vocabulary, deterministic): every
+    level compresses it, and higher levels measurably better."""
+    import random
+
+    size = 1 << 20
+    rng = random.Random(1)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    vocab = ["".join(rng.choice(letters[: rng.randint(6, 26)]) for _ in range(rng.randint(2, 9)))
+             for _ in range(3000)]
+    words: list[str] = []
+    n = 0
+    while n < size:
+        w = rng.choice(vocab) if rng.random() < 0.9 else rng.choice(vocab).capitalize() + ","
+        words.append(w)
+        n += len(w) + 1
+    text = " ".join(words).encode()[:size]
+    path = tmp_path_factory.mktemp("edge-guests-text") / "small-text.img"
+    path.write_bytes(text)
+    return GuestImage(path=path, size=size, corpus="english-like text, 1 MiB")
+
+
+@pytest.fixture(scope="session")
+def guest_odd_size(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    """16 MiB + 4 KiB of text pages: not a multiple of a 128-page multifd packet."""
+    path = tmp_path_factory.mktemp("edge-guests") / "odd-size.img"
+    with open(path, "wb") as f:
+        chunk = 256  # pages per write
+        for first in range(0, ODD_SIZE // PAGE, chunk):
+            f.write(_text_pages(min(chunk, ODD_SIZE // PAGE - first), f"odd@{first}"))
+    assert path.stat().st_size == ODD_SIZE
+    return GuestImage(path=path, size=ODD_SIZE, corpus="text, 16 MiB + 4 KiB")
+
+
+@pytest.fixture(scope="session")
+def guest_above_4g(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    """Sparse 4 GiB + 2 MiB: 1 MiB of data at the start, 1 MiB right above 4 GiB, holes between
+    (page offsets above 2^32 on the wire)."""
+    path = tmp_path_factory.mktemp("edge-guests-4g") / "above-4g.img"
+    with open(path, "wb") as f:
+        f.truncate(ABOVE_4G_SIZE)
+        f.write(_text_pages(256, "low"))
+        f.seek(4 << 30)
+        f.write(_text_pages(256, "above 4 GiB"))
+    return GuestImage(path=path, size=ABOVE_4G_SIZE, corpus="sparse, data above 4 GiB")
