@@ -61,6 +61,7 @@ bench-qemu: setup system-deps
 
 soak: setup
 	$(PY) benchmarks/soak_fuzz.py --seconds 600 $(UPDATE_DOCS_FLAG)
+	$(PY) benchmarks/net_fuzz.py --cases 10000 --jobs 2 $(UPDATE_DOCS_FLAG)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -27,7 +27,7 @@ from typing import Any
 from qatmig_engine import netfuzz as nf
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = "benchmarks/net_fuzz.py --cases N --update-docs"
+SCRIPT = "benchmarks/net_fuzz.py --cases 10000 --jobs 2 --update-docs"
 CODE = ["engine/destination.py", "engine/wire.py", "engine/mainstream.py", "engine/codecs",
         "engine/transport.py", "engine/netfuzz.py", "engine/replay.py", "fixtures/sessions"]
 

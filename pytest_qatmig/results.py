@@ -158,7 +158,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _fmt_column(field: str, value: Any) -> str:
+def format_perf_value(field: str, value: Any) -> str:
+    """A seed-table value printed the same way for every implementation and report."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         spec = PERF_FORMATS[field]
         return format(value, spec[:-1]) + "%" if spec.endswith("%") else format(value, spec)
@@ -184,7 +185,7 @@ def perf_table(records: Iterable[Mapping[str, Any]]) -> str:
             res.get("multifd_compression", rec.get("compression", "?")),
             res.get("multifd_channels", rec.get("channels", "?")),
             rec.get("device", "?"),
-            *(_fmt_column(f, res.get(f)) for _, f in PERF_COLUMNS),
+            *(format_perf_value(f, res.get(f)) for _, f in PERF_COLUMNS),
             "ok" if not rec.get("failures") else "FAIL",
         ])
     return format_table(headers, rows)

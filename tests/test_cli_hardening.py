@@ -105,7 +105,8 @@ def test_migrate_guest_larger_than_the_disk_fails_before_writing(tmp_path):
 
 def test_sigterm_while_building_an_image_leaves_no_part_file(tmp_path):
     out = tmp_path / "g.img"
-    proc = subprocess.Popen([*CLI, "guest", "build", "--size", "1G", "--corpus", "stand-in",
+    # 4 GiB: the build must still be running when the signal lands, even on a loaded machine
+    proc = subprocess.Popen([*CLI, "guest", "build", "--size", "4G", "--corpus", "stand-in",
                              "-o", str(out)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

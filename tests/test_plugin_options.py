@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+# Inline pytester runs drop the modules they imported; numpy (imported when a corpus option is
+# checked) refuses to load twice in one process, so import it here, outside the nested runs.
+import qatmig_engine.silesia.image  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 CHECK = """

@@ -31,7 +31,7 @@ import hashlib
 import json
 import mmap
 import os
-import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -239,11 +239,14 @@ def build_guest_image(path: str | os.PathLike[str], size: int,
     except OSError as exc:
         raise CorpusError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
     check_free_space(path.parent, size, zero_ratio)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.fchmod(fd, 0o644)
+    # The name is known before the file exists, so the ``finally`` below removes it whenever
+    # the build stops - even when SIGTERM (an exception in the CLI) lands right after creation.
+    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     h = hashlib.sha256() if sha256 else None
     zero_pages = 0
+    sidecar_written = placed = False
     try:
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as f:
             for p0, block, nonzero in iter_guest_runs(size, src, zero_ratio, seed):
                 zero_pages += int((~nonzero).sum())
@@ -262,8 +265,10 @@ def build_guest_image(path: str | os.PathLike[str], size: int,
                               corpus=name, zero_ratio=float(zero_ratio), seed=seed,
                               sha256=h.hexdigest() if h is not None else None,
                               path=str(path))
+        sidecar_written = True
         _write_sidecar(path, info)
         os.replace(tmp_name, path)
+        placed = True
     except OSError as exc:  # ENOSPC or EDQUOT despite the check (another writer), EIO, ...
         raise CorpusError(
             f"cannot write guest image {path}: {exc.strerror or exc} (partial file removed)"
@@ -272,6 +277,10 @@ def build_guest_image(path: str | os.PathLike[str], size: int,
         # Also on SIGTERM: the CLI turns it into an exception, so this runs.
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if sidecar_written and not placed:  # a sidecar must not describe an image not there
+            for side in (Path(str(path) + ".json"), Path(str(path) + ".json.tmp")):
+                if side.exists():
+                    side.unlink()
     return info
 
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from ..results import PERF_COLUMNS
+from ..results import PERF_COLUMNS, format_perf_value
 from .compare import RegressionLimit, compare_host
 from .model import (
     EXIT_CODES,
@@ -215,7 +215,7 @@ def seed_table(cases: list[dict[str, Any]]) -> list[str]:
             label += f" ({'/'.join(backends)})"
         how = "qatmig bench" if "run_matrix" in str(c.get("engine")) else "loopback"
         rows.append([label, c["multifd_channels"],
-                     *(_num(med.get(f)) for _, f in PERF_COLUMNS),
+                     *(format_perf_value(f, med.get(f)) for _, f in PERF_COLUMNS),
                      _num(med.get("compression_ratio"), 2), len(c.get("runs", [])), how,
                      _thresholds_text(c.get("thresholds", {})), c["status"]])
     return _table(["method", "channels", *SEED_HEADERS, "ratio", "runs", "measured by",
