@@ -83,7 +83,9 @@ def _honest_stats(result: Any, totals: dict[str, Any], channels: int) -> None:
         for key in ("transferred_bytes", "total_time_ms", "throughput_mbps", "downtime_ms"):
             assert result.get(key) is not None, f"{who} reports no {key}"
         _bytes_and_rate(result, totals, who)
-    assert result.downtime_ms is not None and result.downtime_ms > 0, (
+    # QEMU reports whole milliseconds: a stop shorter than 1 ms reads 0 there.
+    assert result.downtime_ms is not None and (result.downtime_ms > 0 or (
+        qemu and result.downtime_ms == 0)), (
         f"{who} reports downtime {result.downtime_ms!r} ms: the guest was stopped for the last "
         "round, so it cannot be 0")
     assert result.downtime_ms <= result.total_time_ms, "downtime longer than the migration"
@@ -100,7 +102,10 @@ def _honest_stats(result: Any, totals: dict[str, Any], channels: int) -> None:
 
 def _bytes_and_rate(result: Any, totals: dict[str, Any], who: str) -> None:
     wire = totals["wire_bytes"]
-    assert abs(result.transferred_bytes - wire) <= 0.02 * wire, (
+    # Every byte counts: packet headers are ~1.5 % of a compressed stream, so a count of
+    # payloads alone must not pass; QEMU counts its own way (2 %).
+    tol = 0.02 if str(result.get("source_implementation", "")).startswith("qemu") else 0.002
+    assert abs(result.transferred_bytes - wire) <= tol * wire, (
         f"{who} reports {result.transferred_bytes} bytes transferred; {wire} crossed the wire")
     # Times in whole milliseconds (QEMU's) on a short migration: 2 ms of slack either way.
     total_s = result.total_time_ms / 1000.0
