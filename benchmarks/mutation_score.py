@@ -474,8 +474,9 @@ def report_only(files: Sequence[str], docs: bool) -> int:
     print(summary(run) + f"; {len(outcomes) - len(run)} not run")
     if docs:
         meta = next((m for m in reversed(metas) if "command" in m), {})
+        extra = "".join(f" --pytest-arg={a}" for a in (metas[-1].get("pytest_args") or []))
         update_docs(outcomes, {
-            "command": meta.get("command", "python benchmarks/mutation_score.py"),
+            "command": meta.get("command", "python benchmarks/mutation_score.py" + extra),
             "loadavg": meta.get("loadavg", "?"), "seconds": sum(o.seconds for o in run)})
     return 0
 
@@ -539,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(o)
             if args.json:  # after every mutant: a long run interrupted still leaves its part
                 Path(args.json).write_text(json.dumps(
-                    {"meta": {"partial": True}, "outcomes": [asdict(x) for x in outcomes]},
-                    indent=2))
+                    {"meta": {"partial": True, "pytest_args": args.pytest_arg},
+                     "outcomes": [asdict(x) for x in outcomes]}, indent=2))
             print(f"[{i}/{len(chosen)}] {m.name}: {o.verdict} ({o.seconds:.0f} s)"
                   + (f" by {o.killed_by[0]}" if o.killed_by else "")
                   + (f" [{o.detail[:200]}]" if o.detail else ""), file=sys.stderr)
@@ -553,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary(outcomes))
     meta = {"command": "python benchmarks/mutation_score.py"
-            + (" --fast" if args.fast else "") + (f" -n {args.workers}"),
+            + (" --fast" if args.fast else "") + (f" -n {args.workers}")
+            + "".join(f" --pytest-arg={a}" for a in args.pytest_arg),
             "loadavg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
             "seconds": time.monotonic() - t0}
     if args.json:
