@@ -283,6 +283,10 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
             src.migrate(f"tcp:127.0.0.1:{target}")
             try:
                 run.source = src.wait_migration(timeout)
+            except (QemuTimeout, QemuError) as exc:
+                # A failing source is a result (e.g. the destination refused the stream and
+                # reset the connection), reported like engine_to_qemu's destination.
+                run.source = {"status": "failed", "error": str(exc)}
             finally:
                 run.src_cpu_s = src.cpu_seconds() - cpu0
                 run.dst_cpu_s, out, err = _communicate(listen, timeout)
