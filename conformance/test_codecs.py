@@ -193,3 +193,44 @@ def test_real_qemu_7_2_streams_decode_to_the_source_ram(qatmig_impl, method) -> 
             for i, off in enumerate(pkt.normal_offsets):
                 ram[off : off + PAGE] = out[i * PAGE : (i + 1) * PAGE]
     assert hashlib.sha256(ram).hexdigest() == manifest["ram"]["sha256"]
+
+
+def _qatzip_captures() -> list[str]:
+    from qatmig_engine.qemu.golden import load_manifest
+
+    return [c["name"] for c in load_manifest("qemu-10.0-qatzip")["captures"]
+            if c["direction"] != "engine-qemu"]
+
+
+@pytest.mark.qatmig_requires("codec-access", "qatzip")
+@pytest.mark.parametrize("capture", _qatzip_captures())
+def test_real_qemu_qatzip_streams_decode_to_the_source_ram(qatmig_impl, capture) -> None:  # type: ignore[no-untyped-def]
+    """QEMU 10.0 built with QATzip (libqatzip 1.3.1, levels 1 and 9): its packets decode with
+    the implementation's qatzip decoder to the RAM QEMU sent (zero pages: multifd zero_pages,
+    onto zeroed RAM)."""
+    from qatmig_engine.qemu.golden import load_connections, load_manifest
+    from qatmig_engine.wire import InitPacket, decode_packet, packet_len
+
+    spec = _codec(qatmig_impl, "qatzip")
+    manifest = load_manifest("qemu-10.0-qatzip")
+    entry = next(c for c in manifest["captures"] if c["name"] == capture)
+    conns = load_connections("qatzip", {**manifest, "captures": [entry]})
+    ram = bytearray(manifest["ram"]["size"])
+    hlen = packet_len(PAGE)
+    for conn in conns[1:]:  # [0] is the main channel
+        init = InitPacket.decode(conn[:64])
+        dec = spec.new_decompressor(channel=init.channel_id)
+        pos = 64
+        while pos < len(conn):
+            pkt = decode_packet(conn[pos : pos + hlen], manifest["dialect"],
+                                channel=init.channel_id)
+            pos += hlen
+            if not pkt.normal_pages:
+                continue
+            out = memoryview(dec.decompress(conn[pos : pos + pkt.payload_len], pkt.normal_pages))
+            pos += pkt.payload_len
+            if pkt.ramblock != "pc.ram":  # ROM blocks: not part of the compared RAM file
+                continue
+            for i, off in enumerate(pkt.normal_offsets):
+                ram[off : off + PAGE] = out[i * PAGE : (i + 1) * PAGE]
+    assert hashlib.sha256(ram).hexdigest() == manifest["ram"]["sha256"]
