@@ -9,7 +9,7 @@ packets are recognised and refused in every dialect.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .constants import (
     MULTIFD_FLAG_QATZIP,
@@ -104,20 +104,12 @@ DIALECTS: dict[str, Dialect] = {
         wording="new",
         machine_type="pc-i440fx-9.2",
     ),
-    "qemu-10.0": Dialect(
-        name="qemu-10.0",
-        compression_mask=0x3E,
-        methods=("none", "zlib", "zstd", "qatzip", "qpl", "uadk"),
-        has_zero_pages=True,
-        zero_page_detection=("none", "legacy", "multifd"),
-        default_zero_page_detection="multifd",
-        flush_after_each_section=False,
-        channel_by_magic=True,
-        wording="new",
-        machine_type="pc-i440fx-10.0",
-        switchover_start=True,
-    ),
 }
+
+# QEMU 10.0 speaks 9.2's wire plus MIG_CMD_SWITCHOVER_START for 10.x machine types.
+DIALECTS["qemu-10.0"] = replace(
+    DIALECTS["qemu-9.2"], name="qemu-10.0", machine_type="pc-i440fx-10.0", switchover_start=True
+)
 
 #: The one default of every command and API (the newest QEMU supported).
 DEFAULT_DIALECT = "qemu-10.0"
