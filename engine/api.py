@@ -24,7 +24,14 @@ from pathlib import Path
 from . import transport
 from .destination import Destination
 from .errors import ChannelClosed, ParameterError
-from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic, fill_stale
+from .guest import (
+    DEFAULT_RAMBLOCK,
+    GuestMemory,
+    RAMBlock,
+    fill_deterministic,
+    fill_stale,
+    write_block,
+)
 from .params import MigrationParameters
 from .source import DEFAULT_MAX_ITERS, Source
 from .stats import MigrationStats
@@ -291,12 +298,16 @@ def send(
     digest: bool = True,
     corpus: str = "auto",
     connect_wait: float = 0.0,
+    final_image: str | os.PathLike[str] | None = None,
 ) -> MigrationStats:
     """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
     ``guest_size``) to ``host:port``. After EOF it waits up to ``wait_for_destination``
     seconds (default: ``timeout``) for the destination to close the main channel: a reset
     there means the destination failed, and ``send`` reports failed too. ``connect_wait``:
-    seconds to keep retrying while the destination refuses connections (still starting)."""
+    seconds to keep retrying while the destination refuses connections (still starting).
+    ``final_image``: once the migration ended, write the first RAM block as it was when the
+    guest stopped (a workload's writes included) to this file -- what the destination must
+    hold (the guest image itself is never modified)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
@@ -316,6 +327,10 @@ def send(
             st.downtime_ms = (src.end_time - src.stop_time) * 1000
         if digest and st.status == "completed":
             st.source_digest = guest.blocks[0].digest()
+        if final_image is not None:
+            if workload is not None:
+                workload.stop()  # paused since the stop; no write may follow the dump
+            write_block(guest.blocks[0], final_image)
         return st
     except ChannelClosed:  # pragma: no cover - run() reports failures in stats
         raise
