@@ -290,7 +290,8 @@ class ExecImplementation:
         if ctx.machine_type:
             argv += ["--machine-type", ctx.machine_type]
         if getattr(ctx, "dirty_rate", 0):
-            argv += ["--dirty-rate", str(ctx.dirty_rate), "--final-image", os.fspath(ctx.final_image)]
+            argv += ["--dirty-rate", str(ctx.dirty_rate),
+                     "--final-image", os.fspath(ctx.final_image)]
         proc = _Proc(argv, ctx.workdir)
         try:
             rc = proc.wait(ctx.timeout + EXIT_GRACE)
