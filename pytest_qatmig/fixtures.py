@@ -158,10 +158,11 @@ class RecordingPair:
         return self._pair
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None) -> MigrationResult:
+                destination_fill: int | None = None, cut: Any = None) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
         ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
-        that byte instead of zeros.
+        that byte instead of zeros. ``cut`` (ends with roles only): a
+        :class:`qatmig_engine.tap.ChannelCut`, one connection killed mid-run by the suite's tap.
 
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
@@ -169,14 +170,18 @@ class RecordingPair:
         from .roles import Unsupported
 
         try:
-            if destination_fill is None:
+            extra: dict[str, Any] = {}
+            if destination_fill is not None:
+                extra["destination_fill"] = destination_fill
+            if cut is not None:
+                extra["cut"] = cut
+            if not extra:
                 raw = self._pair.migrate(guest, timeout=timeout)
-            elif hasattr(self._pair, "dst"):  # a RolePair: the suite creates the destination RAM
-                raw = self._pair.migrate(guest, timeout=timeout,  # type: ignore[call-arg]
-                                         destination_fill=destination_fill)
+            elif hasattr(self._pair, "dst"):  # a RolePair: the suite owns the RAM and the tap
+                raw = self._pair.migrate(guest, timeout=timeout, **extra)  # type: ignore[call-arg]
             else:
-                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero needs the "
-                            "destination/source roles (docs/plugin.md)")
+                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero or a channel cut "
+                            "by the suite needs the destination/source roles (docs/plugin.md)")
             result = MigrationResult.from_stats(raw)
         except Unsupported as exc:  # e.g. a guest size one end cannot run
             _skip_here(f"UNIMPLEMENTED: {exc}")

@@ -215,12 +215,14 @@ class RolePair:
         self.reports: list[Any] = []
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None) -> MigrationResult:
+                destination_fill: int | None = None, cut: Any = None) -> MigrationResult:
         """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's.
 
         ``destination_fill``: the destination's RAM file starts filled with this byte instead
         of zeros (a destination that skips zero pages then keeps stale bytes, as on a reused
-        host)."""
+        host). ``cut``: a :class:`qatmig_engine.tap.ChannelCut` -- the tap kills one connection
+        mid-run (the result's ``channel_cut`` says which, None if it never carried enough);
+        the tap is in the path then even without the judge."""
         from qatmig_engine.tap import TapChecker, TapProxy
 
         image = guest_path(guest)
@@ -253,19 +255,23 @@ class RolePair:
                                timeout=timeout, device=self.device)
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
-            if self.judge:
+            if self.judge or cut is not None:
                 from qatmig_engine.judge.expect import Expectations
 
-                # On a ready QAT device the source's library cuts each qzCompress call into
-                # 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's layout there.
-                hw = (self.spec.compression == "qatzip" and self.device is not None
-                      and bool(getattr(self.device, "hw_ready", False)))
-                checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
-                                     dialect=self.spec.dialect, method=self.spec.compression,
-                                     channels=self.spec.channels, uuid=vm_uuid,
-                                     level=self.spec.level)
+                checker = None
+                if self.judge:
+                    # On a ready QAT device the source's library cuts each qzCompress call
+                    # into 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's
+                    # layout there.
+                    hw = (self.spec.compression == "qatzip" and self.device is not None
+                          and bool(getattr(self.device, "hw_ready", False)))
+                    checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
+                                         dialect=self.spec.dialect,
+                                         method=self.spec.compression,
+                                         channels=self.spec.channels, uuid=vm_uuid,
+                                         level=self.spec.level)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
-                                 timeout=timeout)
+                                 timeout=timeout, cut=cut)
                 address = ("127.0.0.1", proxy.start())
             sctx = RoleContext(ram=src_ram, ram_size=size, uuid=vm_uuid, workdir=src_dir,
                                timeout=timeout, device=self.device,
@@ -312,6 +318,8 @@ class RolePair:
         result = self._result(src_res, dst_res, want, got, src_after, errors, report)
         if mismatch is not None:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
+        if cut is not None:
+            result = MigrationResult({**result, "channel_cut": proxy.cut_done if proxy else None})
         self.results.append(result)
         return result
 
