@@ -24,7 +24,14 @@ from pathlib import Path
 from . import transport
 from .destination import Destination
 from .errors import ChannelClosed, ParameterError
-from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic, fill_stale
+from .guest import (
+    DEFAULT_RAMBLOCK,
+    GuestMemory,
+    RAMBlock,
+    fill_deterministic,
+    fill_stale,
+    write_block,
+)
 from .params import MigrationParameters
 from .source import DEFAULT_MAX_ITERS, Source
 from .stats import MigrationStats
@@ -296,6 +303,7 @@ def send(
     digest: bool = True,
     corpus: str = "auto",
     connect_wait: float = 0.0,
+    final_image: str | os.PathLike[str] | None = None,
     on_done: Callable[[MigrationStats], None] | None = None,
 ) -> MigrationStats:
     """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
@@ -303,8 +311,11 @@ def send(
     seconds (default: ``timeout``) for the destination to close the main channel: a reset
     there means the destination failed, and ``send`` reports failed too. ``connect_wait``:
     seconds to keep retrying while the destination refuses connections (still starting).
-    ``on_done(stats)``: called as soon as the migration has ended, before the guest is
-    digested and unmapped (see :func:`listen`)."""
+    ``final_image``: once the migration ended, write the first RAM block as it was when the
+    guest stopped (a workload's writes included) to this file -- what the destination must
+    hold (the guest image itself is never modified). ``on_done(stats)``: called as soon as
+    the migration has ended, before the guest is digested, dumped and unmapped (see
+    :func:`listen`)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
@@ -326,6 +337,10 @@ def send(
             on_done(st)
         if digest and st.status == "completed":
             st.source_digest = guest.blocks[0].digest()
+        if final_image is not None:
+            if workload is not None:
+                workload.stop()  # paused since the stop; no write may follow the dump
+            write_block(guest.blocks[0], final_image)
         return st
     except ChannelClosed:  # pragma: no cover - run() reports failures in stats
         raise

@@ -158,10 +158,12 @@ class RecordingPair:
         return self._pair
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None) -> MigrationResult:
+                destination_fill: int | None = None, dirty_rate: int = 0) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
         ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
-        that byte instead of zeros.
+        that byte instead of zeros. ``dirty_rate`` (ends with roles, a source with the
+        ``dirty-rate`` capability): pages/s the source's workload dirties during precopy; the
+        destination must equal the source's RAM at stop time.
 
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
@@ -169,11 +171,15 @@ class RecordingPair:
         from .roles import Unsupported
 
         try:
-            if destination_fill is None:
+            if destination_fill is None and not dirty_rate:
                 raw = self._pair.migrate(guest, timeout=timeout)
             elif hasattr(self._pair, "dst"):  # a RolePair: the suite creates the destination RAM
                 raw = self._pair.migrate(guest, timeout=timeout,  # type: ignore[call-arg]
-                                         destination_fill=destination_fill)
+                                         destination_fill=destination_fill,
+                                         dirty_rate=dirty_rate)
+            elif dirty_rate:
+                pytest.skip("UNIMPLEMENTED: a guest dirtied during precopy needs the "
+                            "destination/source roles (docs/plugin.md)")
             else:
                 pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero needs the "
                             "destination/source roles (docs/plugin.md)")

@@ -17,7 +17,7 @@ def engine_capabilities() -> list[str]:
     from ..codecs import get_codec
     from ..dialects import DIALECTS
 
-    caps = {"max-bandwidth", "verify", "zero-page-detection"}
+    caps = {"max-bandwidth", "verify", "zero-page-detection", "dirty-rate"}
     for method in ("none", "zlib", "zstd", "qatzip", "qpl", "uadk"):
         try:
             get_codec(method)
