@@ -169,7 +169,7 @@ class ReferenceImplementation:
         from qatmig_engine.codecs import get_codec
         from qatmig_engine.dialects import DIALECTS
 
-        caps = {"max-bandwidth", "verify", "codec-access", "zero-page-detection",
+        caps = {"max-bandwidth", "verify", "codec-access", "zero-page-detection", "dirty-rate",
                 "qat-fault-injection"}
         for method in METHODS:
             try:
@@ -235,7 +235,8 @@ class ReferenceImplementation:
         st = send(address[0], address[1], ctx.ram, self.parameters(spec, ctx.device),
                   guest_size=ctx.ram_size, ramblock=ctx.ramblock, uuid=ctx.uuid,
                   timeout=ctx.timeout, machine_type=ctx.machine_type or DEFAULT_MACHINE_TYPE,
-                  digest=False)
+                  digest=False, dirty_rate=getattr(ctx, "dirty_rate", 0),
+                  final_image=getattr(ctx, "final_image", None))
         return dict(st.to_json())
 
     def codec(self, method: str) -> Any:
