@@ -344,7 +344,8 @@ class RolePair:
         self.reports: list[Any] = []
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None, dirty_rate: int = 0) -> MigrationResult:
+                destination_fill: int | None = None, dirty_rate: int = 0,
+                cut: Any = None) -> MigrationResult:
         """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's.
 
         ``destination_fill``: the destination's RAM file starts filled with this byte instead
@@ -352,7 +353,10 @@ class RolePair:
         host). ``dirty_rate``: pages/s the source's workload dirties during precopy; the
         destination must then equal the source's RAM at stop time (its ``final_image``), and
         the result's ``workload_pages_changed`` says how many pages that differs from the
-        image in (0 = the workload never wrote: nothing was tested)."""
+        image in (0 = the workload never wrote: nothing was tested). ``cut``: a
+        :class:`qatmig_engine.tap.ChannelCut` -- the tap kills one connection mid-run (the
+        result's ``channel_cut`` says which, None if it never carried enough); the tap is in
+        the path then even without the judge."""
         from qatmig_engine.tap import TapChecker, TapProxy
 
         image = guest_path(guest)
@@ -392,26 +396,29 @@ class RolePair:
                                timeout=timeout, device=self.device)
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
-            if self.judge:
+            if self.judge or cut is not None:
                 from qatmig_engine.judge.expect import Expectations
 
-                # On a ready QAT device the source's library cuts each qzCompress call into
-                # 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's layout there.
-                hw = (self.spec.compression == "qatzip" and self.device is not None
-                      and bool(getattr(self.device, "hw_ready", False)))
-                # The guest's layout: its one block, and (a static guest) its bytes, which the
-                # last copy of every page must equal (holes read as zeros, not faulted in).
-                if not dirty_rate:
-                    source_view = SparseImage(image, size)
-                checker = TapChecker(
-                    Expectations(qatzip_hw_chunks=hw, ramblocks={RAMBLOCK: size},
-                                 other_ramblocks=bool(getattr(self.src, "other_ramblocks",
-                                                              False))),
-                    dialect=self.spec.dialect, method=self.spec.compression,
-                    channels=self.spec.channels, uuid=vm_uuid, level=self.spec.level,
-                    source={RAMBLOCK: source_view} if source_view is not None else None)
+                checker = None
+                if self.judge:
+                    # On a ready QAT device the source's library cuts each qzCompress call
+                    # into 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's
+                    # layout there.
+                    hw = (self.spec.compression == "qatzip" and self.device is not None
+                          and bool(getattr(self.device, "hw_ready", False)))
+                    # The guest's layout: its one block, and (a static guest) its bytes, which
+                    # the last copy of every page must equal (holes read as zeros, unread).
+                    if not dirty_rate:
+                        source_view = SparseImage(image, size)
+                    checker = TapChecker(
+                        Expectations(qatzip_hw_chunks=hw, ramblocks={RAMBLOCK: size},
+                                     other_ramblocks=bool(getattr(self.src, "other_ramblocks",
+                                                                  False))),
+                        dialect=self.spec.dialect, method=self.spec.compression,
+                        channels=self.spec.channels, uuid=vm_uuid, level=self.spec.level,
+                        source={RAMBLOCK: source_view} if source_view is not None else None)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
-                                 timeout=timeout)
+                                 timeout=timeout, cut=cut)
                 address = ("127.0.0.1", proxy.start())
             sctx = RoleContext(ram=src_ram, ram_size=size, uuid=vm_uuid, workdir=src_dir,
                                timeout=timeout, device=self.device,
@@ -480,6 +487,8 @@ class RolePair:
                                       "workload_pages_changed": changed})
         if mismatch is not None:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
+        if cut is not None:
+            result = MigrationResult({**result, "channel_cut": proxy.cut_done if proxy else None})
         self.results.append(result)
         return result
 
