@@ -17,13 +17,13 @@
 
 from __future__ import annotations
 
-import select
 import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import tls as tlsmod
 from . import transport
 from .codecs import get_codec
 from .constants import (
@@ -33,7 +33,7 @@ from .constants import (
     TARGET_PAGE_SIZE,
 )
 from .dialects import get_dialect
-from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
+from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError, TLSError
 from .guest import GuestMemory, RAMBlock
 from .mainstream import (
     RETURN_PATH_COMMANDS,
@@ -98,7 +98,7 @@ class _Receiver(transport.ChannelThread):
         what = f"multifd channel {self.channel}"
         while True:
             try:
-                r, _, _ = select.select([self.sock], [], [], transport.TICK)
+                r = tlsmod.wait_readable([self.sock], transport.TICK)
             except (OSError, ValueError):
                 if dst.act.cancel.is_set():
                     raise Cancelled(f"{what}: migration cancelled") from None
@@ -273,6 +273,10 @@ class Destination:
         self.received: dict[str, bytearray] = (
             {b.name: bytearray(b.pages) for b in guest.blocks} if fresh_ram else {}
         )
+        #: tls-creds: every channel is a TLS server for the source (its certificate checked,
+        #: tls-authz applied); built at run() so a bad directory fails the migration cleanly.
+        self.tls = tlsmod.settings_from(params)
+        self.tls_ctx: Any = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -291,7 +295,7 @@ class Destination:
     def _accept_all(self) -> None:
         n = self.channels
         chans: dict[int, Any] = {}
-        by_magic = self.dialect.channel_by_magic
+        by_magic = self.dialect.channel_by_magic and self.tls is None
         while self.main_sock is None or len(chans) < n:
             main_state = "connected" if self.main_sock is not None else "missing"
             what = (
@@ -306,6 +310,14 @@ class Destination:
                     f"multifd-channels={n} and this --dialect ({self.dialect.name})?"
                 ) from None
             try:
+                if self.tls is not None:
+                    what = ("main channel" if self.main_sock is None else
+                            f"multifd connection #{len(chans)}")
+                    conn = tlsmod.server_handshake(conn, self.tls_ctx, self.tls, self.act, what)
+                    if self.main_sock is None:
+                        cert = conn.getpeercert() or {}
+                        self.stats.tls_peer_dn = tlsmod.distinguished_name(
+                            cert.get("subject", ()))
                 if by_magic:
                     role = identify_channel(
                         transport.peek_exact(conn, 4, self.act, "new connection")
@@ -323,8 +335,13 @@ class Destination:
                 if init.channel_id in chans:
                     raise duplicate_channel_error(init.channel_id)
                 chans[init.channel_id] = conn
-            except BaseException:
-                transport.abort(conn)
+            except BaseException as exc:
+                if isinstance(exc, TLSError):
+                    # A refusal: close (not reset) so the source reads the alert or the
+                    # close_notify and can say why.
+                    transport.close(conn)
+                else:
+                    transport.abort(conn)
                 for s in chans.values():
                     transport.abort(s)
                 raise
@@ -486,6 +503,8 @@ class Destination:
         t_start = time.monotonic()
         t_first: float | None = None
         try:
+            if self.tls is not None:
+                self.tls_ctx = self.tls.server_context()
             self._accept_all()
             t_first = time.monotonic()
             self._acceptor = threading.Thread(
@@ -525,6 +544,7 @@ class Destination:
             self._done.set()
             if self.rp_open:
                 self._send_shut(failed=False)
+            tlsmod.bye(sock)
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             st.record_failure(exc, self.act.error)
