@@ -11,9 +11,12 @@
   host name ``tls-hostname`` (QEMU's default: the host of the migration URI), on the main
   channel and on every multifd channel alike.
 * ``tls-authz``: the destination admits only client certificates whose distinguished name is
-  in the list. QEMU hands ``authz-list``/``authz-simple`` the DN as gnutls prints it
-  (RFC 4514: most specific first, ``CN=client,O=Example,C=GB``); :func:`distinguished_name`
-  prints it the same way from Python's parsed certificate.
+  in the list. QEMU hands ``authz-list``/``authz-simple`` the DN as gnutls'
+  ``gnutls_x509_crt_get_dn`` prints it: the certificate's order (most general first, the
+  reverse of RFC 4514's), RFC 4514 escaping: ``C=GB,O=Example,CN=client`` (what QEMU 7.2 and
+  10.0 print in "TLS x509 authz check for ... is denied", and what ``openssl x509 -noout
+  -subject -nameopt RFC2253,-dn_rev`` prints); :func:`distinguished_name` prints it the same
+  way from Python's parsed certificate.
 * A TLS channel cannot be peeked, so the destination takes the first connection as the main
   channel and the rest as multifd (QEMU 8.0+ does the same for non-peekable channels), and
   the source connects and finishes the main channel's handshake before it opens any multifd
@@ -70,10 +73,10 @@ def _escape_dn_value(value: str) -> str:
 
 def distinguished_name(subject: Sequence[Sequence[tuple[str, str]]]) -> str:
     """The DN of a certificate subject (``SSLSocket.getpeercert()['subject']``) in the form
-    QEMU's ``tls-authz`` matches: RFC 4514, as gnutls prints it (``CN=client,O=Example,C=GB``).
-    """
+    QEMU's ``tls-authz`` matches, as gnutls prints it: certificate order, RFC 4514 escaping
+    (``C=GB,O=Example,CN=client``)."""
     rdns = []
-    for rdn in reversed(list(subject)):
+    for rdn in subject:
         rdns.append("+".join(f"{_DN_NAMES.get(k, k)}={_escape_dn_value(v)}" for k, v in rdn))
     return ",".join(rdns)
 
@@ -132,6 +135,11 @@ class TLSSettings:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.verify_mode = ssl.CERT_REQUIRED
+        # No TLS 1.3 session tickets: a QEMU source never reads its multifd channels, and
+        # closing a socket with unread bytes (the tickets) resets the connection, which can
+        # cut off the end of the data still in flight to us.
+        ctx.num_tickets = 0
+        ctx.options |= ssl.OP_NO_TICKET
         self._load(ctx, self._need(SERVER_CERT, "this destination's certificate"),
                    self._need(SERVER_KEY, "this destination's private key"))
         return ctx
@@ -349,6 +357,12 @@ def refusal(sock: object, what: str, tls: TLSSettings, host: str,
         except OSError:
             data = b""
         if not data:
+            if not os.path.isfile(tls._path(CLIENT_CERT)):
+                return TLSError(
+                    f"{what}: the destination closed the TLS connection before the migration "
+                    f"started: this source has no client certificate (no client-cert.pem in "
+                    f"{tls.creds}), which a destination verifying its peer (QEMU's "
+                    "verify-peer=on) refuses; see the destination's error")
             return TLSError(
                 f"{what}: the destination closed the TLS connection before the migration "
                 "started: it refused this source (client certificate not in its tls-authz list, "

@@ -31,7 +31,7 @@ SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def subject_to_dn(subject: str) -> str:
-    """openssl's ``/C=GB/O=x/CN=y`` as the DN tls-authz matches (RFC 4514: ``CN=y,O=x,C=GB``)."""
+    """openssl's ``/C=GB/O=x/CN=y`` as the DN tls-authz matches (gnutls: ``C=GB,O=x,CN=y``)."""
     from .tls import distinguished_name
 
     short = {"CN": "commonName", "C": "countryName", "L": "localityName",
@@ -73,11 +73,14 @@ def make_ca(directory: str | os.PathLike[str], subject: str = CA_SUBJECT,
     d.mkdir(parents=True, exist_ok=True)
     key, cert = d / "ca-key.pem", d / CA_CERT
     _key(key)
-    ext = d / "ca.ext"
-    ext.write_text("[v3]\nbasicConstraints=critical,CA:TRUE\n"
-                   "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n")
-    _openssl("req", "-x509", "-new", "-key", str(key), "-out", str(cert), "-days", str(days),
-             "-subj", subject, "-config", str(ext), "-extensions", "v3", "-sha256")
+    with tempfile.TemporaryDirectory() as tmp:
+        ext = Path(tmp) / "ca.ext"
+        ext.write_text("[req]\ndistinguished_name=dn\n[dn]\n[v3]\n"
+                       "basicConstraints=critical,CA:TRUE\n"
+                       "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n")
+        _openssl("req", "-x509", "-new", "-key", str(key), "-out", str(cert), "-days",
+                 str(days), "-subj", subject, "-config", str(ext), "-extensions", "v3",
+                 "-sha256")
     return CertificateAuthority(cert, key)
 
 
@@ -162,5 +165,17 @@ def make_test_creds(root: str | os.PathLike[str]) -> TLSTestCreds:
     )
 
 
-__all__ = ["OTHER_CLIENT_SUBJECT", "TLSTestCreds", "make_test_creds", "CA_SUBJECT", "CLIENT_SUBJECT", "SERVER_NAMES", "SERVER_SUBJECT",
-           "CertificateAuthority", "make_ca", "make_cert", "make_creds", "subject_to_dn"]
+__all__ = [
+    "CA_SUBJECT",
+    "CLIENT_SUBJECT",
+    "OTHER_CLIENT_SUBJECT",
+    "SERVER_NAMES",
+    "SERVER_SUBJECT",
+    "CertificateAuthority",
+    "TLSTestCreds",
+    "make_ca",
+    "make_cert",
+    "make_creds",
+    "make_test_creds",
+    "subject_to_dn",
+]

@@ -54,22 +54,23 @@ def _migrate(src: dict, dst: dict, *, method: str = "zstd", channels: int = 3,
 # ------------------------------------------------------------------ pieces
 
 def test_dn_is_printed_as_openssl_rfc2253_prints_it(tls_creds):
-    """tls-authz matches gnutls' RFC 4514 DN; openssl's -nameopt RFC2253 prints the same."""
+    """tls-authz matches the DN as gnutls prints it (certificate order, RFC 4514 escaping);
+    openssl's -nameopt RFC2253,-dn_rev prints the same (QEMU's own check: test_tls_qemu.py)."""
     import ssl
 
     cert = ssl._ssl._test_decode_cert(str(tls_creds.good / "client-cert.pem"))  # type: ignore
     ours = distinguished_name(cert["subject"])
     theirs = subprocess.run(
-        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in",
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253,-dn_rev", "-in",
          str(tls_creds.good / "client-cert.pem")], capture_output=True, text=True, check=True,
     ).stdout.strip().removeprefix("subject=")
-    assert ours == theirs == tls_creds.client_dn == "CN=qatmig source,O=qatmig test,C=GB"
+    assert ours == theirs == tls_creds.client_dn == "C=GB,O=qatmig test,CN=qatmig source"
 
 
 def test_dn_escaping():
     subject = ((("countryName", "GB"),), (("organizationName", "A, B+C"),),
                (("commonName", " x#"),), (("organizationalUnitName", "u"), ("userId", "7")))
-    assert distinguished_name(subject) == r"OU=u+UID=7,CN=\ x#,O=A\, B\+C,C=GB"
+    assert distinguished_name(subject) == r"C=GB,O=A\, B\+C,CN=\ x#,OU=u+UID=7"
 
 
 def test_tls_parameters_are_checked():
@@ -136,7 +137,7 @@ def test_tls_hostname_names_the_certificate(tls_creds):
 
 
 def test_tls_source_plain_destination_say_so(tls_creds):
-    st, dst, _s, dst_guest = _migrate({"tls_creds": str(tls_creds.good)}, {}, timeout=5)
+    st, dst, _s, _g = _migrate({"tls_creds": str(tls_creds.good)}, {}, timeout=5)
     assert st.status == dst.status == "failed"
     assert "TLS handshake record" in dst.error and "tls-creds" in dst.error
     assert "does the destination use TLS" in st.error
@@ -239,3 +240,22 @@ def test_help_says_how_dir_maps_to_qemu():
                          check=True).stdout
     assert "--tls-creds DIR" in out and "tls-creds-x509" in out and "--tls-authz DN" in out
     assert sys.executable  # the CLI ran with this interpreter
+
+
+def test_tls_certs_command_makes_a_usable_dir(tmp_path):
+    """`qatmig tls-certs DIR` (docs' first step) makes QEMU's layout; `qatmig migrate
+    --tls-creds DIR` runs over TLS with it."""
+    import json
+
+    out = subprocess.run([*QATMIG, "tls-certs", str(tmp_path / "creds"), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    info = json.loads(out)
+    assert info["client_dn"] == "C=GB,O=qatmig test,CN=qatmig source"
+    names = sorted(p.name for p in (tmp_path / "creds").iterdir())
+    assert names == ["ca-cert.pem", "client-cert.pem", "client-key.pem", "server-cert.pem",
+                     "server-key.pem"]  # the CA's key is not among them
+    r = subprocess.run([*QATMIG, "migrate", "--guest-size", "8M", "--corpus", "filler",
+                        "--tls-creds", str(tmp_path / "creds"), "--tls-authz",
+                        info["client_dn"], "--json", "--quiet"], capture_output=True, text=True)
+    st = json.loads(r.stdout)
+    assert r.returncode == 0 and st["tls"] and st["tls_peer_dn"] == info["client_dn"], r.stderr

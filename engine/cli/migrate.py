@@ -117,9 +117,9 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                    "HOST it connects to)")
     t.add_argument("--tls-authz", metavar="DN", action="append", default=None,
                    help="destination: admit only a source whose client certificate has this "
-                   "distinguished name, written as gnutls/QEMU print it (RFC 4514, e.g. "
-                   "'CN=source,O=Example,C=GB'; `openssl x509 -noout -subject -nameopt "
-                   "RFC2253 -in client-cert.pem` shows it); repeat for more (QEMU's "
+                   "distinguished name, written as QEMU (gnutls) prints it: certificate order, "
+                   "e.g. 'C=GB,O=Example,CN=source' (`openssl x509 -noout -subject -nameopt "
+                   "RFC2253,-dn_rev -in client-cert.pem` shows it); repeat for more (QEMU's "
                    "authz-list, exact match)")
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
