@@ -71,6 +71,8 @@ from .wire import (
 DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 
 _MAIN_RECV = 256 << 10
+#: TLS: at most this much of the main channel is read ahead while multifd channels connect.
+_MAIN_PREFIX_MAX = 16 << 20
 #: Device state a return-path destination buffers after the RAM section while it looks for
 #: the stream's end (QEMU's is ~0.1 MiB without a guest OS).
 MAX_DEVICE_STATE_BYTES = 64 << 20
@@ -277,6 +279,8 @@ class Destination:
         #: tls-authz applied); built at run() so a bad directory fails the migration cleanly.
         self.tls = tlsmod.settings_from(params)
         self.tls_ctx: Any = None
+        #: TLS: main channel bytes read while the multifd channels were still connecting.
+        self._main_prefix = bytearray()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -303,6 +307,8 @@ class Destination:
                 "multifd)"
             )
             try:
+                if self.tls is not None and self.main_sock is not None:
+                    self._wait_accept_watching_main(what)
                 conn = transport.accept(self.lsock, self.act, what)
             except PeerTimeout:
                 raise PeerTimeout(
@@ -346,6 +352,39 @@ class Destination:
                     transport.abort(s)
                 raise
         self.receivers = [_Receiver(self, i, chans[i]) for i in range(n)]
+
+    def _wait_accept_watching_main(self, what: str) -> None:
+        """TLS: until a connection waits to be accepted, read what the main channel brings.
+
+        A QEMU source checks this destination's certificate (host name) only after its
+        handshake and then closes the main channel without opening any multifd channel:
+        seeing that close here fails at once instead of at the idle timeout. What the main
+        channel carries meanwhile (the stream's start) is kept for the decoder."""
+        lsock, main = self.lsock, self.main_sock
+        while True:
+            ready = tlsmod.wait_readable([lsock, main], transport.TICK)
+            if lsock in ready:
+                return
+            if main in ready and len(self._main_prefix) < _MAIN_PREFIX_MAX:
+                try:
+                    data = main.recv(_MAIN_RECV)
+                except TimeoutError:
+                    continue  # part of a TLS record only
+                except OSError as exc:
+                    data = b""
+                    detail = f" ({getattr(exc, 'reason', None) or exc})"
+                else:
+                    detail = ""
+                if not data:
+                    raise TLSError(
+                        "main channel: the source closed it before opening its multifd "
+                        f"channels{detail}: it may have refused this destination's certificate "
+                        "(tls-hostname not in it, or signed by a CA it does not trust); see "
+                        "the source's error")
+                self._main_prefix += data
+                self.act.touch()
+                continue
+            self.act.check(what)
 
     def _accept_extra(self) -> None:
         """Any connection after the expected ones fails the migration (more channels than
@@ -516,7 +555,10 @@ class Destination:
             dec = self.decoder
             sock = self.main_sock
             while True:
-                data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
+                if self._main_prefix:
+                    data, self._main_prefix = bytes(self._main_prefix), bytearray()
+                else:
+                    data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
                 self.act.raise_failure()
                 if not data:
                     dec.close()
