@@ -656,9 +656,10 @@ class Source:
             self.wait_for_destination
         socks = [self.main_sock] + [s.sock for s in self.senders]
         if self.tls is not None:
-            # QEMU 10.0's clean TLS termination: close_notify on every multifd channel (a
-            # 10.0 destination fails a channel that ends without one); on the main channel
-            # too unless the return path still has to bring MIG_RP_MSG_SHUT back.
+            # QEMU 10.0's clean TLS termination: close_notify on every multifd channel (10.0
+            # destinations treat a premature end as an error unless the compat property
+            # multifd-clean-tls-termination is off); on the main channel too unless the
+            # return path still has to bring MIG_RP_MSG_SHUT back.
             for s in socks[1:] if self.params.return_path else socks:
                 tlsmod.bye(s)
         else:

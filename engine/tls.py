@@ -21,10 +21,15 @@
   channel and the rest as multifd (QEMU 8.0+ does the same for non-peekable channels), and
   the source connects and finishes the main channel's handshake before it opens any multifd
   channel.
-* End of a channel: the source sends close_notify on every multifd channel (QEMU 10.0's
-  clean termination, which a 10.0 destination requires unless
-  ``multifd-clean-tls-termination=off``); a multifd channel that ends without one at a packet
-  boundary is still accepted, as QEMU 7.2 sources close that way.
+* End of a channel: the source sends close_notify on every multifd channel, as QEMU 10.0
+  does (10.0 destinations treat a premature TLS end as an error unless the compat property
+  ``multifd-clean-tls-termination`` is off); this source also closes only after the
+  destination closed the main channel, so a 7.2 or 10.0 destination has read everything by
+  then. A multifd channel that ends without close_notify at a packet boundary is accepted,
+  as QEMU 7.2 sources close that way.
+* The destination sends no TLS 1.3 session tickets: a QEMU source never reads its multifd
+  channels, and closing a socket with unread bytes resets it, which cut off data still in
+  flight from a QEMU 10.0 source (seen: "connection closed by peer after 131072 of ...").
 
 Every handshake waits in short ticks under the migration's idle timeout and cancellation
 (:class:`~qatmig_engine.transport.Activity`): nothing here waits without a bound.
