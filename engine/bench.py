@@ -639,8 +639,10 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
                       "zero_ratio": m.zero_ratio},
             "stamp": stamped,
             "cpu_method": "utime+stime of each end's process over the migration "
-                          "(/proc/<pid>/stat for QEMU, getrusage around api.send/api.listen "
-                          "for the engine); start-up excluded",
+                          "(/proc/<pid>/stat for QEMU, until it reports completed; getrusage "
+                          "from the call of api.send/api.listen until the migration ended, "
+                          "before the guest is unmapped, for the engine); start-up and "
+                          "tear-down excluded",
         },
         "impls": [i.to_json() for i in m.impls],
         "methods": m.methods, "channels": m.channels, "max_bandwidth": m.bandwidths,
