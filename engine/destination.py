@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -34,7 +35,7 @@ from .constants import (
 )
 from .dialects import get_dialect
 from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError, TLSError
-from .guest import GuestMemory, RAMBlock
+from .guest import GuestMemory, RAMBlock, file_data_map
 from .mainstream import (
     RETURN_PATH_COMMANDS,
     Configuration,
@@ -205,6 +206,21 @@ class _Receiver(transport.ChannelThread):
                 self.round += 1
 
 
+def _holes_as_receivedmap(blk: RAMBlock) -> bytearray | None:
+    """A receivedmap for a shared file mapping: 1 for pages holding file data, 0 for holes."""
+    if not getattr(blk, "shared_file", False) or blk.path is None:
+        return None
+
+    try:
+        fd = os.open(blk.path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return file_data_map(fd, blk.used_length, blk.page_size)
+    finally:
+        os.close(fd)
+
+
 class Destination:
     """Serve one incoming migration into ``guest``; :meth:`run` once.
 
@@ -275,6 +291,13 @@ class Destination:
         self.received: dict[str, bytearray] = (
             {b.name: bytearray(b.pages) for b in guest.blocks} if fresh_ram else {}
         )
+        if not fresh_ram:
+            # RAM in a file that already existed: its holes are zero all the same (a sparse
+            # guest's 4 GiB of zero pages then cost neither a read nor a page fault).
+            for b in guest.blocks:
+                known = _holes_as_receivedmap(b)
+                if known is not None:
+                    self.received[b.name] = known
         #: tls-creds: every channel is a TLS server for the source (its certificate checked,
         #: tls-authz applied); built at run() so a bad directory fails the migration cleanly.
         self.tls = tlsmod.settings_from(params)
