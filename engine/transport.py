@@ -264,20 +264,18 @@ def connect(
         try:
             sock = socket.create_connection((host, port), timeout=act.idle_timeout)
             break
-        except ConnectionRefusedError as exc:
-            if time.monotonic() < deadline and not act.cancel.is_set():
+        except OSError as exc:
+            refused = isinstance(exc, ConnectionRefusedError)
+            if refused and time.monotonic() < deadline and not act.cancel.is_set():
                 time.sleep(0.05)
                 continue
-            hint = (f"still refused after --connect-wait {wait:g} s" if wait > 0 else
-                    "use --connect-wait S to retry while it starts")
+            hint = ""
+            if refused:
+                hint = " " + (f"still refused after --connect-wait {wait:g} s" if wait > 0
+                              else "use --connect-wait S to retry while it starts")
             raise MigrationError(
                 f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} (is `qatmig "
-                f"listen` running there? {hint})"
-            ) from None
-        except OSError as exc:
-            raise MigrationError(
-                f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
-                "(is `qatmig listen` running there?)"
+                f"listen` running there?{hint})"
             ) from None
     return prepare(sock)
 
