@@ -80,6 +80,19 @@ def qat_device(request: pytest.FixtureRequest) -> QatDevice:
 
 
 @pytest.fixture(scope="session")
+def tls_creds(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """x509 credentials for TLS migrations, made once per session with ``openssl``:
+    a ``qatmig_engine.tlscerts.TLSTestCreds`` (``good``, ``wrong_ca``, ``no_client``,
+    ``other_client`` directories laid out as QEMU's tls-creds-x509 dir, and the client DNs)."""
+    if shutil.which("openssl") is None:
+        _skip_here("the openssl command is needed to make TLS test certificates: "
+                   "apt-get install openssl")
+    from qatmig_engine.tlscerts import make_test_creds
+
+    return make_test_creds(tmp_path_factory.mktemp("tls-creds"))
+
+
+@pytest.fixture(scope="session")
 def silesia_guest_memory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> GuestImage:
@@ -158,12 +171,15 @@ class RecordingPair:
         return self._pair
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None, dirty_rate: int = 0) -> MigrationResult:
+                destination_fill: int | None = None, dirty_rate: int = 0,
+                cut: Any = None) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
         ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
         that byte instead of zeros. ``dirty_rate`` (ends with roles, a source with the
         ``dirty-rate`` capability): pages/s the source's workload dirties during precopy; the
-        destination must equal the source's RAM at stop time.
+        destination must equal the source's RAM at stop time. ``cut`` (ends with roles only):
+        a :class:`qatmig_engine.tap.ChannelCut`, one connection killed mid-run by the suite's
+        tap.
 
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
@@ -171,18 +187,23 @@ class RecordingPair:
         from .roles import Unsupported
 
         try:
-            if destination_fill is None and not dirty_rate:
+            extra: dict[str, Any] = {}
+            if destination_fill is not None:
+                extra["destination_fill"] = destination_fill
+            if dirty_rate:
+                extra["dirty_rate"] = dirty_rate
+            if cut is not None:
+                extra["cut"] = cut
+            if not extra:
                 raw = self._pair.migrate(guest, timeout=timeout)
-            elif hasattr(self._pair, "dst"):  # a RolePair: the suite creates the destination RAM
-                raw = self._pair.migrate(guest, timeout=timeout,  # type: ignore[call-arg]
-                                         destination_fill=destination_fill,
-                                         dirty_rate=dirty_rate)
+            elif hasattr(self._pair, "dst"):  # a RolePair: the suite owns the RAM and the tap
+                raw = self._pair.migrate(guest, timeout=timeout, **extra)  # type: ignore[call-arg]
             elif dirty_rate:
                 pytest.skip("UNIMPLEMENTED: a guest dirtied during precopy needs the "
                             "destination/source roles (docs/plugin.md)")
             else:
-                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero needs the "
-                            "destination/source roles (docs/plugin.md)")
+                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero or a channel cut "
+                            "by the suite needs the destination/source roles (docs/plugin.md)")
             result = MigrationResult.from_stats(raw)
         except Unsupported as exc:  # e.g. a guest size one end cannot run
             _skip_here(f"UNIMPLEMENTED: {exc}")

@@ -29,6 +29,7 @@ from .fixtures import (
     qatmig_impl,
     qatmig_peer,
     silesia_guest_memory,
+    tls_creds,
 )
 from .results import PERF_LEGEND, perf_table
 from .state import OPTIONS, is_worker
@@ -36,7 +37,7 @@ from .state import OPTIONS, is_worker
 __all__ = [
     "guest_above_4g", "guest_odd_size", "guest_small_text", "guest_with_zero_pages",
     "multifd_pair", "qat_device", "qatmig_direction", "qatmig_impl", "qatmig_peer",
-    "silesia_guest_memory",
+    "silesia_guest_memory", "tls_creds",
 ]
 
 MARKERS = (

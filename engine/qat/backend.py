@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ParameterError, QatError, QatLibraryError, QatmigError, QatUnavailable
-from .binding import LibraryInfo, QatzipLibrary, QzSession, Rc, gzip_ext_members, load_library
+from .binding import (
+    SOFTWARE_CALLS,
+    LibraryInfo,
+    QatzipLibrary,
+    QzSession,
+    Rc,
+    gzip_ext_members,
+    load_library,
+)
 from .binding import rc_name as _rc_name
 from .devices import QatDevice, discover, hardware_problem
 
@@ -246,6 +254,33 @@ def check_gzip_ext(out: bytes, n: int) -> None:
         raise QatError(f"output members cover {total} of {n} input bytes")
 
 
+class CheckedQzEngine:
+    """A channel's engine without fallback: every output is checked before it is sent.
+
+    A library can return QZ_OK with partial output (spec qatzip.md); without a fallback that
+    must fail the migration with a typed error, never put a broken packet on the wire.
+    """
+
+    def __init__(self, inner: Any, channel: int) -> None:
+        self._inner = inner
+        self.channel = channel
+        self.name = inner.name
+
+    def compress(self, data: bytes | memoryview, level: int) -> bytes:
+        out: bytes = self._inner.compress(data, level)
+        try:
+            check_gzip_ext(out, len(memoryview(data).cast("B")))
+        except QatError as exc:
+            raise QatError(f"channel {self.channel}: QATzip engine {self.name} output "
+                           f"rejected (qat-fallback off): {exc}") from None
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close:
+            close()
+
+
 class FallbackQzEngine:
     """A channel's engine: ``primary`` until it fails, then ``fallback`` for good.
 
@@ -345,7 +380,7 @@ class QatSelection:
         if fault is not None:
             primary = FaultInjectingQzEngine(primary, fault)
         engine = (FallbackQzEngine(primary, self._software(), channel, self._record)
-                  if self.fallback else primary)
+                  if self.fallback else CheckedQzEngine(primary, channel))
         with self._lock:
             self._engines.append(engine)
         return engine
@@ -377,8 +412,17 @@ def probe_hardware(lib: QatzipLibrary, level: int = 1) -> str:
     """Set up and tear down one session: "" when it lands on a device, else why not.
 
     In software mode each probe costs the library one leaked pthread key: call it once per
-    migration, and only when discovery found a ready endpoint.
+    migration, and only when discovery found a ready endpoint. Once the process's budget of
+    such calls is spent (a long-lived process selecting a backend on a host whose sysfs shows
+    a device the library cannot use), the library is not probed again: ~1100 probes would
+    leave no key for the process (OpenSSL's next initialisation fails).
     """
+    if SOFTWARE_CALLS.spent:
+        return (
+            f"libqatzip ({lib.path or lib.requested}) not probed: it ran its software path "
+            f"{SOFTWARE_CALLS.budget} times in this process already (no hardware session; "
+            "each such call leaks a pthread key)"
+        )
     try:
         sess = QzSession(lib, level=level, max_input=4096)
     except QatError as exc:
