@@ -220,7 +220,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("codec-zstd-frame-per-packet", "codecs",
            "every zstd packet is a whole frame (ZSTD_e_end per packet), on both ends",
            (_p("codecs/multifd_zstd.py", "return z.compress(pages) + z.flush(_FLUSH_BLOCK)",
-               "return zstandard.ZstdCompressor(level=self.level).compress(bytes(pages))"),)),
+               "return zstandard.ZstdCompressor(level=self.level).compress(bytes(pages))"),
+            # the source compresses guest RAM in place through compress_parts
+            _p("codecs/multifd_zstd.py", "            out = [z.compress(p) for p in parts]\n"
+               "            out.append(z.flush(_FLUSH_BLOCK))\n",
+               "            out = [zstandard.ZstdCompressor(level=self.level).compress("
+               "b\"\".join(parts))]\n"))),
     Mutant("codec-qatzip-plain-gzip", "codecs",
            "qatzip payloads are plain gzip members (no QZ extra field)",
            (_p("codecs/multifd_qatzip.py", "return qzformat.compress(pages, self.level)",

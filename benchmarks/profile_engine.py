@@ -54,14 +54,17 @@ def ru():
     return r.ru_utime, r.ru_stime, r.ru_minflt
 def ready(addr):
     print("READY", addr[1], flush=True)
+end = []
+def done(_st):
+    end.extend(ru())
 u0, s0, f0 = ru()
 if role == "listen":
     st = api.listen("127.0.0.1", int(port), img, int(size), params, ramblock="pc.ram",
-                    timeout=300, digest=False, on_ready=ready)
+                    timeout=300, digest=False, on_ready=ready, on_done=done)
 else:
     st = api.send("127.0.0.1", int(port), img, params, ramblock="pc.ram", timeout=300,
-                  digest=False)
-u1, s1, f1 = ru()
+                  digest=False, on_done=done)
+u1, s1, f1 = end
 print(json.dumps({"status": st.status, "error": st.error, "user": u1 - u0, "sys": s1 - s0,
                   "minflt": f1 - f0}), flush=True)
 """

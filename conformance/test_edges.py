@@ -49,6 +49,32 @@ def test_zero_pages_reach_a_destination_whose_ram_is_not_zero(
         "neither zero pages nor every page as a normal page crossed the wire")
 
 
+#: Pages/s the source's workload dirties in the final-round test: on a 16 MiB guest (4096
+#: pages) the bulk round alone leaves hundreds dirty, so the stop-and-copy round always carries
+#: pages whatever the host's speed.
+DIRTY_RATE = 3000
+
+
+@pytest.mark.qatmig_requires("dirty-rate")
+@pytest.mark.parametrize(
+    "dialect", [pytest.param(d, marks=pytest.mark.qatmig_requires(f"dialect:{d}"))
+                for d in ("qemu-7.2", "qemu-9.2")])
+def test_the_final_dirty_round_arrives(
+    multifd_pair, guest_with_zero_pages, dialect  # type: ignore[no-untyped-def]
+) -> None:
+    # The source's workload dirties its guest during precopy; the destination must end with
+    # the source's RAM as it was when the guest stopped (exec: send --final-image), i.e. the
+    # pages dirtied in the last iteration and during it all arrived in the stop-and-copy round.
+    result = multifd_pair(channels=2, dialect=dialect).migrate(
+        guest_with_zero_pages, dirty_rate=DIRTY_RATE)
+    assert result.status == "completed", result.get("error")
+    changed = result.get("workload_pages_changed")
+    assert changed, (
+        f"the source was asked to dirty {DIRTY_RATE} pages/s during precopy, but its RAM at "
+        f"stop time differs from the image in {changed!r} pages: no workload ran")
+    _completed(result)
+
+
 @pytest.mark.parametrize(
     "method", [pytest.param(m, marks=pytest.mark.qatmig_requires(m)) for m in ("none", "zlib")])
 def test_a_guest_that_is_not_a_multiple_of_a_packet(multifd_pair, guest_odd_size, method) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,14 @@ from pathlib import Path
 from . import transport
 from .destination import Destination
 from .errors import ChannelClosed, ParameterError
-from .guest import DEFAULT_RAMBLOCK, GuestMemory, RAMBlock, fill_deterministic, fill_stale
+from .guest import (
+    DEFAULT_RAMBLOCK,
+    GuestMemory,
+    RAMBlock,
+    fill_deterministic,
+    fill_stale,
+    write_block,
+)
 from .params import MigrationParameters
 from .source import DEFAULT_MAX_ITERS, Source
 from .stats import MigrationStats
@@ -234,13 +241,16 @@ def listen(
     on_ready: Callable[[tuple[str, int]], None] | None = None,
     digest: bool = True,
     prealloc: bool = False,
+    on_done: Callable[[MigrationStats], None] | None = None,
 ) -> MigrationStats:
     """Serve one incoming migration; the ``ramblock`` block's RAM lives in ``guest_image``
     (anonymous memory if None). A file that already has ``guest_size`` bytes is used as it is
     (its bytes are the RAM before the migration, as with QEMU's ``memory-backend-file``: zero
     pages are written over stale bytes); any other is created or truncated to ``guest_size``.
     ``on_ready(address)`` is called once the socket listens (port 0 picks a free port).
-    ``prealloc`` faults the RAM in before listening (QEMU's ``prealloc=on``)."""
+    ``prealloc`` faults the RAM in before listening (QEMU's ``prealloc=on``). ``on_done(stats)``
+    is called as soon as the migration has ended, before the guest is digested, flushed and
+    unmapped (benchmarks end their measurement there, as QEMU's ends at ``completed``)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
@@ -262,6 +272,8 @@ def listen(
         if on_ready is not None:
             on_ready(dst.address)
         st = dst.run()
+        if on_done is not None:
+            on_done(st)
         if st.status == "completed" and digest:
             st.destination_digest = blk.digest()
         if guest_image is not None:
@@ -291,12 +303,19 @@ def send(
     digest: bool = True,
     corpus: str = "auto",
     connect_wait: float = 0.0,
+    final_image: str | os.PathLike[str] | None = None,
+    on_done: Callable[[MigrationStats], None] | None = None,
 ) -> MigrationStats:
     """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
     ``guest_size``) to ``host:port``. After EOF it waits up to ``wait_for_destination``
     seconds (default: ``timeout``) for the destination to close the main channel: a reset
     there means the destination failed, and ``send`` reports failed too. ``connect_wait``:
-    seconds to keep retrying while the destination refuses connections (still starting)."""
+    seconds to keep retrying while the destination refuses connections (still starting).
+    ``final_image``: once the migration ended, write the first RAM block as it was when the
+    guest stopped (a workload's writes included) to this file -- what the destination must
+    hold (the guest image itself is never modified). ``on_done(stats)``: called as soon as
+    the migration has ended, before the guest is digested, dumped and unmapped (see
+    :func:`listen`)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
@@ -314,8 +333,14 @@ def send(
         st.corpus = corpus_name
         if st.status == "completed" and src.stop_time is not None and src.end_time is not None:
             st.downtime_ms = (src.end_time - src.stop_time) * 1000
+        if on_done is not None:
+            on_done(st)
         if digest and st.status == "completed":
             st.source_digest = guest.blocks[0].digest()
+        if final_image is not None:
+            if workload is not None:
+                workload.stop()  # paused since the stop; no write may follow the dump
+            write_block(guest.blocks[0], final_image)
         return st
     except ChannelClosed:  # pragma: no cover - run() reports failures in stats
         raise

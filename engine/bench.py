@@ -639,8 +639,10 @@ def run_matrix(m: Matrix, *, on_run: Callable[[str], None] | None = None,
                       "zero_ratio": m.zero_ratio},
             "stamp": stamped,
             "cpu_method": "utime+stime of each end's process over the migration "
-                          "(/proc/<pid>/stat for QEMU, getrusage around api.send/api.listen "
-                          "for the engine); start-up excluded",
+                          "(/proc/<pid>/stat for QEMU, until it reports completed; getrusage "
+                          "from the call of api.send/api.listen until the migration ended, "
+                          "before the guest is unmapped, for the engine); start-up and "
+                          "tear-down excluded",
         },
         "impls": [i.to_json() for i in m.impls],
         "methods": m.methods, "channels": m.channels, "max_bandwidth": m.bandwidths,
@@ -703,6 +705,7 @@ def markdown_report(result: dict[str, Any], plot_dir: str | None = None,
     scaling = scaling_markdown(result)
     if scaling:
         lines += [scaling, ""]
+        lines += [prediction_markdown(result), ""]
     if plot_dir is not None:
         for bw in result["max_bandwidth"]:
             name = f"bench-{format_bandwidth(bw).replace('/', '_')}.png"
@@ -780,6 +783,126 @@ def predict_host(fits: Sequence[ScalingFit], impl: str, method: str, *, channels
     raw = min(link_bytes_s * ratio, par / send_s, par / recv_s)
     return {"raw_gb_s": raw / 1e9, "wire_mbps": raw / ratio * 8 / 1e6,
             "send_cpu_percent": 100 * raw * send_s, "recv_cpu_percent": 100 * raw * recv_s}
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A host to predict: multifd channels, the link in bytes/s and the cores both ends have."""
+
+    channels: int = 8
+    link_bytes_s: float = 1.25e9
+    cores: int = 16
+
+    def describe(self) -> str:
+        return (f"{self.channels} channels, {format_bandwidth(int(self.link_bytes_s))} link, "
+                f"{self.cores} cores per end")
+
+
+#: The host of QEMU's QATzip document (docs/devel/migration/qatzip-compression.rst): 8 multifd
+#: channels over a 10 Gbit/s link, a 16-vCPU guest on hosts with at least that many cores.
+SEED_HOST = HostSpec()
+
+#: That document's published figures per method: (throughput Mbit/s, send CPU %, recv CPU %).
+#: qatzip ran on 4 QAT devices, which no software measurement here can predict.
+SEED_FIGURES: dict[str, tuple[float, float, float]] = {
+    "qatzip": (10467, 160, 360), "zstd": (8579, 810, 340), "none": (10848, 45, 85),
+}
+
+
+def parse_host(text: str) -> HostSpec:
+    """``--predict-host`` as ``CHANNELS,LINK,CORES``, e.g. ``8,10Gbit,16`` (the seed's host)."""
+    parts = split_list(text)
+    try:
+        channels, cores = int(parts[0]), int(parts[2])
+        if len(parts) != 3 or channels < 1 or cores < 1:
+            raise ValueError
+        link = parse_bandwidth(parts[1])
+    except (ValueError, IndexError, ParameterError):
+        raise ParameterError(f"--predict-host {text!r}: expected CHANNELS,LINK,CORES with a "
+                             "link in bits or bytes/s, e.g. 8,10Gbit,16 (the seed's host)") \
+            from None
+    if link == UNLIMITED:
+        raise ParameterError(f"--predict-host {text!r}: the link must be a speed, not unlimited")
+    return HostSpec(channels, float(link), cores)
+
+
+def measured_ratio(result: dict[str, Any], impl: str, method: str) -> float | None:
+    """Guest bytes ÷ wire bytes of ``impl``/``method`` (median over its cells), when the run
+    counted the wire (``--count-wire``); None otherwise."""
+    ratios = sorted(c["size"] / c["wire_bytes"] for c in result["cells"]
+                    if c["impl"] == impl and c["method"] == method and c.get("wire_bytes"))
+    return statistics.median(ratios) if ratios else None
+
+
+def predictions(result: dict[str, Any], host: HostSpec = SEED_HOST) -> list[dict[str, Any]]:
+    """:func:`predict_host` for every fitted (implementation, method) of ``result``.
+
+    The wire's compression ratio comes from the run's counted wire bytes; without them the
+    prediction assumes the link never binds (said in ``bound``)."""
+    fits = scaling_fits(result)
+    out = []
+    for impl, method in dict.fromkeys((f.impl, f.method) for f in fits):
+        ratio = measured_ratio(result, impl, method)
+        assumed = ratio is None and method == "none"
+        if assumed:
+            ratio = 1.0  # no compression: exact for a guest without zero pages
+        p = predict_host(fits, impl, method, channels=host.channels,
+                         link_bytes_s=host.link_bytes_s if ratio else float("inf"),
+                         ratio=ratio or 1.0, cores=host.cores)
+        f = {x.side: x for x in fits if x.impl == impl and x.method == method}
+        par = min(host.channels, host.cores)
+        bounds = {"send CPU": par * (1 << 30) / f["send"].predict(host.channels),
+                  "recv CPU": par * (1 << 30) / f["recv"].predict(host.channels)}
+        if ratio:
+            bounds["link"] = host.link_bytes_s * ratio
+        bound = min(bounds, key=lambda k: bounds[k])
+        if not ratio:
+            bound += " (link not applied: no --count-wire)"
+        out.append({"impl": impl, "method": method, **p, "ratio": ratio,
+                    "ratio_assumed": assumed, "bound": bound,
+                    "wire_mbps": p["wire_mbps"] if ratio else None,
+                    "seed": SEED_FIGURES.get(method) if host == SEED_HOST else None})
+    return out
+
+
+def host_of(result: dict[str, Any]) -> HostSpec:
+    """The host ``result`` is to be predicted for (``--predict-host``; the seed's by default)."""
+    host = result.get("meta", {}).get("predict_host")
+    return HostSpec(**host) if host else SEED_HOST
+
+
+def prediction_markdown(result: dict[str, Any], host: HostSpec | None = None) -> str:
+    host = host or host_of(result)
+    rows = predictions(result, host)
+    if not rows:
+        return ""
+    seed = host == SEED_HOST
+    lines = [
+        f"Predicted for {'the seed host (' if seed else 'a host with '}{host.describe()}"
+        f"{')' if seed else ''} from the fits above: each channel's thread uses at most one "
+        "core, the channels share the cores, and the wire carries guest bytes ÷ the "
+        "compression ratio measured on this run's wire (`--count-wire`). `bound` = what "
+        "limits the throughput."
+        + (" `seed` = QEMU's published figures for that host (4 QAT devices for qatzip)."
+           if seed else ""),
+        "",
+        "| implementation | method | wire ratio | bound | guest GB/s | wire Mbit/s | "
+        "send CPU % | recv CPU % |" + (" seed Mbit/s | seed send CPU % | seed recv CPU % |"
+                                        if seed else ""),
+        "|---|---|---:|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if seed else ""),
+    ]
+    for r in rows:
+        ratio = (f"{r['ratio']:.2f}{' (assumed)' if r['ratio_assumed'] else ''}"
+                 if r["ratio"] else "not counted")
+        wire = f"{r['wire_mbps']:.0f}" if r["wire_mbps"] is not None else "-"
+        line = (f"| {r['impl']} | {r['method']} | {ratio} | {r['bound']} | "
+                f"{r['raw_gb_s']:.2f} | {wire} | {r['send_cpu_percent']:.0f} | "
+                f"{r['recv_cpu_percent']:.0f} |")
+        if seed:
+            s = r["seed"]
+            line += (f" {s[0]:.0f} | {s[1]:.0f} | {s[2]:.0f} |" if s else " - | - | - |")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def scaling_markdown(result: dict[str, Any]) -> str:

@@ -407,6 +407,25 @@ class GuestMemory:
             b.close()
 
 
+def write_block(block: RAMBlock, path: str | os.PathLike[str]) -> None:
+    """Write ``block``'s bytes to ``path`` (created or replaced); runs of zeros become holes,
+    so a sparse guest stays sparse."""
+    step = 1 << 20
+    zero = bytes(step)
+    v = block.view
+    try:
+        with open(path, "wb") as f:
+            for o in range(0, block.used_length, step):
+                chunk = v[o : o + step].tobytes()
+                if chunk == zero[: len(chunk)]:
+                    f.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    f.write(chunk)
+            f.truncate(block.used_length)
+    except OSError as exc:
+        raise _image_error(os.fspath(path), "write the final RAM to it", exc) from None
+
+
 # ---------------------------------------------------------------------- deterministic filler
 #: What :func:`fill_stale` writes: no page of it is zero, and it is unlike any corpus page.
 STALE_BYTE = 0xA5

@@ -1,10 +1,11 @@
 """Recorded migration sessions: record the engine's own source, replay bytes into a destination.
 
 A *session* is one migration as the destination saw it: each connection's source -> destination
-bytes, in accept order (connection 0 is the main channel). Sessions are recorded through the
-tap (:class:`~qatmig_engine.tap.TapProxy`, which also checks them), stored xz-compressed under
-``fixtures/sessions/<dialect>/<method>/`` with a ``manifest.json``, and replayed over real
-sockets - unchanged (regression) or mutated (fuzzing, strictness tests).
+bytes, in accept order (the main channel is the connection starting with QEVM; QEMU 7.2
+sources open it first, 8.0+ sources usually after their multifd channels). Sessions are
+recorded through the tap (:class:`~qatmig_engine.tap.TapProxy`, which also checks them),
+stored xz-compressed under ``fixtures/sessions/<dialect>/<method>/`` with a ``manifest.json``,
+and replayed over real sockets - unchanged (regression) or mutated (fuzzing, strictness tests).
 
 :func:`multifd_packets` walks a multifd connection's bytes so a test can aim a mutation at one
 packet field (duplicate a packet, shift an offset) instead of flipping bytes blindly.

@@ -17,12 +17,15 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qatmig_engine.constants import MULTIFD_MAGIC
 from qatmig_engine.errors import MigrationError, PeerTimeout
 from qatmig_engine.judge import (  # noqa: F401 - re-exported: the tap's historical API
     MAX_PENDING,
@@ -39,8 +42,51 @@ from qatmig_engine.judge import (  # noqa: F401 - re-exported: the tap's histori
     format_report,
 )
 
-
 # ============================================================================ proxy edge
+#: How a connection's stream starts: a multifd channel's init packet or QEMU's main stream.
+_MULTIFD_START = struct.pack(">I", MULTIFD_MAGIC)
+CUT_MODES = ("reset", "eof")
+CUT_ROLES = ("multifd", "main", "any")
+
+
+@dataclass(frozen=True)
+class ChannelCut:
+    """Kill one connection in the middle of a migration (the suite's own fault injection).
+
+    The first connection of ``role`` (``multifd``: its stream starts with the multifd magic;
+    ``main``: it does not; ``any``) that has carried ``after_bytes`` source->destination bytes
+    is cut there: exactly ``after_bytes`` reach the destination on it, nothing more. ``mode``
+    ``reset`` resets both sides (RST, as a dead link or a killed peer); ``eof`` gives the
+    destination a clean end of stream mid-packet and resets the source's side.
+    """
+
+    after_bytes: int
+    role: str = "multifd"
+    mode: str = "reset"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.after_bytes, int) or self.after_bytes < 1:
+            raise ValueError(f"ChannelCut: after_bytes must be >= 1, not {self.after_bytes!r}")
+        if self.role not in CUT_ROLES:
+            raise ValueError(f"ChannelCut: role must be one of {', '.join(CUT_ROLES)}, not "
+                             f"{self.role!r}")
+        if self.mode not in CUT_MODES:
+            raise ValueError(f"ChannelCut: mode must be one of {', '.join(CUT_MODES)}, not "
+                             f"{self.mode!r}")
+
+
+def _reset(sk: socket.socket) -> None:
+    """Close ``sk`` with a TCP RST (SO_LINGER 0) instead of an orderly FIN."""
+    try:
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sk.close()
+    except OSError:
+        pass
+
+
 class TapProxy:
     """Forward ``listen`` -> ``forward`` connection by connection, feeding a :class:`TapChecker`.
 
@@ -48,6 +94,8 @@ class TapProxy:
     main connection and every other accepted connection have closed (then ``linger`` s
     without a new connection), or with an error after ``timeout`` s without any byte moving.
     ``record_dir`` keeps each connection's client->server bytes as ``conn-<i>.bin``.
+    ``cut`` (a :class:`ChannelCut`) kills one connection mid-run; :attr:`cut_done` then says
+    which one and where (None while nothing was cut).
     """
 
     def __init__(
@@ -61,6 +109,7 @@ class TapProxy:
         linger: float = 0.3,
         record_dir: str | os.PathLike[str] | None = None,
         on_connection: Callable[[int], None] | None = None,
+        cut: ChannelCut | None = None,
     ) -> None:
         self.listen_addr = listen
         self.forward_addr = forward
@@ -70,6 +119,10 @@ class TapProxy:
         self.linger = linger
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self.on_connection = on_connection
+        self.cut = cut
+        #: ``{"connection", "role", "after_bytes", "mode"}`` once :attr:`cut` was applied
+        self.cut_done: dict[str, Any] | None = None
+        self._starts: dict[int, bytes] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
@@ -292,6 +345,9 @@ class TapProxy:
                 if not data:
                     break
                 self._touch()
+                cut_at = self._cut_point(idx, data) if self.cut is not None else None
+                if cut_at is not None:
+                    data = data[:cut_at]
                 try:
                     upstream.sendall(data)
                 except OSError as exc:
@@ -302,8 +358,11 @@ class TapProxy:
                 self.bytes_down[idx] += len(data)
                 if rec is not None:
                     rec.write(data)
-                if self.checker is not None:
+                if self.checker is not None and data:
                     self._check(idx, data)
+                if cut_at is not None:
+                    self._apply_cut(client, upstream)
+                    break
         finally:
             if rec is not None:
                 rec.close()
@@ -318,6 +377,42 @@ class TapProxy:
                 pass
             state["down_done"] = True
             self._finish_conn(state, client, upstream)
+
+    def _cut_point(self, idx: int, data: bytes) -> int | None:
+        """How many bytes of ``data`` go through before connection ``idx`` is cut (None: no
+        cut here). The connection's role is known from its first four bytes."""
+        cut = self.cut
+        assert cut is not None
+        if self.cut_done is not None:
+            return None
+        start = self._starts.get(idx, b"")
+        if len(start) < 4:
+            start = self._starts[idx] = start + data[: 4 - len(start)]
+        if cut.role != "any":
+            if len(start) < 4:
+                return None
+            if (start == _MULTIFD_START) != (cut.role == "multifd"):
+                return None
+        sent = self.bytes_down[idx]
+        if sent + len(data) < cut.after_bytes:
+            return None
+        with self._lock:
+            if self.cut_done is not None:
+                return None
+            self.cut_done = {"connection": idx, "role": cut.role, "mode": cut.mode,
+                             "after_bytes": cut.after_bytes}
+        return max(0, cut.after_bytes - sent)
+
+    def _apply_cut(self, client: socket.socket, upstream: socket.socket) -> None:
+        assert self.cut is not None
+        if self.cut.mode == "eof":
+            try:  # the destination sees a clean end of stream in the middle of the data
+                upstream.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        else:
+            _reset(upstream)
+        _reset(client)
 
     def _pump_up(self, idx: int, upstream: socket.socket, client: socket.socket,
                  state: dict[str, bool]) -> None:

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -348,6 +349,9 @@ class ChannelThread(threading.Thread):
         try:
             self._run()
         except BaseException as exc:
+            # The failed frames' locals hold views of guest RAM (a packet's pages): drop them,
+            # or the RAM's mapping (and its file) stays open as long as the error is kept.
+            traceback.clear_frames(exc.__traceback__)
             self.error = exc
             self._on_error(exc)
         finally:

@@ -106,7 +106,9 @@ class Workload:
         blk = self.block
         view = blk.view
         ps = blk.page_size
-        owed = 0.0
+        # A vCPU runs from the start: the first batch is due at once, not one tick later
+        # (a small guest may finish its bulk round within a tick).
+        owed = max(1.0, self.rate * TICK)
         last = time.monotonic()
         try:
             while not self._stop.is_set():

@@ -169,7 +169,8 @@ class ReferenceImplementation:
         from qatmig_engine.codecs import get_codec
         from qatmig_engine.dialects import DIALECTS
 
-        caps = {"max-bandwidth", "verify", "codec-access", "zero-page-detection"}
+        caps = {"max-bandwidth", "verify", "codec-access", "zero-page-detection", "dirty-rate",
+                "qat-fault-injection"}
         for method in METHODS:
             try:
                 get_codec(method)
@@ -199,7 +200,11 @@ class ReferenceImplementation:
         qatzip = spec.compression == "qatzip"
         if qatzip and device is not None and "qat_backend" not in spec.options:
             kwargs["qat_backend"] = "auto" if device.hw_ready else "sw"
-        kwargs.update(spec.options)
+        options = dict(spec.options)
+        fault = options.pop("qat_inject_fault", None)
+        kwargs.update(options)
+        if fault is not None:  # the exec: contract's --qat-inject-fault, an engine extra here
+            kwargs["extra"] = {**(kwargs.get("extra") or {}), "qat_fault_injection": fault}
         if isinstance(kwargs.get("qat_fallback"), str):  # "on"/"off", as on the command line
             kwargs["qat_fallback"] = kwargs["qat_fallback"] != "off"
         if qatzip and device is not None and device.sysfs_root:
@@ -230,7 +235,8 @@ class ReferenceImplementation:
         st = send(address[0], address[1], ctx.ram, self.parameters(spec, ctx.device),
                   guest_size=ctx.ram_size, ramblock=ctx.ramblock, uuid=ctx.uuid,
                   timeout=ctx.timeout, machine_type=ctx.machine_type or DEFAULT_MACHINE_TYPE,
-                  digest=False)
+                  digest=False, dirty_rate=getattr(ctx, "dirty_rate", 0),
+                  final_image=getattr(ctx, "final_image", None))
         return dict(st.to_json())
 
     def as_processes(self) -> Any:

@@ -395,6 +395,9 @@ class ExecImplementation:
         argv = [*self._argv("send"), f"{address[0]}:{address[1]}", *self._common(spec, ctx)]
         if ctx.machine_type:
             argv += ["--machine-type", ctx.machine_type]
+        if getattr(ctx, "dirty_rate", 0):
+            argv += ["--dirty-rate", str(ctx.dirty_rate),
+                     "--final-image", os.fspath(ctx.final_image)]
         proc = _Proc(argv, ctx.workdir)
         try:
             start = _connected(proc, int(address[1]), ctx.timeout) if getattr(

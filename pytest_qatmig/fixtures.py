@@ -193,13 +193,18 @@ class RecordingPair:
         return self._pair
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None,
+                destination_fill: int | None = None, dirty_rate: int = 0,
+                cut: Any = None,
                 perf_limits: Mapping[str, float] | None = None,
                 perf_origins: Mapping[str, str] | None = None,
                 attempt: int | None = None, retry: bool = False) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
         ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
-        that byte instead of zeros.
+        that byte instead of zeros. ``dirty_rate`` (ends with roles, a source with the
+        ``dirty-rate`` capability): pages/s the source's workload dirties during precopy; the
+        destination must equal the source's RAM at stop time. ``cut`` (ends with roles only):
+        a :class:`qatmig_engine.tap.ChannelCut`, one connection killed mid-run by the suite's
+        tap.
 
         In a ``qatmig_perf`` test: ``perf_limits`` are limits the test itself sets (the
         suite's cells, from the host profile; ``perf_origins`` says where each came from),
@@ -213,14 +218,23 @@ class RecordingPair:
         from .roles import Unsupported
 
         try:
-            if destination_fill is None:
+            extra: dict[str, Any] = {}
+            if destination_fill is not None:
+                extra["destination_fill"] = destination_fill
+            if dirty_rate:
+                extra["dirty_rate"] = dirty_rate
+            if cut is not None:
+                extra["cut"] = cut
+            if not extra:
                 raw = self._pair.migrate(guest, timeout=timeout)
-            elif hasattr(self._pair, "dst"):  # a RolePair: the suite creates the destination RAM
-                raw = self._pair.migrate(guest, timeout=timeout,  # type: ignore[call-arg]
-                                         destination_fill=destination_fill)
-            else:
-                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero needs the "
+            elif hasattr(self._pair, "dst"):  # a RolePair: the suite owns the RAM and the tap
+                raw = self._pair.migrate(guest, timeout=timeout, **extra)  # type: ignore[call-arg]
+            elif dirty_rate:
+                pytest.skip("UNIMPLEMENTED: a guest dirtied during precopy needs the "
                             "destination/source roles (docs/plugin.md)")
+            else:
+                pytest.skip("UNIMPLEMENTED: a destination RAM that is not zero or a channel cut "
+                            "by the suite needs the destination/source roles (docs/plugin.md)")
             result = MigrationResult.from_stats(raw)
         except Unsupported as exc:  # e.g. a guest size one end cannot run
             _skip_here(f"UNIMPLEMENTED: {exc}")

@@ -22,6 +22,10 @@ The role contract an implementation provides (docs/plugin.md, "Implementations")
 ``source(spec, ctx, address) -> Mapping``
     migrate the RAM in the file ``ctx.ram`` (written by the suite, never to be modified) to
     ``address``; return the source's result mapping when done (completed or failed).
+    With ``ctx.dirty_rate`` > 0 (capability ``dirty-rate``) a workload dirties that many
+    pages/s of the source's guest during precopy (never the file ``ctx.ram``: a private
+    copy); once the migration ended the source writes the RAM as it was when the guest
+    stopped to ``ctx.final_image``: the destination must hold exactly that.
 ``validate(spec)`` (optional)
     raise ``ValueError`` for parameters the implementation refuses, before anything starts.
 
@@ -81,6 +85,10 @@ class RoleContext:
     #: (:data:`MEASURE_KEY`) to its result: the CPU seconds of its process over the migration
     #: and when that window started and ended (``time.monotonic()``).
     measure: bool = False
+    #: source only: pages/s a workload dirties during precopy (0 = a static guest); the
+    #: source then writes its RAM as it was at stop time to ``final_image``.
+    dirty_rate: int = 0
+    final_image: Path | None = None
 
 
 @runtime_checkable
@@ -225,12 +233,19 @@ class RolePair:
         self.reports: list[Any] = []
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
-                destination_fill: int | None = None) -> MigrationResult:
+                destination_fill: int | None = None, dirty_rate: int = 0,
+                cut: Any = None) -> MigrationResult:
         """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's.
 
         ``destination_fill``: the destination's RAM file starts filled with this byte instead
         of zeros (a destination that skips zero pages then keeps stale bytes, as on a reused
-        host)."""
+        host). ``dirty_rate``: pages/s the source's workload dirties during precopy; the
+        destination must then equal the source's RAM at stop time (its ``final_image``), and
+        the result's ``workload_pages_changed`` says how many pages that differs from the
+        image in (0 = the workload never wrote: nothing was tested). ``cut``: a
+        :class:`qatmig_engine.tap.ChannelCut` -- the tap kills one connection mid-run (the
+        result's ``channel_cut`` says which, None if it never carried enough); the tap is in
+        the path then even without the judge."""
         from qatmig_engine.tap import TapChecker, TapProxy
 
         image = guest_path(guest)
@@ -240,6 +255,10 @@ class RolePair:
         dst_ram = self.workdir / f"dst-{n}.ram"
         src_dir = self.workdir / f"src-{n}"
         dst_dir = self.workdir / f"dst-{n}"
+        final_ram = self.workdir / f"final-{n}.ram" if dirty_rate else None
+        if dirty_rate and "dirty-rate" not in frozenset(self.src.capabilities()):
+            raise Unsupported(f"source {getattr(self.src, 'name', '?')} lacks dirty-rate (a "
+                              "workload dirtying its guest during precopy)")
         vm_uuid = str(uuidlib.uuid4())
         want = file_digest(image, cache=True)
         incoming: Any = None
@@ -249,6 +268,8 @@ class RolePair:
         dst_res: Mapping[str, Any] = {}
         errors: list[str] = []
         mismatch = None
+        final: str | None = None
+        changed: int | None = None
         try:
             shutil.copyfile(image, src_ram)
             with open(dst_ram, "wb") as f:
@@ -263,24 +284,29 @@ class RolePair:
                                timeout=timeout, device=self.device, measure=self.measure)
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
-            if self.judge:
+            if self.judge or cut is not None:
                 from qatmig_engine.judge.expect import Expectations
 
-                # On a ready QAT device the source's library cuts each qzCompress call into
-                # 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's layout there.
-                hw = (self.spec.compression == "qatzip" and self.device is not None
-                      and bool(getattr(self.device, "hw_ready", False)))
-                checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
-                                     dialect=self.spec.dialect, method=self.spec.compression,
-                                     channels=self.spec.channels, uuid=vm_uuid,
-                                     level=self.spec.level)
+                checker = None
+                if self.judge:
+                    # On a ready QAT device the source's library cuts each qzCompress call
+                    # into 64 KiB requests, one gzip-ext member each (qatzip.md §1.2): QEMU's
+                    # layout there.
+                    hw = (self.spec.compression == "qatzip" and self.device is not None
+                          and bool(getattr(self.device, "hw_ready", False)))
+                    checker = TapChecker(Expectations(qatzip_hw_chunks=hw),
+                                         dialect=self.spec.dialect,
+                                         method=self.spec.compression,
+                                         channels=self.spec.channels, uuid=vm_uuid,
+                                         level=self.spec.level)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
-                                 timeout=timeout)
+                                 timeout=timeout, cut=cut)
                 address = ("127.0.0.1", proxy.start())
             sctx = RoleContext(ram=src_ram, ram_size=size, uuid=vm_uuid, workdir=src_dir,
                                timeout=timeout, device=self.device,
                                machine_type=getattr(incoming, "machine_type", None),
-                               measure=self.measure)
+                               measure=self.measure,
+                               dirty_rate=dirty_rate, final_image=final_ram)
             try:
                 src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
             except Unsupported:
@@ -310,26 +336,43 @@ class RolePair:
             try:
                 got = file_digest(dst_ram) if dst_ram.exists() else None
                 src_after = file_digest(src_ram) if src_ram.exists() else None
-                mismatch = (ram_mismatch(image, dst_ram)
-                            if got is not None and got != want else None)
+                expected = image
+                if final_ram is not None:
+                    if final_ram.exists() and final_ram.stat().st_size == size:
+                        final = file_digest(final_ram)
+                        changed = ram_mismatch(image, final_ram)["pages_differing"]
+                        expected = final_ram
+                    else:
+                        errors.append(f"the source wrote no final RAM image of {size} bytes "
+                                      "(its RAM at stop time; exec: send --final-image)")
+                mismatch = (ram_mismatch(expected, dst_ram)
+                            if got is not None and got != (final or want) else None)
             finally:
-                for p in (src_ram, dst_ram):
+                for p in (src_ram, dst_ram, *([final_ram] if final_ram else [])):
                     p.unlink(missing_ok=True)
                 for d in (src_dir, dst_dir):
                     shutil.rmtree(d, ignore_errors=True)
         if report is not None:
             self.reports.append(report)
             errors += [str(e) for e in report.errors]
-        result = self._result(src_res, dst_res, want, got, src_after, errors, report)
+        result = self._result(src_res, dst_res, want, got, src_after, errors, report,
+                              final=final if final_ram is not None else None)
+        if final_ram is not None:
+            result = MigrationResult({**result, "dirty_rate": dirty_rate,
+                                      "workload_pages_changed": changed})
         if mismatch is not None:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
+        if cut is not None:
+            result = MigrationResult({**result, "channel_cut": proxy.cut_done if proxy else None})
         self.results.append(result)
         return result
 
     def _result(
         self, src: Mapping[str, Any], dst: Mapping[str, Any], want: str, got: str | None,
-        src_after: str | None, wire_errors: list[str], report: Any,
+        src_after: str | None, wire_errors: list[str], report: Any, final: str | None = None,
     ) -> MigrationResult:
+        """``final``: digest of the source's RAM at stop time (a guest that ran), which the
+        destination must equal instead of the image."""
         both = src.get("status") == "completed" and dst.get("status") == "completed"
         # The source's own fields first (an implementation may report more than the
         # required ones), then what only the destination measures, then the suite's verdict.
@@ -344,9 +387,9 @@ class RolePair:
         fields.update(
             status="completed" if both else "failed",
             error="; ".join(errs) or None,
-            verified=bool(both and got == want and src_after == want),
+            verified=bool(both and got == (final or want) and src_after == want),
             reported_verified={"source": src.get("verified"), "destination": dst.get("verified")},
-            source_digest=want,
+            source_digest=final or want,
             destination_digest=got,
             source_unchanged=src_after == want,
             direction=self.direction,

@@ -187,6 +187,76 @@ def test_scaling_model_fits_per_gib_and_per_channel_and_predicts() -> None:
     assert "Scaling model" in md and "| engine (qemu-9.2) | zstd | send | 2.00 | +0.100 |" in md
 
 
+def _seed_like_cells(impl: str, wire_bytes: int | None) -> list[bench.Cell]:
+    """QEMU 10.0's zstd here: 2.54 send / 1.49 recv CPU-s per GiB, flat in the channel count."""
+    out = []
+    for ch in (1, 2, 4, 8):
+        c = _cell(impl, ch, 2.54, 1.49)
+        c.wire_bytes = wire_bytes
+        out.append(c)
+    return out
+
+
+def test_prediction_for_the_seed_host_uses_the_counted_wire_ratio() -> None:
+    impl = bench.Impl("qemu", "qemu-10.0", "QEMU 10.0")
+    # Counted wire = guest / 2.89 (zstd-1 on Silesia): CPU binds before the 10 Gbit/s link.
+    rows = bench.predictions(_result(_seed_like_cells(impl.label, int((1 << 30) / 2.89)),
+                                     [impl]))
+    (row,) = rows
+    assert row["ratio"] == pytest.approx(2.89, rel=1e-6) and row["bound"] == "send CPU"
+    assert row["raw_gb_s"] == pytest.approx(8 / 2.54 * (1 << 30) / 1e9)
+    assert row["send_cpu_percent"] == pytest.approx(800.0)
+    assert row["recv_cpu_percent"] == pytest.approx(800 * 1.49 / 2.54)
+    assert row["wire_mbps"] == pytest.approx(row["raw_gb_s"] * 1e9 / 2.89 * 8 / 1e6, rel=1e-6)
+    assert row["seed"] == bench.SEED_FIGURES["zstd"]
+    # A ratio of 2: the 1.25 GB/s link carries 2.5 GB/s of guest RAM, below the CPU's 3.4.
+    (row,) = bench.predictions(_result(_seed_like_cells(impl.label, (1 << 30) // 2), [impl]))
+    assert row["bound"] == "link" and row["raw_gb_s"] == pytest.approx(2.5, rel=1e-6)
+    assert row["send_cpu_percent"] < 800
+    md = bench.markdown_report(_result(_seed_like_cells(impl.label, None), [impl]))
+    assert "Predicted for the seed host (8 channels, 10Gbit link, 16 cores per end)" in md
+    assert "| QEMU 10.0 | zstd | not counted | send CPU (link not applied: no --count-wire) |" \
+        in md and "| 8579 | 810 | 340 |" in md
+
+
+def test_prediction_for_another_host_has_no_seed_columns() -> None:
+    impl = bench.Impl("qemu", "qemu-10.0", "QEMU 10.0")
+    host = bench.parse_host("4,1Gbit,2")
+    assert host == bench.HostSpec(4, 125_000_000.0, 2)
+    (row,) = bench.predictions(_result(_seed_like_cells(impl.label, None), [impl]), host)
+    # Two cores for four channels: two channels' worth of CPU, 200 %.
+    assert row["send_cpu_percent"] == pytest.approx(200.0) and row["seed"] is None
+    assert "seed" not in bench.prediction_markdown(
+        _result(_seed_like_cells(impl.label, None), [impl]), host)
+
+
+@pytest.mark.parametrize("text", ["8,10Gbit", "8,fast,16", "0,10Gbit,16", "8,unlimited,16",
+                                  "8,10Gbit,16,2"])
+def test_parse_host_refuses_with_the_expected_form(text: str) -> None:
+    with pytest.raises(ParameterError, match=r"--predict-host .*(CHANNELS,LINK,CORES|not "
+                                             r"unlimited)"):
+        bench.parse_host(text)
+
+
+def test_bench_from_json_predicts_the_host_asked(tmp_path: Path) -> None:
+    impl = bench.Impl("qemu", "qemu-10.0", "QEMU 10.0")
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(_result(_seed_like_cells(impl.label, None), [impl])))
+    p = subprocess.run([*QATMIG, "bench", "--from-json", str(src), "--no-plots", "-o",
+                        str(tmp_path / "out"), "--predict-host", "4,1Gbit,2"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "Predicted for a host with 4 channels, 1Gbit link, 2 cores per end" in p.stdout
+    assert "Predicted for a host with 4 channels" in (tmp_path / "out" / "tables.md").read_text()
+    p = subprocess.run([*QATMIG, "bench", "--from-json", str(src), "--no-plots", "-o",
+                        str(tmp_path / "out"), "--predict-host", "4,1Gbit"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "qatmig: error: --predict-host '4,1Gbit': expected CHANNELS,LINK,CORES with a link in "
+        "bits or bytes/s, e.g. 8,10Gbit,16 (the seed's host)"]
+
+
 def test_update_docs_writes_a_stamped_block_and_the_plots(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "engine").mkdir()

@@ -169,6 +169,29 @@ def test_listen_and_send_processes(tmp_path):
     assert dst.read_bytes() == src.read_bytes()
 
 
+def test_send_dirty_rate_writes_the_ram_at_stop_time_to_final_image(tmp_path):
+    """The exec: contract's running guest: --guest-image untouched, --final-image = the RAM
+    the destination must hold (it differs from the image: the workload wrote)."""
+    src, dst, final = tmp_path / "src.img", tmp_path / "dst.img", tmp_path / "final.img"
+    _image(src, 16 << 20)
+    before = src.read_bytes()
+    port = _free_port()
+    common = ["--uuid", "12345678-1234-1234-1234-123456789abc", "--timeout", "10", "--quiet"]
+    lp = _qatmig("listen", "--listen", f"127.0.0.1:{port}", "--guest-image", str(dst),
+                 "--guest-size", "16M", "--json", *common)
+    _wait_listening(port, lp)
+    sp = _qatmig("send", f"127.0.0.1:{port}", "--guest-image", str(src), "--dirty-rate",
+                 "5000", "--final-image", str(final), "--json", *common)
+    sout, serr = sp.communicate(timeout=60)
+    _lout, lerr = lp.communicate(timeout=60)
+    assert (sp.returncode, lp.returncode) == (0, 0), serr + lerr
+    assert src.read_bytes() == before
+    got = final.read_bytes()
+    assert len(got) == len(before) and got != before
+    assert dst.read_bytes() == got
+    assert json.loads(sout)["source_digest"] == hashlib.sha256(got).hexdigest()
+
+
 def test_listen_exits_non_zero_on_failure(tmp_path):
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
     _image(src, 2 << 20)

@@ -140,3 +140,47 @@ def test_zero_pages_still_clear_a_destination_that_is_not_fresh() -> None:
     assert bytes(blk.view) == bytes(src.blocks[0].view)
     src.close()
     dguest.close()
+
+
+def _mapped(path: Path) -> bool:
+    with open("/proc/self/maps") as f:
+        return str(path) in f.read()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
+def test_on_done_runs_when_the_migration_ends_before_the_guests_are_unmapped(tmp_path) -> None:
+    """Benchmarks end their measurement in ``on_done`` (QEMU's ends at ``completed``): it is
+    called once per end with the returned stats while both guest images are still mapped."""
+    from qatmig_engine import api
+    from qatmig_engine.qemu.image import build_image
+
+    size = 4 << 20
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(build_image(size, seed=5))
+    params = MigrationParameters(multifd_channels=2, multifd_compression="none")
+    seen: dict[str, list[tuple[object, bool]]] = {"send": [], "listen": []}
+    box: dict[str, object] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        def on_ready(addr: tuple[str, int]) -> None:
+            box["port"] = addr[1]
+            ready.set()
+
+        try:
+            box["st"] = api.listen(
+                "127.0.0.1", 0, dst, size, params, timeout=20, on_ready=on_ready,
+                on_done=lambda st: seen["listen"].append((st, _mapped(dst))))
+        finally:
+            ready.set()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(20) and "port" in box
+    st = api.send("127.0.0.1", int(box["port"]), src, params, timeout=20,  # type: ignore[arg-type]
+                  on_done=lambda s: seen["send"].append((s, _mapped(src))))
+    t.join(30)
+    assert st.status == "completed" and box["st"].status == "completed"  # type: ignore[union-attr]
+    assert seen["send"] == [(st, True)] and seen["listen"] == [(box["st"], True)]
+    assert not _mapped(src) and not _mapped(dst)  # unmapped after on_done
+    assert dst.read_bytes() == src.read_bytes()

@@ -443,6 +443,20 @@ def test_zero_only_packet_with_a_payload_size():
     assert (err.packet_num, err.offset) == (pkt.packet_num, pos + 20)
 
 
+@pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-9.2", "qemu-10.0"])
+def test_sync_packet_with_the_compression_bit(dialect):
+    """QEMU's SYNC-only packets carry flags 0x1 alone (7.2 and 10.0 captures are clean in
+    test_golden_qemu_captures_are_clean); a sender that keeps the method's bit is flagged."""
+    conns = ref(dialect, "zlib")
+    i = busy(conns, dialect)
+    pos, pkt = next((p, k) for p, k in packets(conns[i], dialect)
+                    if k.sync and not k.normal_pages and not k.zero_pages)
+    out = patch(conns, i, pos + 8, struct.pack(">I", pkt.flags | 0x2))
+    err = one(judge(out, dialect, "zlib"), "flags")
+    assert (err.connection, err.packet_num, err.offset) == (i, pkt.packet_num, pos + 8)
+    assert "without pages carry the compression bit 0x2" in err.message
+
+
 # ------------------------------------------------------------------------------ payload framing
 def test_zlib_new_stream_in_a_later_packet():
     conns = ref("qemu-7.2", "zlib")

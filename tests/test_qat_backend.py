@@ -337,6 +337,29 @@ def test_fault_injection_with_fallback_off_raises():
         comp.compress(b"a" * PAGE)
 
 
+def test_partial_output_with_fallback_off_is_refused_before_it_is_sent():
+    """QZ_OK with half the output (a real library fault), no fallback: a typed error naming
+    the channel, never a broken packet."""
+    sel = select_backend(params(qat_backend="sw", qat_fallback=False,
+                                extra={"qat_fault_injection": "after_packets=1,mode=truncate"}))
+    comp = get_codec("qatzip").new_compressor(1, channel=3, qz=sel.make_engine(3))
+    pkts = packets(2)
+    assert qzformat.decompress(comp.compress(pkts[0]), max_output=len(pkts[0])) == pkts[0]
+    with pytest.raises(QatmigError, match=r"channel 3: QATzip engine sw output rejected "
+                       r"\(qat-fallback off\): gzip-ext member at offset 0 runs past"):
+        comp.compress(pkts[1])
+
+
+def test_a_source_failing_mid_run_releases_its_guest_ram(multifd_pair, guest_odd_size):
+    """A channel thread's error keeps its frames; their views of guest RAM must not keep the
+    source's mapping (and file) open: the fixture's teardown fails on a left-over descriptor."""
+    pair = multifd_pair(compression="qatzip", qat_backend="sw", qat_fallback="off",
+                        qat_inject_fault="after_packets=1,rc=QZ_FAIL", judge=False)
+    result = pair.migrate(guest_odd_size, timeout=10)
+    assert result.status == "failed"
+    assert "QZ_FAIL" in result["source_result"]["error"]
+
+
 def test_fault_injection_parsing():
     assert QzFaultInjection.parse("7") == QzFaultInjection(7)
     f = QzFaultInjection.parse("after_packets=3, channel=1, rc=QZ_TIMEOUT, mode=truncate")

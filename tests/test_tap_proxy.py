@@ -15,7 +15,7 @@ import time
 
 import pytest
 from qatmig_engine.qemu.golden import load_connections
-from qatmig_engine.tap import TapChecker, TapProxy
+from qatmig_engine.tap import ChannelCut, TapChecker, TapProxy
 
 #: The ``qatmig`` command line, run by the test's interpreter.
 QATMIG = [sys.executable, "-c", "import sys; from qatmig_engine.cli import main; "
@@ -188,6 +188,64 @@ def test_destination_dropping_the_connection_does_not_hang(zstd_capture):
     assert time.monotonic() - t0 < 20
     assert not report.ok
     assert any("sending to the destination failed" in e.message for e in report.errors)
+
+
+@pytest.mark.parametrize("mode", ["reset", "eof"])
+def test_a_cut_kills_the_first_multifd_connection_after_exactly_n_bytes(zstd_capture, mode):
+    """QEMU 7.2's main channel (connection 0) is not multifd: the cut picks a channel, lets
+    exactly ``after_bytes`` through on it, and forwards the other connections whole."""
+    n = 100_000  # less than the main channel's 118744 bytes, sent first
+    sink = Sink()
+    try:
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port), None, timeout=5,
+                       cut=ChannelCut(n, mode=mode))
+        port = tap.start()
+        t0 = time.monotonic()
+        replay(port, zstd_capture, pause=0.05)
+        tap.wait(30)
+        elapsed = time.monotonic() - t0
+    finally:
+        sink.close()
+    assert elapsed < 15
+    cut = tap.cut_done
+    assert cut is not None and cut["connection"] in (1, 2), cut
+    idx = cut["connection"]
+    assert tap.bytes_down[idx] == n
+    got = bytes(sink.received[idx])
+    # a reset may discard what the destination had not read yet; an end of stream does not
+    assert (got == zstd_capture[idx][:n]) if mode == "eof" else zstd_capture[idx].startswith(got)
+    for i, data in enumerate(zstd_capture):
+        if i != idx:
+            assert bytes(sink.received[i]) == data, f"connection {i} was not forwarded whole"
+
+
+def test_a_cut_by_role_main_and_one_that_never_comes(zstd_capture):
+    sink = Sink()
+    try:
+        tap = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port), None, timeout=5,
+                       cut=ChannelCut(1000, role="main", mode="eof"))
+        replay(tap.start(), zstd_capture)
+        tap.wait(30)
+        never = TapProxy(("127.0.0.1", 0), ("127.0.0.1", sink.port), None, timeout=5,
+                         cut=ChannelCut(10 << 20))
+        replay(never.start(), zstd_capture)
+        never.wait(30)
+    finally:
+        sink.close()
+    assert tap.cut_done == {"connection": 0, "role": "main", "mode": "eof", "after_bytes": 1000}
+    assert bytes(sink.received[0]) == zstd_capture[0][:1000]
+    assert never.cut_done is None  # no connection carried 10 MiB
+    assert [bytes(b) for b in sink.received[3:]] == zstd_capture
+
+
+@pytest.mark.parametrize(("kwargs", "text"), [
+    ({"after_bytes": 0}, "after_bytes must be >= 1"),
+    ({"after_bytes": 1, "role": "sync"}, "role must be one of multifd, main, any"),
+    ({"after_bytes": 1, "mode": "fin"}, "mode must be one of reset, eof"),
+])
+def test_a_bad_cut_is_refused(kwargs, text):
+    with pytest.raises(ValueError, match=text):
+        ChannelCut(**kwargs)
 
 
 def test_cli_forwards_and_prints_json(zstd_capture, tmp_path):

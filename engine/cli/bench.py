@@ -16,6 +16,7 @@ examples:
   qatmig bench --channels 2,4,8 --max-bandwidth unlimited,1Gbit,10Gbit --repeat 3
   qatmig bench --impl engine,qemu:/usr/bin/qemu-system-x86_64,qemu:$HOME/qemu10/qemu-10.0
   qatmig bench --guest mixed --guest-size 256M --multifd-compression zstd --json
+  qatmig bench --channels 1,2,4,8 --count-wire --predict-host 8,10Gbit,16   # scaling model
 
 Implementations (--impl): 'engine' (two processes running api.send/api.listen; next to QEMUs it
 becomes one engine per dialect those QEMUs speak), 'engine@qemu-7.2' (a fixed dialect), and
@@ -72,6 +73,11 @@ def register(subparsers: Any) -> None:
                    "stamped figures block and the plots into docs/perf/")
     p.add_argument("--docs-id", default="bench", metavar="ID",
                    help="the figures block --update-docs writes (default bench)")
+    p.add_argument("--predict-host", default=None, metavar="CHANNELS,LINK,CORES",
+                   help="with two or more --channels values: predict this host from the "
+                        "scaling fit, e.g. 8,10Gbit,16 (default: the seed's host, 8 channels, "
+                        "10 Gbit/s, 16 cores, beside its published figures); add --count-wire "
+                        "so the link's limit uses the measured compression ratio")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -101,6 +107,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--zero-ratio", str(args.zero_ratio)]
     if args.count_wire:
         parts.append("--count-wire")
+    if args.predict_host:
+        parts += ["--predict-host", args.predict_host]
     if args.docs_id != "bench":
         parts += ["--docs-id", args.docs_id]
     return " ".join(shlex.quote(p) for p in parts) + " --update-docs"
@@ -166,8 +174,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    from dataclasses import asdict
+
     from .. import bench
 
+    if args.predict_host is not None:
+        result["meta"]["predict_host"] = asdict(bench.parse_host(args.predict_host))
     written = bench.write_outputs(result, args.output, plots=not args.no_plots)
     if args.json:
         print_json(result)
@@ -175,6 +187,9 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> int:
         la0, la1 = result["meta"]["loadavg_before"], result["meta"]["loadavg_after"]
         for title, tab in bench.tables(result, format_table):
             print(f"{title}\n{tab}\n")
+        scaling = bench.scaling_markdown(result)
+        if scaling:
+            print(f"{scaling}\n\n{bench.prediction_markdown(result)}\n")
         print(f"{result['meta']['guest']['description']}; median of {result['meta']['repeat']}; "
               f"load average {la0[0]:.2f} -> {la1[0]:.2f} (shared machine: read the ratios)")
     print(f"wrote {', '.join(str(w) for w in written)}", file=sys.stderr)

@@ -17,7 +17,10 @@ def engine_capabilities() -> list[str]:
     from ..codecs import get_codec
     from ..dialects import DIALECTS
 
-    caps = {"max-bandwidth", "verify", "zero-page-detection"}
+    # qat-fault-injection: `send --qat-inject-fault SPEC` makes the qatzip backend fail
+    # mid-run (docs/conformance.md, the exec: contract)
+    caps = {"max-bandwidth", "verify", "zero-page-detection", "dirty-rate",
+            "qat-fault-injection"}
     for method in ("none", "zlib", "zstd", "qatzip", "qpl", "uadk"):
         try:
             get_codec(method)

@@ -280,7 +280,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
                   ramblock=args.ramblock, uuid=args.uuid, dirty_rate=args.dirty_rate,
                   dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
                   machine_type=args.machine_type, max_iters=args.max_iters,
-                  digest=not args.no_digest, connect_wait=args.connect_wait)
+                  digest=not args.no_digest, connect_wait=args.connect_wait,
+                  final_image=args.final_image)
     finally:
         bar.close()
     return _report(st, args)
@@ -341,6 +342,10 @@ def register(subparsers: Any) -> None:
         formatter_class=fmt)
     p.add_argument("target", type=_hostport, metavar="HOST:PORT")
     _add_guest(p)
+    p.add_argument("--final-image", default=None, metavar="FILE",
+                   help="once the migration ended, write the guest's RAM as it was when the "
+                   "guest stopped (the --dirty-rate workload's writes included) to FILE: what "
+                   "the destination must hold; --guest-image itself is never modified")
     p.add_argument("--machine-type", default=None,
                    help="machine type in the CONFIGURATION section (the destination's "
                    "exact -machine type name for a real QEMU destination; default the "

@@ -21,7 +21,7 @@ examples:
       --dialect qemu-7.2
   # a guest that ran during the migration: its RAM afterwards is what must arrive last
   qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --final-image src-after.img
-  # keep the bytes (conn-0.bin is the main channel), check them again later offline
+  # keep the bytes (one conn-N.bin per connection, accept order), check them again offline
   qatmig tap --listen 127.0.0.1:4445 --forward 127.0.0.1:4444 --record cap/
   qatmig tap --replay cap/conn-0.bin cap/conn-1.bin cap/conn-2.bin
 
@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--forward", type=_hostport, metavar="HOST:PORT",
                    help="the destination's migrate-incoming address")
     p.add_argument("--replay", nargs="+", type=Path, metavar="FILE",
-                   help="check recorded connections offline (accept order, main first)")
+                   help="check recorded connections offline, in accept order (the main channel is "
+                        "the one starting with QEVM; under qemu-7.2, the first)")
     p.add_argument("--timeout", type=timeout_arg, default=60.0, metavar="S",
                    help="give up after S seconds without a byte moving (default 60)")
     p.add_argument("--dialect", default=DEFAULT_DIALECT, choices=tuple(DIALECTS),

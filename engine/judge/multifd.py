@@ -265,6 +265,14 @@ class MultifdChannelChecker:
                           "(<= 9.0 sender)", where)
         if not pkt.normal_pages:
             self.stats.empty_packets += 1
+            if comp and not pkt.zero_pages:
+                # QEMU sets a method's bit in its send_prepare hook, which only packets with
+                # pages reach (7.2: normal pages; 9.0+: any page); a SYNC-only packet's flags
+                # are MULTIFD_FLAG_SYNC alone (QEMU 7.2 and 10.0 captures, fixtures/golden).
+                raise self._err(
+                    f"flags {pkt.flags:#x} on a packet without pages carry the compression bit "
+                    f"{comp:#x}: QEMU sets it only on packets with pages (a SYNC packet's "
+                    "flags are 0x1)", pkt, "flags")
             if pkt.next_packet_size:
                 if pkt.zero_pages:
                     raise self._err(

@@ -246,6 +246,33 @@ def check_gzip_ext(out: bytes, n: int) -> None:
         raise QatError(f"output members cover {total} of {n} input bytes")
 
 
+class CheckedQzEngine:
+    """A channel's engine without fallback: every output is checked before it is sent.
+
+    A library can return QZ_OK with partial output (spec qatzip.md); without a fallback that
+    must fail the migration with a typed error, never put a broken packet on the wire.
+    """
+
+    def __init__(self, inner: Any, channel: int) -> None:
+        self._inner = inner
+        self.channel = channel
+        self.name = inner.name
+
+    def compress(self, data: bytes | memoryview, level: int) -> bytes:
+        out: bytes = self._inner.compress(data, level)
+        try:
+            check_gzip_ext(out, len(memoryview(data).cast("B")))
+        except QatError as exc:
+            raise QatError(f"channel {self.channel}: QATzip engine {self.name} output "
+                           f"rejected (qat-fallback off): {exc}") from None
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close:
+            close()
+
+
 class FallbackQzEngine:
     """A channel's engine: ``primary`` until it fails, then ``fallback`` for good.
 
@@ -345,7 +372,7 @@ class QatSelection:
         if fault is not None:
             primary = FaultInjectingQzEngine(primary, fault)
         engine = (FallbackQzEngine(primary, self._software(), channel, self._record)
-                  if self.fallback else primary)
+                  if self.fallback else CheckedQzEngine(primary, channel))
         with self._lock:
             self._engines.append(engine)
         return engine

@@ -361,7 +361,8 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
 
 #: A minimal engine end for measurements: the same api.listen/api.send the CLI calls, without
 #: the CLI's sha256 digests of the whole guest, reporting its CPU seconds and wall-clock
-#: timestamps around the migration only (like QEMU's, start-up excluded).
+#: timestamps around the migration only (like QEMU's: start-up excluded, and the end is when
+#: the migration ended, before the guest is unmapped, as QEMU's ends at ``completed``).
 _RUNNER = """
 import json, resource, sys, time
 from qatmig_engine import api
@@ -374,14 +375,17 @@ def cpu():
     return ru.ru_utime + ru.ru_stime
 def ready(addr):
     print("READY", addr[1], flush=True)
+end = []
+def done(_st):
+    end.extend((cpu(), time.time()))
 c0, t0 = cpu(), time.time()
 if role == "listen":
     st = api.listen("127.0.0.1", int(port), img, int(size), params, ramblock="pc.ram",
-                    timeout=float(timeout), digest=False, on_ready=ready)
+                    timeout=float(timeout), digest=False, on_ready=ready, on_done=done)
 else:
     st = api.send("127.0.0.1", int(port), img, params, ramblock="pc.ram",
-                  timeout=float(timeout), digest=False)
-c1, t1 = cpu(), time.time()
+                  timeout=float(timeout), digest=False, on_done=done)
+c1, t1 = end
 print(json.dumps({"stats": st.to_json(), "t0": t0, "t1": t1, "cpu_s": c1 - c0}), flush=True)
 """
 
