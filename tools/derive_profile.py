@@ -24,7 +24,7 @@ implementation 10x slower than the one measured fails every cell; the script ref
 limits when the runs spread so much that this rule would put a floor above the worst run.
 The section written says when, on which machine, under which load average, with how many
 runs and which margins the limits were measured, and keeps the medians and worst values under
-``perf.suite.measured`` (the plugin ignores them; tests/test_perf_thresholds.py checks the
+``perf.suite.measured`` (the plugin ignores them; tests/test_suite_performance.py checks the
 10x rule against them). ``--write`` replaces only the ``perf:`` section of the file: the rest
 (devices, certify, their comments) stays as it is.
 """
