@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: What the run time depends on: a change here makes the docs block say "code since changed".
 CODE = ["conformance", "pytest_qatmig", "engine", "benchmarks/bench_conformance.py"]
 SCRIPT = "benchmarks/bench_conformance.py --update-docs"
-COLS = ["impl", "peer", "guest", "workers", "outcome", "wall_s", "load", "exit"]
+COLS = ["impl", "peer", "guest", "workers", "outcome", "wall_s", "load", "exit", "slowest"]
+#: Tests listed per run in the ``slowest`` column (pytest --durations).
+SLOWEST = 3
+_DURATION = re.compile(r"^([\d.]+)s (call|setup|teardown)\s+\S+::(\S+)", re.M)
 
 
 def markdown(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
@@ -36,7 +39,8 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
         f"Whole `pytest --pyargs qatmig_conformance -p qatmig"
         f"{f' -n {args.workers}' if args.workers else ''}` runs ({args.guest_size} guest, "
         f"software devices, peer `{args.peer}`), on a machine with {os.cpu_count()} CPUs; the "
-        "1-minute load average before -> after is in the table"
+        "1-minute load average before -> after is in the table; `slowest`: the "
+        f"{SLOWEST} longest test calls (pytest --durations, seconds)"
         + (f" (above {os.cpu_count()}: other work competed, so these are upper bounds)."
            if busy else "."),
         "",
@@ -50,7 +54,8 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
 def run(impl: str, peer: str, guest_size: str, workers: int, extra: list[str]) -> dict[str, str]:
     cmd = [sys.executable, "-m", "pytest", "-p", "qatmig", "--pyargs", "qatmig_conformance",
            f"--qatmig-impl={impl}", f"--qatmig-peer={peer}", f"--qatmig-guest-size={guest_size}",
-           "--qatmig-devices=sw", "-q", "-p", "no:cacheprovider", *extra]
+           "--qatmig-devices=sw", "-q", "-p", "no:cacheprovider", f"--durations={SLOWEST}",
+           *extra]
     if workers:
         cmd += ["-n", str(workers)]
     load0 = os.getloadavg()[0]
@@ -61,9 +66,12 @@ def run(impl: str, peer: str, guest_size: str, workers: int, extra: list[str]) -
     last = cp.stdout.strip().splitlines()[-1] if cp.stdout.strip() else cp.stderr[-300:]
     counts = ", ".join(f"{n} {w}" for n, w in re.findall(r"(\d+) (passed|failed|skipped|error)",
                                                           last))
+    slow = "; ".join(f"`{name}` {float(sec):.1f}" for sec, when, name
+                     in _DURATION.findall(cp.stdout) if when == "call")
     return {"impl": impl, "peer": peer, "guest": guest_size, "workers": str(workers or 1),
             "outcome": counts or last, "wall_s": f"{wall:.1f}",
-            "load": f"{load0:.1f} -> {load1:.1f}", "exit": str(cp.returncode)}
+            "load": f"{load0:.1f} -> {load1:.1f}", "exit": str(cp.returncode),
+            "slowest": slow or "-"}
 
 
 def main() -> int:

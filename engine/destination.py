@@ -17,13 +17,14 @@
 
 from __future__ import annotations
 
-import select
+import os
 import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import tls as tlsmod
 from . import transport
 from .codecs import get_codec
 from .constants import (
@@ -33,8 +34,8 @@ from .constants import (
     TARGET_PAGE_SIZE,
 )
 from .dialects import get_dialect
-from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
-from .guest import GuestMemory, RAMBlock
+from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError, TLSError
+from .guest import GuestMemory, RAMBlock, file_data_map
 from .mainstream import (
     RETURN_PATH_COMMANDS,
     Configuration,
@@ -71,6 +72,8 @@ from .wire import (
 DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 
 _MAIN_RECV = 256 << 10
+#: TLS: at most this much of the main channel is read ahead while multifd channels connect.
+_MAIN_PREFIX_MAX = 16 << 20
 #: Device state a return-path destination buffers after the RAM section while it looks for
 #: the stream's end (QEMU's is ~0.1 MiB without a guest OS).
 MAX_DEVICE_STATE_BYTES = 64 << 20
@@ -98,7 +101,7 @@ class _Receiver(transport.ChannelThread):
         what = f"multifd channel {self.channel}"
         while True:
             try:
-                r, _, _ = select.select([self.sock], [], [], transport.TICK)
+                r = tlsmod.wait_readable([self.sock], transport.TICK)
             except (OSError, ValueError):
                 if dst.act.cancel.is_set():
                     raise Cancelled(f"{what}: migration cancelled") from None
@@ -203,6 +206,21 @@ class _Receiver(transport.ChannelThread):
                 self.round += 1
 
 
+def _holes_as_receivedmap(blk: RAMBlock) -> bytearray | None:
+    """A receivedmap for a shared file mapping: 1 for pages holding file data, 0 for holes."""
+    if not getattr(blk, "shared_file", False) or blk.path is None:
+        return None
+
+    try:
+        fd = os.open(blk.path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return file_data_map(fd, blk.used_length, blk.page_size)
+    finally:
+        os.close(fd)
+
+
 class Destination:
     """Serve one incoming migration into ``guest``; :meth:`run` once.
 
@@ -273,6 +291,19 @@ class Destination:
         self.received: dict[str, bytearray] = (
             {b.name: bytearray(b.pages) for b in guest.blocks} if fresh_ram else {}
         )
+        if not fresh_ram:
+            # RAM in a file that already existed: its holes are zero all the same (a sparse
+            # guest's 4 GiB of zero pages then cost neither a read nor a page fault).
+            for b in guest.blocks:
+                known = _holes_as_receivedmap(b)
+                if known is not None:
+                    self.received[b.name] = known
+        #: tls-creds: every channel is a TLS server for the source (its certificate checked,
+        #: tls-authz applied); built at run() so a bad directory fails the migration cleanly.
+        self.tls = tlsmod.settings_from(params)
+        self.tls_ctx: Any = None
+        #: TLS: main channel bytes read while the multifd channels were still connecting.
+        self._main_prefix = bytearray()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -291,7 +322,7 @@ class Destination:
     def _accept_all(self) -> None:
         n = self.channels
         chans: dict[int, Any] = {}
-        by_magic = self.dialect.channel_by_magic
+        by_magic = self.dialect.channel_by_magic and self.tls is None
         while self.main_sock is None or len(chans) < n:
             main_state = "connected" if self.main_sock is not None else "missing"
             what = (
@@ -299,6 +330,8 @@ class Destination:
                 "multifd)"
             )
             try:
+                if self.tls is not None and self.main_sock is not None:
+                    self._wait_accept_watching_main(what)
                 conn = transport.accept(self.lsock, self.act, what)
             except PeerTimeout:
                 raise PeerTimeout(
@@ -306,6 +339,14 @@ class Destination:
                     f"multifd-channels={n} and this --dialect ({self.dialect.name})?"
                 ) from None
             try:
+                if self.tls is not None:
+                    what = ("main channel" if self.main_sock is None else
+                            f"multifd connection #{len(chans)}")
+                    conn = tlsmod.server_handshake(conn, self.tls_ctx, self.tls, self.act, what)
+                    if self.main_sock is None:
+                        cert = conn.getpeercert() or {}
+                        self.stats.tls_peer_dn = tlsmod.distinguished_name(
+                            cert.get("subject", ()))
                 if by_magic:
                     role = identify_channel(
                         transport.peek_exact(conn, 4, self.act, "new connection")
@@ -323,12 +364,50 @@ class Destination:
                 if init.channel_id in chans:
                     raise duplicate_channel_error(init.channel_id)
                 chans[init.channel_id] = conn
-            except BaseException:
-                transport.abort(conn)
+            except BaseException as exc:
+                if isinstance(exc, TLSError):
+                    # A refusal: close (not reset) so the source reads the alert or the
+                    # close_notify and can say why.
+                    transport.close(conn)
+                else:
+                    transport.abort(conn)
                 for s in chans.values():
                     transport.abort(s)
                 raise
         self.receivers = [_Receiver(self, i, chans[i]) for i in range(n)]
+
+    def _wait_accept_watching_main(self, what: str) -> None:
+        """TLS: until a connection waits to be accepted, read what the main channel brings.
+
+        A QEMU source checks this destination's certificate (host name) only after its
+        handshake and then closes the main channel without opening any multifd channel:
+        seeing that close here fails at once instead of at the idle timeout. What the main
+        channel carries meanwhile (the stream's start) is kept for the decoder."""
+        lsock, main = self.lsock, self.main_sock
+        while True:
+            ready = tlsmod.wait_readable([lsock, main], transport.TICK)
+            if lsock in ready:
+                return
+            if main in ready and len(self._main_prefix) < _MAIN_PREFIX_MAX:
+                try:
+                    data = main.recv(_MAIN_RECV)
+                except TimeoutError:
+                    continue  # part of a TLS record only
+                except OSError as exc:
+                    data = b""
+                    detail = f" ({getattr(exc, 'reason', None) or exc})"
+                else:
+                    detail = ""
+                if not data:
+                    raise TLSError(
+                        "main channel: the source closed it before opening its multifd "
+                        f"channels{detail}: it may have refused this destination's certificate "
+                        "(tls-hostname not in it, or signed by a CA it does not trust); see "
+                        "the source's error")
+                self._main_prefix += data
+                self.act.touch()
+                continue
+            self.act.check(what)
 
     def _accept_extra(self) -> None:
         """Any connection after the expected ones fails the migration (more channels than
@@ -486,6 +565,8 @@ class Destination:
         t_start = time.monotonic()
         t_first: float | None = None
         try:
+            if self.tls is not None:
+                self.tls_ctx = self.tls.server_context()
             self._accept_all()
             t_first = time.monotonic()
             self._acceptor = threading.Thread(
@@ -497,7 +578,10 @@ class Destination:
             dec = self.decoder
             sock = self.main_sock
             while True:
-                data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
+                if self._main_prefix:
+                    data, self._main_prefix = bytes(self._main_prefix), bytearray()
+                else:
+                    data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
                 self.act.raise_failure()
                 if not data:
                     dec.close()
@@ -525,6 +609,7 @@ class Destination:
             self._done.set()
             if self.rp_open:
                 self._send_shut(failed=False)
+            tlsmod.bye(sock)
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             st.record_failure(exc, self.act.error)

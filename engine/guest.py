@@ -74,6 +74,11 @@ class RAMBlock:
         #: One byte per page, 1 = dirty. Set by the workload, taken by :meth:`sync_dirty`.
         self.dirty = bytearray(self.pages)
         self._lock = threading.Lock()
+        #: For a read-only file mapping: one byte per page, 0 = the page lies in a hole of
+        #: the file (zero without reading it: a sparse guest's holes are never faulted in).
+        self.data_map: bytearray | None = None
+        #: A shared writable file mapping (mode "w"): the file is the RAM.
+        self.shared_file = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -148,7 +153,9 @@ class RAMBlock:
                 raise _image_error(path, f"make it {size} bytes long", exc) from None
             finally:
                 os.close(fd)
-            return cls(name, mm, size, page_size=page_size, path=path, writable=True)
+            blk = cls(name, mm, size, page_size=page_size, path=path, writable=True)
+            blk.shared_file = True
+            return blk
         if mode not in ("r", "c"):
             raise ParameterError(f"unknown guest image mode {mode!r}")
         try:
@@ -173,9 +180,12 @@ class RAMBlock:
                 mm = mmap.mmap(fd, size, access=access)
             except (OSError, OverflowError) as exc:
                 raise _image_error(path, "map it", exc) from None
+            data_map = file_data_map(fd, size, page_size) if mode == "r" else None
         finally:
             os.close(fd)
-        return cls(name, mm, size, page_size=page_size, path=path, writable=(mode == "c"))
+        blk = cls(name, mm, size, page_size=page_size, path=path, writable=(mode == "c"))
+        blk.data_map = data_map
+        return blk
 
     # ------------------------------------------------------------------ pages
     def page(self, index: int) -> memoryview:
@@ -184,6 +194,9 @@ class RAMBlock:
 
     def is_zero(self, offset: int) -> bool:
         """Whether the page at byte ``offset`` is all zeros (QEMU's ``buffer_is_zero``)."""
+        m = self.data_map
+        if m is not None and not m[offset // self.page_size]:
+            return True
         w = self.words
         i = offset >> 3
         if w[i] or w[i + self._last_word]:
@@ -195,8 +208,26 @@ class RAMBlock:
         """Byte offsets of the zero pages among ``count`` pages from byte ``start``.
 
         Vectorised in C: the first and last byte of every page are gathered with strided
-        slices; only pages where both are zero get a full compare.
+        slices; only pages where both are zero get a full compare. Pages in a hole of a
+        read-only file (:attr:`data_map`) are zero without being read.
         """
+        ps = self.page_size
+        m = self.data_map
+        if m is not None:
+            p0 = start // ps
+            seg = m[p0 : p0 + count]
+            if seg.count(1) != count:
+                out: list[int] = []
+                pos = 0
+                for run in _DIRTY_RUN.finditer(seg):
+                    out += range(start + pos * ps, start + run.start() * ps, ps)
+                    out += self._zero_pages_read(start + run.start() * ps, run.end() - run.start())
+                    pos = run.end()
+                out += range(start + pos * ps, start + count * ps, ps)
+                return out
+        return self._zero_pages_read(start, count)
+
+    def _zero_pages_read(self, start: int, count: int) -> list[int]:
         ps = self.page_size
         end = start + count * ps
         v = self.view
@@ -264,8 +295,34 @@ class RAMBlock:
         """Hex digest of the block's bytes (deterministic: depends on content only)."""
         h = hashlib.new(algorithm)
         step = 16 << 20
-        for o in range(0, self.used_length, step):
-            h.update(self.view[o : o + step])
+        m = self.data_map
+        if m is None and self.path is not None and self.shared_file:
+            # A shared file mapping (a destination): its holes are zero, read or not.
+            try:
+                self._mm.flush()
+                fd = os.open(self.path, os.O_RDONLY)
+            except (OSError, ValueError):
+                fd = -1
+            if fd >= 0:
+                try:
+                    m = file_data_map(fd, self.used_length, self.page_size)
+                finally:
+                    os.close(fd)
+        if m is None:
+            for o in range(0, self.used_length, step):
+                h.update(self.view[o : o + step])
+            return h.hexdigest()
+        zero = bytes(step)
+        ps = self.page_size
+        pos = 0  # pages
+        for run in _DIRTY_RUN.finditer(m):
+            for lo, hi, data in ((pos, run.start(), False), (run.start(), run.end(), True)):
+                for o in range(lo * ps, hi * ps, step):
+                    n = min(step, hi * ps - o)
+                    h.update(self.view[o : o + n] if data else zero[:n])
+            pos = run.end()
+        for o in range(pos * ps, self.used_length, step):
+            h.update(zero[: min(step, self.used_length - o)])
         return h.hexdigest()
 
     def close(self) -> None:
@@ -405,6 +462,36 @@ class GuestMemory:
     def close(self) -> None:
         for b in self.blocks:
             b.close()
+
+
+def file_data_map(fd: int, size: int, page_size: int = TARGET_PAGE_SIZE) -> bytearray | None:
+    """One byte per page of the first ``size`` bytes of the open file ``fd``: 1 where the
+    page overlaps data, 0 where it lies in a hole (SEEK_DATA/SEEK_HOLE); None when the file
+    system cannot tell."""
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None:
+        return None
+    pages = size // page_size
+    m = bytearray(pages)
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, seek_data)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after pos
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, seek_hole), size)
+            first, last = start // page_size, -(-end // page_size)
+            m[first:last] = b"\x01" * (last - first)
+            pos = end
+    except OSError:
+        return None
+    return m
 
 
 def write_block(block: RAMBlock, path: str | os.PathLike[str]) -> None:

@@ -212,6 +212,9 @@ def identify_channel(first4: bytes) -> str:
         return "main"
     if magic == MULTIFD_MAGIC:
         return "multifd"
+    if magic >> 16 == 0x1603:  # a TLS record header: handshake, TLS 1.x
+        raise WireError(f"unknown channel magic: {magic} (a TLS handshake record: the source "
+                        "uses TLS; give this end tls-creds too)", field="magic")
     raise WireError(f"unknown channel magic: {magic}", field="magic")
 
 

@@ -85,6 +85,19 @@ def qat_device(request: pytest.FixtureRequest) -> QatDevice:
 
 
 @pytest.fixture(scope="session")
+def tls_creds(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """x509 credentials for TLS migrations, made once per session with ``openssl``:
+    a ``qatmig_engine.tlscerts.TLSTestCreds`` (``good``, ``wrong_ca``, ``no_client``,
+    ``other_client`` directories laid out as QEMU's tls-creds-x509 dir, and the client DNs)."""
+    if shutil.which("openssl") is None:
+        _skip_here("the openssl command is needed to make TLS test certificates: "
+                   "apt-get install openssl")
+    from qatmig_engine.tlscerts import make_test_creds
+
+    return make_test_creds(tmp_path_factory.mktemp("tls-creds"))
+
+
+@pytest.fixture(scope="session")
 def silesia_guest_memory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> GuestImage:

@@ -30,6 +30,7 @@ from .fixtures import (
     qatmig_peer,
     qatmig_perf_guest,
     silesia_guest_memory,
+    tls_creds,
 )
 from .results import PERF_LEGEND, perf_table
 from .state import OPTIONS, is_worker
@@ -37,7 +38,7 @@ from .state import OPTIONS, is_worker
 __all__ = [
     "guest_above_4g", "guest_odd_size", "guest_small_text", "guest_with_zero_pages",
     "multifd_pair", "qat_device", "qatmig_direction", "qatmig_impl", "qatmig_peer",
-    "qatmig_perf_guest", "silesia_guest_memory",
+    "qatmig_perf_guest", "silesia_guest_memory", "tls_creds",
 ]
 
 MARKERS = (

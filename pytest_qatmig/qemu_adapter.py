@@ -242,6 +242,8 @@ class QemuImplementation:
     """A real ``qemu-system-x86_64`` (default: ``$QATMIG_QEMU`` or the one on PATH)."""
 
     name = "qemu"
+    #: As a source it announces its firmware, ROM and VGA RAM blocks beside the guest's.
+    other_ramblocks = True
 
     def __init__(self, binary: str | None = None) -> None:
         from qatmig_engine.errors import QemuError

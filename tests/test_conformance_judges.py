@@ -53,9 +53,9 @@ MUTANTS: dict[str, list[tuple[str, str, str]]] = {
     # A destination that loses a page after completing and says `verified: true` anyway.
     "lies-verified": [
         ("api.py",
-         "        st = dst.run()\n        if st.status == \"completed\" and digest:",
+         "        st = dst.run()\n        if on_done is not None:",
          "        st = dst.run()\n        blk.write_page(4096, bytes(4096))\n"
-         "        st.verified = True\n        if st.status == \"completed\" and digest:"),
+         "        st.verified = True\n        if on_done is not None:"),
     ],
 }
 

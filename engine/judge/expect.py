@@ -17,7 +17,9 @@ class Expectations:
       the stream shows it: zlib's FLEVEL bits, qatzip's XFL byte);
     * ``channels`` — multifd-channels: ids 0..n-1, each once, and exactly n connections;
     * ``uuid`` — the ``-uuid`` both ends were given (every init packet must carry it);
-    * ``ramblocks`` — RAM block names and used_length the source must announce;
+    * ``ramblocks`` — RAM block names and used_length the source must announce (exactly
+      those, unless ``other_ramblocks``: then at least those, as a real QEMU adds its
+      firmware, ROM and VGA blocks);
     * ``page_size`` — the target page size (4096 on x86);
     * ``every_page`` — every page of every block must arrive at least once (QEMU's bulk
       stage sends them all);
@@ -31,6 +33,7 @@ class Expectations:
     channels: int | None = None
     uuid: str | bytes | None = None
     ramblocks: Mapping[str, int] | None = None
+    other_ramblocks: bool = False
     page_size: int = TARGET_PAGE_SIZE
     every_page: bool = True
     qatzip_hw_chunks: bool = False

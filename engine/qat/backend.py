@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ParameterError, QatError, QatLibraryError, QatmigError, QatUnavailable
-from .binding import LibraryInfo, QatzipLibrary, QzSession, Rc, gzip_ext_members, load_library
+from .binding import (
+    SOFTWARE_CALLS,
+    LibraryInfo,
+    QatzipLibrary,
+    QzSession,
+    Rc,
+    gzip_ext_members,
+    load_library,
+)
 from .binding import rc_name as _rc_name
 from .devices import QatDevice, discover, hardware_problem
 
@@ -404,8 +412,17 @@ def probe_hardware(lib: QatzipLibrary, level: int = 1) -> str:
     """Set up and tear down one session: "" when it lands on a device, else why not.
 
     In software mode each probe costs the library one leaked pthread key: call it once per
-    migration, and only when discovery found a ready endpoint.
+    migration, and only when discovery found a ready endpoint. Once the process's budget of
+    such calls is spent (a long-lived process selecting a backend on a host whose sysfs shows
+    a device the library cannot use), the library is not probed again: ~1100 probes would
+    leave no key for the process (OpenSSL's next initialisation fails).
     """
+    if SOFTWARE_CALLS.spent:
+        return (
+            f"libqatzip ({lib.path or lib.requested}) not probed: it ran its software path "
+            f"{SOFTWARE_CALLS.budget} times in this process already (no hardware session; "
+            "each such call leaks a pthread key)"
+        )
     try:
         sess = QzSession(lib, level=level, max_input=4096)
     except QatError as exc:

@@ -164,6 +164,12 @@ class _SoftwareCallBudget:
         self.used = 0
         self._lock = threading.Lock()
 
+    @property
+    def spent(self) -> bool:
+        """True once the budget is used up (without counting a call)."""
+        with self._lock:
+            return self.used >= self.budget
+
     def take(self) -> bool:
         """Count one call; False when the budget is spent (do not call the library)."""
         with self._lock:

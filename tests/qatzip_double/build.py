@@ -21,22 +21,29 @@ HOW_TO_ENABLE = (
     "install a C compiler and zlib headers (apt-get install gcc zlib1g-dev) or set CC, "
     "or install QATzip so the real libqatzip.so.3 is used"
 )
+#: How a run gets the real library (CI has none and never builds it).
+HOW_TO_USE_REAL = (
+    "set QATMIG_LIBQATZIP=/path/to/libqatzip.so.3 (a QATzip 1.3 build with qatlib), or "
+    "install QATzip so the loader finds libqatzip.so.3"
+)
 
 
 def real_library() -> str | None:
-    """Path/soname of a loadable real libqatzip, unless the double is forced."""
+    """Path (``$QATMIG_LIBQATZIP``, as the engine resolves it) or soname of a loadable real
+    libqatzip, unless the double is forced."""
     if os.environ.get(FORCE_ENV) == "1":
         return None
     import ctypes
 
+    want = os.environ.get("QATMIG_LIBQATZIP") or "libqatzip.so.3"
     try:
-        handle = ctypes.CDLL("libqatzip.so.3")
+        handle = ctypes.CDLL(want)
     except OSError:
         return None
     # once the double is loaded, the loader answers the soname with it: not the real one
     if hasattr(handle, "qzdouble_set"):
         return None
-    return "libqatzip.so.3"
+    return want
 
 
 def compiler() -> str | None:
