@@ -326,6 +326,11 @@ class RolePair:
                 f"level={spec.level} given but multifd-compression {spec.compression!r} has "
                 "no level (zlib, zstd and qatzip do)"
             )
+        if judge and any(spec.options.get(k) for k in ("tls_creds", "tls-creds")):
+            raise ValueError(
+                "tls_creds: the suite judges every byte between the two ends and cannot read "
+                "TLS channels; migrate over TLS with qatmig_engine.api or `qatmig listen/send "
+                "--tls-creds` (docs/engine.md, TLS), whose own tests are tests/test_tls*.py")
         self.src = src
         self.dst = dst
         self.workdir = workdir

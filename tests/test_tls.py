@@ -259,3 +259,42 @@ def test_tls_certs_command_makes_a_usable_dir(tmp_path):
                         info["client_dn"], "--json", "--quiet"], capture_output=True, text=True)
     st = json.loads(r.stdout)
     assert r.returncode == 0 and st["tls"] and st["tls_peer_dn"] == info["client_dn"], r.stderr
+
+
+def test_plugin_pair_says_the_judge_cannot_read_tls(multifd_pair, tls_creds):
+    """The suite's pairs put the wire judge between the ends: over TLS it would read only
+    ciphertext, so a pair with tls_creds is refused with the reason, not judged wrongly."""
+    with pytest.raises(ValueError, match="cannot read TLS channels"):
+        multifd_pair(compression="zstd", tls_creds=str(tls_creds.good))
+
+
+# ------------------------------------------------------------------ nothing hangs
+
+def test_silent_peer_during_the_handshake_times_out(tls_creds):
+    """A connection that never speaks TLS: both handshakes end at the idle timeout, with the
+    channel named, instead of waiting forever."""
+    import socket
+
+    from qatmig_engine.errors import PeerTimeout
+
+    good = str(tls_creds.good)
+    # Destination side: a client connects and says nothing.
+    d = Destination(_guest(fill=False), MigrationParameters(tls_creds=good), timeout=1)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(st=d.run()), daemon=True)
+    addr = d.address
+    t.start()
+    with socket.create_connection(addr):
+        t.join(15)
+    assert not t.is_alive()
+    st = box["st"]
+    assert st.status == "failed" and st.error_type == "PeerTimeout"
+    assert "TLS handshake" in st.error and "main channel" in st.error
+    # Source side: a listener accepts and never answers the ClientHello.
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        st = send(*ls.getsockname(), params=MigrationParameters(tls_creds=good),
+                  guest=_guest(), timeout=1)
+    assert st.status == "failed" and st.error_type == PeerTimeout.__name__
+    assert "TLS handshake" in st.error

@@ -81,6 +81,19 @@ def test_qemu_to_engine_over_tls_with_return_path(tls_creds, tmp_path, which, di
     assert run.destination["return_path_shut"] == 0
 
 
+@pytest.mark.parametrize("which,dialect", _qemus())
+def test_engine_to_qemu_over_tls_with_return_path(tls_creds, tmp_path, which, dialect):
+    """The source reads MIG_RP_MSG_SHUT on the TLS main channel while it writes to it (one
+    SSL object, two threads: serialised)."""
+    src, dst = _images(tmp_path)
+    good = str(tls_creds.good)
+    run = engine_to_qemu(src, dst, SIZE, "zstd", 2, workdir=str(tmp_path),
+                         binary=_binary(which), dialect=dialect, timeout=60,
+                         return_path=True, tls=TLSEnds(good, good))
+    assert run.completed and run.ram_equal, (run.summary(), run.source.get("error"))
+    assert run.source["return_path_shut"] == 0
+
+
 # ------------------------------------------------------------------ refusals
 
 def _engine_source_cases(c) -> dict:
