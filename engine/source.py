@@ -171,7 +171,7 @@ class _Sender(transport.ChannelThread):
                         ln = len(part)
                         gview[pos : pos + ln] = part
                         pos += ln
-                    payload = self.compressor.compress(gview[: n * ps])
+                    payload = self.compressor.compress_view(gview[: n * ps])
                 payload_len = len(payload)
                 bufs = [payload]
             hdr = Packet(
