@@ -470,11 +470,19 @@ class Source:
             if rp is not None and rp.shut is None:
                 rp.join(1.0)  # a failing destination's SHUT(1) precedes its reset
             refused = None
-            if (self.tls is not None and not self._setup_done and rp is None
-                    and self.main_sock is not None):
+            if self.tls is not None and not self._setup_done and self.main_sock is not None:
                 # TLS 1.3: the destination checks our client certificate (and tls-authz)
-                # after our handshake ended; its alert or close is on the main channel.
-                refused = tlsmod.refusal(self.main_sock, "main channel", self.tls, self.host)
+                # after our handshake ended; its alert or close is on the main channel (read
+                # here, or by the return path's reader when it runs).
+                if rp is None:
+                    refused = tlsmod.refusal(self.main_sock, "main channel", self.tls,
+                                             self.host)
+                elif isinstance(rp.error, ssl.SSLError) and not isinstance(
+                        rp.error, ssl.SSLEOFError):
+                    refused = tlsmod.explain_client_error(rp.error, "main channel", self.tls,
+                                                          self.host)
+                elif rp.closed or isinstance(rp.error, OSError):
+                    refused = tlsmod.closed_early("main channel", self.tls)
             if rp is not None and rp.shut:
                 st.return_path_shut = rp.shut
                 st.record_failure(_destination_failed(rp.shut))

@@ -362,21 +362,27 @@ def refusal(sock: object, what: str, tls: TLSSettings, host: str,
         except OSError:
             data = b""
         if not data:
-            if not os.path.isfile(tls._path(CLIENT_CERT)):
-                return TLSError(
-                    f"{what}: the destination closed the TLS connection before the migration "
-                    f"started: this source has no client certificate (no client-cert.pem in "
-                    f"{tls.creds}), which a destination verifying its peer (QEMU's "
-                    "verify-peer=on) refuses; see the destination's error")
-            return TLSError(
-                f"{what}: the destination closed the TLS connection before the migration "
-                "started: it refused this source (client certificate not in its tls-authz list, "
-                "or not accepted) or failed; see the destination's error")
+            return closed_early(what, tls)
         return None
     return None
 
 
+def closed_early(what: str, tls: TLSSettings) -> TLSError:
+    """The source's message when the destination closed the main channel after the TLS
+    handshake and before the migration started (no alert to name the reason)."""
+    if not os.path.isfile(tls._path(CLIENT_CERT)):
+        return TLSError(
+            f"{what}: the destination closed the TLS connection before the migration "
+            f"started: this source has no client certificate (no client-cert.pem in "
+            f"{tls.creds}), which a destination verifying its peer (QEMU's "
+            "verify-peer=on) refuses; see the destination's error")
+    return TLSError(
+        f"{what}: the destination closed the TLS connection before the migration "
+        "started: it refused this source (client certificate not in its tls-authz list, "
+        "or not accepted) or failed; see the destination's error")
+
+
 __all__ = ["CA_CERT", "CLIENT_CERT", "CLIENT_KEY", "SERVER_CERT", "SERVER_KEY", "TLSSettings",
-           "bye", "client_handshake", "distinguished_name", "explain_client_error",
+           "bye", "client_handshake", "closed_early", "distinguished_name", "explain_client_error",
            "explain_server_error", "refusal", "server_handshake", "settings_from",
            "wait_readable"]

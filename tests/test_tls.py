@@ -170,10 +170,11 @@ def _cases(c) -> dict:
 CASES = ["wrong-ca", "wrong-hostname", "no-client-cert", "dn-not-in-authz"]
 
 
+@pytest.mark.parametrize("return_path", [False, True], ids=["", "return-path"])
 @pytest.mark.parametrize("case", CASES)
-def test_refused_before_any_ram_moves(tls_creds, case):
+def test_refused_before_any_ram_moves(tls_creds, case, return_path):
     src, dst_p, src_msg, dst_msg = _cases(tls_creds)[case]
-    st, dst, _s, dst_guest = _migrate(src, dst_p, timeout=20)
+    st, dst, _s, dst_guest = _migrate(src, dst_p, timeout=20, return_path=return_path)
     assert st.status == dst.status == "failed"
     assert src_msg in st.error and dst_msg in dst.error, (st.error, dst.error)
     assert st.error_type == dst.error_type == "TLSError"  # refused, not timed out

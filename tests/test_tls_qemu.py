@@ -114,18 +114,21 @@ def _engine_source_cases(c) -> dict:
     }
 
 
+@pytest.mark.parametrize("return_path", [False, True], ids=["", "return-path"])
 @pytest.mark.parametrize("which,dialect", _qemus())
 @pytest.mark.parametrize("case", ["wrong-ca", "wrong-hostname", "no-client-cert",
                                   "dn-not-in-authz"])
-def test_qemu_destination_refuses_engine_source(tls_creds, tmp_path, which, dialect, case):
+def test_qemu_destination_refuses_engine_source(tls_creds, tmp_path, which, dialect, case,
+                                                return_path):
     """A refused engine source fails with its reason; QEMU says why on stderr (it reports the
     refusal and keeps waiting for another source: its query-migrate never says failed), and
-    its RAM holds nothing of the guest."""
+    its RAM holds nothing of the guest. With the return path the source's reader thread is
+    the one that sees the refusal on the main channel."""
     tls, ours, theirs = _engine_source_cases(tls_creds)[case]
     src, dst = _images(tmp_path)
     run = engine_to_qemu(src, dst, SIZE, "zstd", 2, workdir=str(tmp_path),
                          binary=_binary(which), dialect=dialect, timeout=20, tls=tls,
-                         destination_wait=1)
+                         destination_wait=1, return_path=return_path)
     assert run.source["status"] == "failed" and run.source["error_type"] == "TLSError"
     assert ours in run.source["error"], run.source["error"]
     assert theirs in run.log, run.log
