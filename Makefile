@@ -31,6 +31,15 @@ system-deps: setup
 	  fi; \
 	fi
 	@$(PY) -m qatmig_engine.qemu.fetch || echo "QEMU 10.0 not fetched: its interop tests will skip"
+	@# TLS tests and docs make their x509 test certificates with the openssl command.
+	@if ! command -v openssl >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing openssl (TLS test certificates)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >/dev/null; \
+	  else \
+	    echo "openssl not found and not root: TLS tests will skip (sudo apt-get install openssl)"; \
+	  fi; \
+	fi
 
 demo: setup
 	$(VENV)/bin/qatmig migrate --guest-size 256M --multifd-channels 2 --multifd-compression zstd

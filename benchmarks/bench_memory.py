@@ -18,18 +18,17 @@ were written. Every run must complete with the destination image equal to the so
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from _listen_send import listen_and_send
 from qatmig_engine.cli._common import format_table, parse_size
 from qatmig_engine.silesia import cached_guest_image, open_corpus
 
@@ -66,22 +65,7 @@ print(json.dumps({"status": st.status, "error": st.error, "before": before,
 
 
 def one(src: Path, dst: Path, size: int, method: str, channels: int) -> dict[str, Any]:
-    dst.unlink(missing_ok=True)
-    py = sys.executable
-    listen = subprocess.Popen([py, "-c", RUNNER, "listen", "0", str(dst), str(size), method,
-                               str(channels)], stdout=subprocess.PIPE, text=True)
-    assert listen.stdout is not None
-    port = listen.stdout.readline().split()[1]
-    send = subprocess.run([py, "-c", RUNNER, "send", port, str(src), str(size), method,
-                           str(channels)], capture_output=True, text=True, timeout=600,
-                          check=False)
-    out, _ = listen.communicate(timeout=600)
-    d = json.loads(out.strip().splitlines()[-1])
-    s = json.loads(send.stdout.strip().splitlines()[-1])
-    if d["status"] != "completed" or s["status"] != "completed":
-        raise SystemExit(f"{method} x{channels}: {s['error'] or d['error']}")
-    if not filecmp.cmp(src, dst, shallow=False):
-        raise SystemExit(f"{method} x{channels}: destination RAM differs")
+    d, _s = listen_and_send(RUNNER, src, dst, size, method, channels, timeout=600)
     b, a = d["before"], d["after"]
     # The guest was unmapped when listen returned; the pages it had resident are the image
     # file's allocated pages (tmpfs allocates a page only when it is written or faulted in).

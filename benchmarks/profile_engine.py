@@ -28,7 +28,6 @@ import mmap
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
+from _listen_send import listen_and_send
 from qatmig_engine.cli._common import format_table, parse_size
 from qatmig_engine.qemu.image import write_image
 
@@ -76,22 +76,7 @@ def _cpu() -> tuple[float, float]:
 
 
 def migrate(src: Path, dst: Path, size: int, method: str, channels: int) -> dict[str, Any]:
-    dst.unlink(missing_ok=True)
-    py = sys.executable
-    listen = subprocess.Popen([py, "-c", RUNNER, "listen", "0", str(dst), str(size), method,
-                               str(channels)], stdout=subprocess.PIPE, text=True)
-    assert listen.stdout is not None
-    port = listen.stdout.readline().split()[1]
-    send = subprocess.run([py, "-c", RUNNER, "send", port, str(src), str(size), method,
-                           str(channels)], capture_output=True, text=True, timeout=900,
-                          check=False)
-    out, _ = listen.communicate(timeout=900)
-    d = json.loads(out.strip().splitlines()[-1])
-    s = json.loads(send.stdout.strip().splitlines()[-1])
-    if d["status"] != "completed" or s["status"] != "completed":
-        raise SystemExit(f"{method}: {s['error'] or d['error']}")
-    if src.read_bytes() != dst.read_bytes():
-        raise SystemExit(f"{method}: destination RAM differs")
+    d, s = listen_and_send(RUNNER, src, dst, size, method, channels, timeout=900)
     return {"send": s, "recv": d}
 
 

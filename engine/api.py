@@ -187,6 +187,7 @@ def migrate_loopback(
         st.wall_seconds_destination = d.wall_seconds_destination
         st.device_state_bytes = d.device_state_bytes
         st.vm_commands = d.vm_commands
+        st.tls_peer_dn = d.tls_peer_dn
         st.peak_rss_bytes = d.peak_rss_bytes
         st.guest_mapped_bytes = d.guest_mapped_bytes
         if s.status != "completed" or d.status != "completed":

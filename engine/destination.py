@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import os
-import select
 import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import tls as tlsmod
 from . import transport
 from .codecs import get_codec
 from .constants import (
@@ -34,7 +34,7 @@ from .constants import (
     TARGET_PAGE_SIZE,
 )
 from .dialects import get_dialect
-from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError
+from .errors import ChannelClosed, MigrationError, PeerTimeout, StreamError, TLSError
 from .guest import GuestMemory, RAMBlock, file_data_map
 from .mainstream import (
     RETURN_PATH_COMMANDS,
@@ -72,6 +72,8 @@ from .wire import (
 DEFAULT_MAX_EXTRA_BLOCK_BYTES = 1 << 30
 
 _MAIN_RECV = 256 << 10
+#: TLS: at most this much of the main channel is read ahead while multifd channels connect.
+_MAIN_PREFIX_MAX = 16 << 20
 #: Device state a return-path destination buffers after the RAM section while it looks for
 #: the stream's end (QEMU's is ~0.1 MiB without a guest OS).
 MAX_DEVICE_STATE_BYTES = 64 << 20
@@ -99,7 +101,7 @@ class _Receiver(transport.ChannelThread):
         what = f"multifd channel {self.channel}"
         while True:
             try:
-                r, _, _ = select.select([self.sock], [], [], transport.TICK)
+                r = tlsmod.wait_readable([self.sock], transport.TICK)
             except (OSError, ValueError):
                 if dst.act.cancel.is_set():
                     raise Cancelled(f"{what}: migration cancelled") from None
@@ -159,14 +161,19 @@ class _Receiver(transport.ChannelThread):
                 offs = pkt.offsets[:n]
                 nps = pkt.next_packet_size
                 # Contiguous runs of the packet's normal pages: (start, end) byte offsets.
-                runs = []
-                start = prev = offs[0]
-                for o in offs[1:]:
-                    if o != prev + ps:
-                        runs.append((start, prev + ps))
-                        start = o
-                    prev = o
-                runs.append((start, prev + ps))
+                start = offs[0]
+                if offs[-1] - start == (n - 1) * ps and offs == tuple(
+                        range(start, start + n * ps, ps)):
+                    runs = [(start, start + n * ps)]  # one run (most packets)
+                else:
+                    runs = []
+                    prev = start
+                    for o in offs[1:]:
+                        if o != prev + ps:
+                            runs.append((start, prev + ps))
+                            start = o
+                        prev = o
+                    runs.append((start, prev + ps))
                 if is_none:
                     # Straight into guest memory: one scatter read (recvmsg) for all the
                     # packet's runs of pages, as QEMU's readv into the pages.
@@ -296,6 +303,12 @@ class Destination:
                 known = _holes_as_receivedmap(b)
                 if known is not None:
                     self.received[b.name] = known
+        #: tls-creds: every channel is a TLS server for the source (its certificate checked,
+        #: tls-authz applied); built at run() so a bad directory fails the migration cleanly.
+        self.tls = tlsmod.settings_from(params)
+        self.tls_ctx: Any = None
+        #: TLS: main channel bytes read while the multifd channels were still connecting.
+        self._main_prefix = bytearray()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -314,7 +327,7 @@ class Destination:
     def _accept_all(self) -> None:
         n = self.channels
         chans: dict[int, Any] = {}
-        by_magic = self.dialect.channel_by_magic
+        by_magic = self.dialect.channel_by_magic and self.tls is None
         while self.main_sock is None or len(chans) < n:
             main_state = "connected" if self.main_sock is not None else "missing"
             what = (
@@ -322,6 +335,8 @@ class Destination:
                 "multifd)"
             )
             try:
+                if self.tls is not None and self.main_sock is not None:
+                    self._wait_accept_watching_main(what)
                 conn = transport.accept(self.lsock, self.act, what)
             except PeerTimeout:
                 raise PeerTimeout(
@@ -329,6 +344,14 @@ class Destination:
                     f"multifd-channels={n} and this --dialect ({self.dialect.name})?"
                 ) from None
             try:
+                if self.tls is not None:
+                    what = ("main channel" if self.main_sock is None else
+                            f"multifd connection #{len(chans)}")
+                    conn = tlsmod.server_handshake(conn, self.tls_ctx, self.tls, self.act, what)
+                    if self.main_sock is None:
+                        cert = conn.getpeercert() or {}
+                        self.stats.tls_peer_dn = tlsmod.distinguished_name(
+                            cert.get("subject", ()))
                 if by_magic:
                     role = identify_channel(
                         transport.peek_exact(conn, 4, self.act, "new connection")
@@ -346,12 +369,50 @@ class Destination:
                 if init.channel_id in chans:
                     raise duplicate_channel_error(init.channel_id)
                 chans[init.channel_id] = conn
-            except BaseException:
-                transport.abort(conn)
+            except BaseException as exc:
+                if isinstance(exc, TLSError):
+                    # A refusal: close (not reset) so the source reads the alert or the
+                    # close_notify and can say why.
+                    transport.close(conn)
+                else:
+                    transport.abort(conn)
                 for s in chans.values():
                     transport.abort(s)
                 raise
         self.receivers = [_Receiver(self, i, chans[i]) for i in range(n)]
+
+    def _wait_accept_watching_main(self, what: str) -> None:
+        """TLS: until a connection waits to be accepted, read what the main channel brings.
+
+        A QEMU source checks this destination's certificate (host name) only after its
+        handshake and then closes the main channel without opening any multifd channel:
+        seeing that close here fails at once instead of at the idle timeout. What the main
+        channel carries meanwhile (the stream's start) is kept for the decoder."""
+        lsock, main = self.lsock, self.main_sock
+        while True:
+            ready = tlsmod.wait_readable([lsock, main], transport.TICK)
+            if lsock in ready:
+                return
+            if main in ready and len(self._main_prefix) < _MAIN_PREFIX_MAX:
+                try:
+                    data = main.recv(_MAIN_RECV)
+                except TimeoutError:
+                    continue  # part of a TLS record only
+                except OSError as exc:
+                    data = b""
+                    detail = f" ({getattr(exc, 'reason', None) or exc})"
+                else:
+                    detail = ""
+                if not data:
+                    raise TLSError(
+                        "main channel: the source closed it before opening its multifd "
+                        f"channels{detail}: it may have refused this destination's certificate "
+                        "(tls-hostname not in it, or signed by a CA it does not trust); see "
+                        "the source's error")
+                self._main_prefix += data
+                self.act.touch()
+                continue
+            self.act.check(what)
 
     def _accept_extra(self) -> None:
         """Any connection after the expected ones fails the migration (more channels than
@@ -509,6 +570,8 @@ class Destination:
         t_start = time.monotonic()
         t_first: float | None = None
         try:
+            if self.tls is not None:
+                self.tls_ctx = self.tls.server_context()
             self._accept_all()
             t_first = time.monotonic()
             self._acceptor = threading.Thread(
@@ -520,7 +583,10 @@ class Destination:
             dec = self.decoder
             sock = self.main_sock
             while True:
-                data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
+                if self._main_prefix:
+                    data, self._main_prefix = bytes(self._main_prefix), bytearray()
+                else:
+                    data = transport.recv_some(sock, _MAIN_RECV, self.act, "main channel")
                 self.act.raise_failure()
                 if not data:
                     dec.close()
@@ -548,6 +614,7 @@ class Destination:
             self._done.set()
             if self.rp_open:
                 self._send_shut(failed=False)
+            tlsmod.bye(sock)
             transport.close(sock)
         except Exception as exc:  # typed errors expected; anything else is a bug, still no hang
             st.record_failure(exc, self.act.error)

@@ -94,6 +94,11 @@ class ChannelClosed(MigrationError):
     """A channel was closed by the peer before the migration completed."""
 
 
+class TLSError(MigrationError):
+    """A TLS handshake or check failed: wrong CA, wrong hostname, a missing client
+    certificate, a client certificate not in ``tls-authz``, or a peer without TLS."""
+
+
 class QatError(QatmigError):
     """QAT hardware or libqatzip problem."""
 

@@ -530,6 +530,9 @@ class MainStreamDecoder:
                         "first connection as the main channel and rejects this stream; a "
                         "source that connects in any order looks like dialect qemu-9.0 or newer)"
                     )
+                elif magic >> 16 == 0x1603:
+                    hint = (" (a TLS handshake record: the source uses TLS; give this end "
+                            "tls-creds too)")
                 raise StreamError(
                     f"main channel magic 0x{magic:08x}, expected 0x{QEMU_VM_FILE_MAGIC:08x} "
                     f"(QEVM){hint}",

@@ -38,12 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from .constants import MULTIFD_INIT_PACKET_SIZE
+from .errors import PeerTimeout
+from .pipes import read_line
 from .replay import PacketSpan, Replay, multifd_packets
 
 BUGS = ("completed-wrong", "internal-error", "hang", "crash")
 OUTCOMES = ("failed", "completed-ok", "completed-wrong-undetectable", *BUGS)
 #: Methods whose payload carries an integrity check (qatzip: CRC-32 + ISIZE per member).
 CHECKED_PAYLOAD = frozenset({"qatzip"})
+#: Seconds a ``qatmig listen`` child may take to start and announce its address.
+LISTEN_START_TIMEOUT = 30.0
 
 
 @dataclass
@@ -325,7 +329,10 @@ def run_case_listen(sess: Session, case: Case, work: Path, *, timeout: float = 2
     err = ""
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
+        try:
+            line = read_line(proc.stderr, LISTEN_START_TIMEOUT, "qatmig listen (its address)")
+        except PeerTimeout as exc:
+            return Result(case, "hang", time.monotonic() - t0, str(exc))
         try:
             port = int(line.strip().rsplit(":", 1)[1])
         except (IndexError, ValueError):

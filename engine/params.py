@@ -46,6 +46,14 @@ class MigrationParameters:
     #: QEMU's ``return-path`` capability (source side): MIG_CMD_OPEN_RETURN_PATH + PING after
     #: the header; the source completes only on the destination's MIG_RP_MSG_SHUT(0).
     return_path: bool = False
+    #: QEMU's ``tls-creds``: here the directory QEMU's ``-object tls-creds-x509,dir=DIR``
+    #: would load (ca-cert.pem, server-cert.pem/-key.pem, client-cert.pem/-key.pem); None =
+    #: no TLS. ``tls-hostname``: the name the source checks in the destination's certificate
+    #: (default the host it connects to). ``tls-authz``: the client certificate DNs the
+    #: destination admits (QEMU's authz-list, exact match), None = any the CA signed.
+    tls_creds: str | None = None
+    tls_hostname: str | None = None
+    tls_authz: tuple[str, ...] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +99,7 @@ class MigrationParameters:
             raise ParameterError(
                 f"qat-backend must be auto, hw or sw, not '{self.qat_backend}'"
             )
+        self._validate_tls()
         bw = self.max_bandwidth
         if not isinstance(bw, int) or not 0 <= bw <= SIZE_MAX:
             raise ParameterError(
@@ -103,6 +112,28 @@ class MigrationParameters:
                 "Parameter 'downtime_limit' expects an integer in the range of 0 to "
                 f"{MAX_MIGRATE_DOWNTIME_SECONDS} seconds"
             )
+
+    def _validate_tls(self) -> None:
+        for name in ("tls_creds", "tls_hostname"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ParameterError(f"Parameter '{name.replace('_', '-')}' expects a string")
+        authz = self.tls_authz
+        if authz is not None:
+            if isinstance(authz, str):
+                authz = (authz,)
+            if not all(isinstance(dn, str) and dn for dn in authz):
+                raise ParameterError(
+                    "Parameter 'tls-authz' expects distinguished names, e.g. "
+                    "'CN=client,O=Example,C=GB'")
+            self.tls_authz = tuple(authz)
+        if not self.tls_creds:
+            for name in ("tls_hostname", "tls_authz"):
+                if getattr(self, name):
+                    raise ParameterError(
+                        f"{name.replace('_', '-')} is set but tls-creds is not: TLS is off "
+                        "without tls-creds (give the credentials directory)")
+            self.tls_creds = None
 
     # ---------------------------------------------------------------- helpers
     @property

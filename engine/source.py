@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import itertools
 import queue
-import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import tls as tlsmod
 from . import transport
 from .codecs import get_codec
 from .constants import MULTIFD_PACKET_SIZE, TARGET_PAGE_SIZE
@@ -170,7 +171,7 @@ class _Sender(transport.ChannelThread):
                         ln = len(part)
                         gview[pos : pos + ln] = part
                         pos += ln
-                    payload = self.compressor.compress(gview[: n * ps])
+                    payload = self.compressor.compress_view(gview[: n * ps])
                 payload_len = len(payload)
                 bufs = [payload]
             hdr = Packet(
@@ -191,9 +192,11 @@ class _ReturnPathReader(threading.Thread):
     connection from the start, so a MIG_RP_MSG_SHUT(1) sent by a destination that fails
     early is read before the connection resets."""
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, lock: threading.Lock | None = None) -> None:
         super().__init__(name="qatmig-return-path", daemon=True)
         self.sock = sock
+        #: TLS: one SSL object must not be read and written by two threads at once.
+        self.lock = lock
         self.decoder = ReturnPathDecoder()
         self.stop = threading.Event()
         self.closed = False  # the destination closed the connection
@@ -206,10 +209,15 @@ class _ReturnPathReader(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set() and self.decoder.shut is None:
             try:
-                r, _, _ = select.select([self.sock], [], [], transport.TICK)
-                if not r:
+                if not tlsmod.wait_readable([self.sock], transport.TICK):
                     continue
-                data = self.sock.recv(4096)
+                if self.lock is None:
+                    data = self.sock.recv(4096)
+                else:
+                    with self.lock:
+                        data = self.sock.recv(4096)
+            except TimeoutError:
+                continue  # TLS: part of a record only
             except (OSError, ValueError) as exc:
                 self.error = exc
                 return
@@ -291,6 +299,11 @@ class Source:
         self.wait_for_destination = wait_for_destination
         self.stats = MigrationStats(role="source")
         self._zero_records = 0
+        #: tls-creds: every channel is a TLS client of the destination.
+        self.tls = tlsmod.settings_from(params)
+        self.tls_ctx: Any = None
+        self._main_lock = threading.Lock()
+        self._setup_done = False  # the setup round's SYNC went through
 
     # ------------------------------------------------------------------ helpers
     def next_packet_num(self) -> int:
@@ -314,7 +327,8 @@ class Source:
             return
         n = len(self.mbuf)
         self.limiter.consume(n)
-        transport.send_all(self.main_sock, bytes(self.mbuf), self.act, "main channel")
+        with self._main_lock:
+            transport.send_all(self.main_sock, bytes(self.mbuf), self.act, "main channel")
         self.main_counters.main_bytes += n
         self.mbuf.clear()
 
@@ -346,9 +360,29 @@ class Source:
         def mk(h: str, p: int, act: transport.Activity, what: str) -> socket.socket:
             # Only the first connection waits for a listener; once it is up, all connect.
             wait, first[0] = (self.connect_wait if first[0] else 0.0), False
-            return transport.connect(h, p, act, what, wait=wait)
+            sock = transport.connect(h, p, act, what, wait=wait)
+            if self.tls is not None:
+                try:
+                    return tlsmod.client_handshake(sock, self.tls_ctx, self.tls, h, act, what)
+                except BaseException:
+                    transport.abort(sock)
+                    raise
+            return sock
 
-        if self.dialect.channel_by_magic:
+        if self.tls is not None:
+            # A TLS channel cannot be peeked: the destination (QEMU too) takes the first
+            # connection whose handshake is done as the main channel. So the main channel
+            # connects and finishes its handshake before any multifd channel, in every dialect.
+            # Each channel's thread starts (and sends its MultiFDInit_t) as soon as its
+            # handshake is done, as QEMU's do: a destination may read that packet before it
+            # accepts the next connection.
+            self.main_sock = mk(host, port, self.act, "main channel")
+            for i in range(self.channels):
+                sender = _Sender(self, i, mk(host, port, self.act, f"multifd channel {i}"))
+                self.senders.append(sender)
+                sender.start()
+            return
+        elif self.dialect.channel_by_magic:
             # 9.0+ sources may open multifd channels before the main one; the destination
             # identifies each connection by its first 4 bytes.
             socks = [mk(host, port, self.act, f"multifd channel {i}") for i in
@@ -435,9 +469,25 @@ class Source:
             rp = self.rp_reader
             if rp is not None and rp.shut is None:
                 rp.join(1.0)  # a failing destination's SHUT(1) precedes its reset
+            refused = None
+            if self.tls is not None and not self._setup_done and self.main_sock is not None:
+                # TLS 1.3: the destination checks our client certificate (and tls-authz)
+                # after our handshake ended; its alert or close is on the main channel (read
+                # here, or by the return path's reader when it runs).
+                if rp is None:
+                    refused = tlsmod.refusal(self.main_sock, "main channel", self.tls,
+                                             self.host)
+                elif isinstance(rp.error, ssl.SSLError) and not isinstance(
+                        rp.error, ssl.SSLEOFError):
+                    refused = tlsmod.explain_client_error(rp.error, "main channel", self.tls,
+                                                          self.host)
+                elif rp.closed or isinstance(rp.error, OSError):
+                    refused = tlsmod.closed_early("main channel", self.tls)
             if rp is not None and rp.shut:
                 st.return_path_shut = rp.shut
                 st.record_failure(_destination_failed(rp.shut))
+            elif refused is not None:
+                st.record_failure(refused)
             else:
                 st.record_failure(exc, self.act.error)
             self.act.cancel.set()
@@ -488,19 +538,24 @@ class Source:
         probe = get_codec(self.method).new_compressor(p.compression_level,
                                                       page_size=self.page_size)
         probe.close()
+        if self.tls is not None:
+            self.tls_ctx = self.tls.client_context()
         self._connect()
         for s in self.senders:
-            s.start()
+            if not s.is_alive() and s.ident is None:
+                s.start()
         enc = self.encoder
         self.guest.mark_all_dirty()
         self._main_write(enc.header())
         if p.return_path:
             # QEMU's migration_thread: tell the destination to open its end, and ping it.
             self._main_write(open_return_path_commands(1))
-            self.rp_reader = _ReturnPathReader(self.main_sock)
+            self.rp_reader = _ReturnPathReader(
+                self.main_sock, self._main_lock if self.tls is not None else None)
             self.rp_reader.start()
         self._main_write(enc.section_start(self.guest.block_list()), flush=True)
         self._sync_round()
+        self._setup_done = True
         st.setup_time_ms = (time.monotonic() - t_start) * 1000
         if self.workload is not None:
             self.workload.start()
@@ -608,11 +663,19 @@ class Source:
         wait = self.act.idle_timeout if self.wait_for_destination is None else \
             self.wait_for_destination
         socks = [self.main_sock] + [s.sock for s in self.senders]
-        for s in socks:
-            try:
-                s.shutdown(transport.socket.SHUT_WR)
-            except OSError:
-                pass
+        if self.tls is not None:
+            # QEMU 10.0's clean TLS termination: close_notify on every multifd channel (10.0
+            # destinations treat a premature end as an error unless the compat property
+            # multifd-clean-tls-termination is off); on the main channel too unless the
+            # return path still has to bring MIG_RP_MSG_SHUT back.
+            for s in socks[1:] if self.params.return_path else socks:
+                tlsmod.bye(s)
+        else:
+            for s in socks:
+                try:
+                    s.shutdown(transport.socket.SHUT_WR)
+                except OSError:
+                    pass
         if self.params.return_path:
             self._await_shut(wait)
             return
@@ -625,6 +688,8 @@ class Source:
                 data = sock.recv(1)
             except TimeoutError:
                 continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                data = b""  # TLS: its close_notify, or a close without one: not a reset
             except OSError as exc:
                 raise MigrationError(
                     f"destination reset the main channel after EOF ({exc.strerror or exc}): "

@@ -100,6 +100,10 @@ class MigrationStats:
     #: MIG_RP_MSG_SHUT value the destination sent / the source received (0 = loaded
     #: everything, 1 = the load failed); None without a return path.
     return_path_shut: int | None = None
+    #: Every channel ran over TLS (tls-creds); the destination records the source's client
+    #: certificate DN (as tls-authz matches it).
+    tls: bool = False
+    tls_peer_dn: str | None = None
     role: str = "both"  # source, destination, both
 
     # ------------------------------------------------------------------ derived
@@ -168,6 +172,7 @@ class MigrationStats:
         self.max_bandwidth = params.max_bandwidth
         self.downtime_limit_ms = params.downtime_limit
         self.return_path = bool(getattr(params, "return_path", False)) or self.return_path
+        self.tls = bool(getattr(params, "tls_creds", None))
 
     def record_failure(
         self, exc: BaseException, first_error: BaseException | None = None
@@ -270,6 +275,8 @@ class MigrationStats:
             "vm_commands": list(self.vm_commands),
             "return_path": self.return_path,
             "return_path_shut": self.return_path_shut,
+            "tls": self.tls,
+            "tls_peer_dn": self.tls_peer_dn,
             "peak_rss_bytes": self.peak_rss_bytes,
             "guest_mapped_bytes": self.guest_mapped_bytes,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -165,6 +166,11 @@ def recv_into_views(
     """Fill every view in order: scatter reads (``recvmsg_into``, one system call for many
     buffers), continued after partial reads; ChannelClosed on EOF."""
     bufs = [v for v in views if len(v)]
+    if isinstance(sock, ssl.SSLSocket):
+        # TLS has no scatter read: one view after another (records are decrypted anyway).
+        for v in bufs:
+            recv_into_exact(sock, v, act, what)
+        return
     total = sum(len(v) for v in bufs)
     got = 0
     i = 0
@@ -201,7 +207,8 @@ def recv_some(sock: socket.socket, bufsize: int, act: Activity, what: str) -> by
 
 
 def peek_exact(sock: socket.socket, n: int, act: Activity, what: str) -> bytes:
-    """The first ``n`` bytes without consuming them (MSG_PEEK), as QEMU 8.0+ does."""
+    """The first ``n`` bytes without consuming them (MSG_PEEK), as QEMU 8.0+ does (plain TCP
+    only: a TLS channel cannot be peeked)."""
     while True:
         data = _socket_call(act, what, sock.recv, n, socket.MSG_PEEK)
         if not data:
@@ -223,6 +230,15 @@ def sendmsg_all(
     bufs = [memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers]
     bufs = [b for b in bufs if len(b)]
     total = sum(len(b) for b in bufs)
+    if isinstance(sock, ssl.SSLSocket):
+        # TLS has no gather write: one buffer (SSL_write encrypts a copy anyway); a timed-out
+        # SSL_write is retried with the same bytes, as OpenSSL requires.
+        data = memoryview(bufs[0] if len(bufs) == 1 else b"".join(bufs))
+        sent = 0
+        while sent < total:
+            sent += _socket_call(act, what, sock.send, data[sent:])
+            act.touch()
+        return total
     i = 0
     while i < len(bufs):
         sent = _socket_call(act, what, sock.sendmsg, bufs[i : i + _IOV_MAX])
@@ -248,20 +264,18 @@ def connect(
         try:
             sock = socket.create_connection((host, port), timeout=act.idle_timeout)
             break
-        except ConnectionRefusedError as exc:
-            if time.monotonic() < deadline and not act.cancel.is_set():
+        except OSError as exc:
+            refused = isinstance(exc, ConnectionRefusedError)
+            if refused and time.monotonic() < deadline and not act.cancel.is_set():
                 time.sleep(0.05)
                 continue
-            hint = (f"still refused after --connect-wait {wait:g} s" if wait > 0 else
-                    "use --connect-wait S to retry while it starts")
+            hint = ""
+            if refused:
+                hint = " " + (f"still refused after --connect-wait {wait:g} s" if wait > 0
+                              else "use --connect-wait S to retry while it starts")
             raise MigrationError(
                 f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} (is `qatmig "
-                f"listen` running there? {hint})"
-            ) from None
-        except OSError as exc:
-            raise MigrationError(
-                f"{what}: cannot connect to {host}:{port}: {exc.strerror or exc} "
-                "(is `qatmig listen` running there?)"
+                f"listen` running there?{hint})"
             ) from None
     return prepare(sock)
 

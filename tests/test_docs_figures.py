@@ -114,7 +114,8 @@ def test_readme_claims_name_tests_that_exist():
     assert missing == []
 
 
-BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
+#: Benchmark scripts; ``_name.py`` files are modules they share, not benchmarks.
+BENCHMARKS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=[p.name for p in BENCHMARKS])

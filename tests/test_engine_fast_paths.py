@@ -14,6 +14,7 @@ import pytest
 from qatmig_engine.api import migrate_loopback, send
 from qatmig_engine.codecs import get_codec
 from qatmig_engine.destination import Destination
+from qatmig_engine.errors import CodecError
 from qatmig_engine.guest import GuestMemory, RAMBlock, fill_deterministic
 from qatmig_engine.params import MigrationParameters
 
@@ -184,3 +185,98 @@ def test_on_done_runs_when_the_migration_ends_before_the_guests_are_unmapped(tmp
     assert seen["send"] == [(st, True)] and seen["listen"] == [(box["st"], True)]
     assert not _mapped(src) and not _mapped(dst)  # unmapped after on_done
     assert dst.read_bytes() == src.read_bytes()
+
+
+# --------------------------------------------------------------------- zlib through cffi
+needs_zlib_ffi = pytest.mark.skipif(
+    __import__("qatmig_engine.codecs._zlib_ffi", fromlist=["lib"]).lib is None,
+    reason="libz.so.1 is not Python's zlib build (see qatmig_engine.codecs._zlib_ffi)")
+
+
+def _module_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codec objects made after this use Python's zlib module (the fallback path)."""
+    from qatmig_engine.codecs import _zlib_ffi
+
+    monkeypatch.setattr(_zlib_ffi, "lib", None)
+
+
+def _zlib_packets() -> list[bytes]:
+    data = bytes(_pages(128, seed=11))
+    return [data, data[: 3 * PAGE], data[7 * PAGE : 100 * PAGE], bytes(128 * PAGE),
+            os.urandom(128 * PAGE), data[PAGE : 2 * PAGE]]
+
+
+@needs_zlib_ffi
+@pytest.mark.parametrize("level", range(10))
+def test_zlib_fast_path_sends_the_bytes_of_pythons_zlib(level: int) -> None:
+    """One deflate(Z_SYNC_FLUSH) per packet into a reused buffer = compress + flush of the
+    zlib module, packet after packet of one stream, at every level."""
+    import zlib
+
+    comp = get_codec("zlib").new_compressor(level)
+    assert comp._fast == (level != 0)  # type: ignore[attr-defined]
+    z = zlib.compressobj(level)
+    views = []
+    for pk in _zlib_packets():
+        want = z.compress(pk) + z.flush(zlib.Z_SYNC_FLUSH)
+        got = comp.compress_view(memoryview(pk))
+        assert bytes(got) == want
+        views.append(got)
+    if level:  # the views share the compressor's one buffer: valid until the next call
+        assert views[0].obj is views[-1].obj  # type: ignore[union-attr]
+    comp.close()
+    comp.close()  # idempotent
+
+
+def _bad_zlib_payloads() -> list[tuple[str, bytes, int]]:
+    import zlib
+
+    data = bytes(_pages(4, seed=2))
+    good = get_codec("zlib").new_compressor(1).compress(data)
+    finished = zlib.compress(data, 1) + b"\x00\x00\xff\xff"
+    c = zlib.compressobj(1)
+    two = c.compress(data + data) + c.flush(zlib.Z_SYNC_FLUSH)
+    return [
+        ("too few pages", good, 5),
+        ("too many pages (bomb)", two, 4),
+        ("corrupt", good[:2] + bytes([good[2] ^ 0xFF]) + good[3:], 4),
+        ("finished stream", finished, 4),
+        ("no flush marker", good[:-1], 4),
+        ("garbage before the marker", good[:-4] + b"\x01\x02" + good[-4:], 4),
+        ("preset dictionary", b"\x78\xbb" + good[2:], 4),
+    ]
+
+
+@needs_zlib_ffi
+@pytest.mark.parametrize("case", range(len(_bad_zlib_payloads())))
+def test_zlib_fast_decoder_fails_like_the_module(case: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same error type (and then a refused stream) for every bad payload, fast or not, and
+    straight into guest memory no byte lands outside the packet's runs."""
+    _what, payload, pages = _bad_zlib_payloads()[case]
+    fast = get_codec("zlib").new_decompressor(channel=3)
+    out = bytearray(b"\xee" * ((pages + 1) * PAGE))
+    runs = [(0, PAGE), (2 * PAGE, (pages + 1) * PAGE)]
+    with pytest.raises(CodecError) as got:
+        fast.decompress_into(payload, pages, memoryview(out), runs)
+    assert out[PAGE : 2 * PAGE] == b"\xee" * PAGE
+    with pytest.raises(CodecError, match="unusable after an earlier error"):
+        fast.decompress(get_codec("zlib").new_compressor(1).compress(bytes(PAGE)), 1)
+    _module_zlib(monkeypatch)
+    slow = get_codec("zlib").new_decompressor(channel=3)
+    assert not slow._fast  # type: ignore[attr-defined]
+    with pytest.raises(CodecError) as want:
+        slow.decompress(payload, pages)
+    assert type(got.value) is type(want.value)
+    assert str(got.value).split(" (")[0] == str(want.value).split(" (")[0]
+
+
+def test_zlib_module_fallback_still_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    _module_zlib(monkeypatch)
+    comp, dec = get_codec("zlib").new_compressor(1), get_codec("zlib").new_decompressor()
+    assert not comp._fast and not dec._fast  # type: ignore[attr-defined]
+    for pk in _zlib_packets():
+        out = bytearray(len(pk) + PAGE)
+        dec.decompress_into(comp.compress_view(pk), len(pk) // PAGE, memoryview(out),
+                            [(PAGE, len(pk) + PAGE)])
+        assert out[PAGE:] == pk

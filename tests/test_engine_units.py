@@ -118,3 +118,54 @@ def test_activity_idle_and_cancel():
     act.cancel.set()
     with pytest.raises(Cancelled, match=r"y: migration cancelled"):
         act.wait(threading.Event(), "y")
+
+
+def test_connect_names_the_address_and_hints_only_when_refused() -> None:
+    """One error text for every failed connect; the --connect-wait hint only for a refusal
+    (nobody listening yet), not for an unreachable network."""
+    import socket
+
+    from qatmig_engine import transport
+    from qatmig_engine.errors import MigrationError
+
+    act = transport.Activity(2.0)
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    with pytest.raises(MigrationError) as refused:
+        transport.connect("127.0.0.1", port, act, "main channel")
+    assert str(refused.value) == (
+        f"main channel: cannot connect to 127.0.0.1:{port}: Connection refused (is `qatmig "
+        "listen` running there? use --connect-wait S to retry while it starts)")
+    with pytest.raises(MigrationError) as waited:
+        transport.connect("127.0.0.1", port, act, "main channel", wait=0.2)
+    assert str(waited.value).endswith("running there? still refused after --connect-wait "
+                                      "0.2 s)")
+    with pytest.raises(MigrationError) as unreachable:  # broadcast: no route, not a refusal
+        transport.connect("255.255.255.255", 9, act, "multifd channel 1")
+    assert str(unreachable.value).startswith(
+        "multifd channel 1: cannot connect to 255.255.255.255:9: ")
+    assert str(unreachable.value).endswith("(is `qatmig listen` running there?)")
+
+
+def test_read_line_gives_up_on_a_silent_child_and_leaves_the_rest_in_the_pipe() -> None:
+    import subprocess
+    import sys
+
+    from qatmig_engine.pipes import read_line
+
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PeerTimeout, match=r"^the child: no line within 0.5 s$"):
+            read_line(silent.stdout, 0.5, "the child")  # type: ignore[arg-type]
+        assert time.monotonic() - t0 < 10
+    finally:
+        silent.kill()
+        silent.wait(10)
+    talker = subprocess.Popen([sys.executable, "-c", "print('READY 4242'); print('{}')"],
+                              stdout=subprocess.PIPE, text=True)
+    assert read_line(talker.stdout, 30, "the child") == "READY 4242\n"  # type: ignore[arg-type]
+    out, _ = talker.communicate(timeout=30)
+    assert out == "{}\n"

@@ -16,6 +16,7 @@ from ..errors import QatmigError, WireError
 #: parser(s) and sets ``func(args) -> int`` as the parser default.
 SUBCOMMAND_MODULES = (
     "migrate", "verify", "contract", "qzip", "guest", "devices", "tap", "bench", "certify",
+    "tlscerts",
 )
 
 EPILOG = """\

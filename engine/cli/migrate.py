@@ -103,6 +103,24 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                    help="QEMU's return-path capability (source): the destination confirms "
                    "(MIG_RP_MSG_SHUT) that it loaded everything before the source reports "
                    "completed (default off, as QEMU)")
+    t = p.add_argument_group(
+        "TLS (QEMU's tls-creds, tls-hostname, tls-authz)",
+        "QEMU names a tls-creds-x509 object; a command line has no -object, so --tls-creds "
+        "takes the directory that object's dir= would: ca-cert.pem, plus server-cert.pem and "
+        "server-key.pem on a destination (listen), client-cert.pem and client-key.pem on a "
+        "source (send). The peer is always verified (QEMU's verify-peer=on). Every channel, "
+        "main and multifd, does its own TLS handshake.")
+    t.add_argument("--tls-creds", metavar="DIR", default=None,
+                   help="TLS on every channel with the x509 credentials in DIR (default off)")
+    t.add_argument("--tls-hostname", metavar="NAME", default=None,
+                   help="source: the name the destination's certificate must carry (default the "
+                   "HOST it connects to)")
+    t.add_argument("--tls-authz", metavar="DN", action="append", default=None,
+                   help="destination: admit only a source whose client certificate has this "
+                   "distinguished name, written as QEMU (gnutls) prints it: certificate order, "
+                   "e.g. 'C=GB,O=Example,CN=source' (`openssl x509 -noout -subject -nameopt "
+                   "RFC2253,-dn_rev -in client-cert.pem` shows it); repeat for more (QEMU's "
+                   "authz-list, exact match)")
     g.add_argument("--uuid", default=None,
                    help="VM uuid carried in every channel's init packet (default all zeros, as "
                    "QEMU without -uuid); both sides must agree")
@@ -126,6 +144,9 @@ def _params(args: argparse.Namespace) -> MigrationParameters:
         qat_backend=args.qat_backend,
         qat_fallback=args.qat_fallback,
         return_path=args.return_path,
+        tls_creds=args.tls_creds,
+        tls_hostname=args.tls_hostname,
+        tls_authz=tuple(args.tls_authz) if args.tls_authz else None,
         extra={
             key: value
             for key, value in (

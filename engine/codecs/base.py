@@ -37,6 +37,12 @@ class Compressor(ABC):
         and the output equals :meth:`compress` of the gathered pages."""
         return None
 
+    def compress_view(self, pages: memoryview | bytes) -> bytes | memoryview:
+        """Like :meth:`compress`, but the result may be a view of a buffer the compressor
+        reuses (as QEMU deflates into one ``zbuff``): valid only until the next call on this
+        compressor, so the caller sends it at once. Default: :meth:`compress`."""
+        return self.compress(pages)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (hardware sessions); idempotent."""
 

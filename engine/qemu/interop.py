@@ -73,6 +73,27 @@ class InteropRun:
                 f"{'equal' if self.ram_equal else 'DIFFERS'}, {self.wall_s:.2f} s{tap}")
 
 
+@dataclass(frozen=True)
+class TLSEnds:
+    """TLS for a migration between the engine and a QEMU: each end's credentials directory
+    (QEMU's tls-creds-x509 ``dir``), the source's ``tls-hostname`` and the destination's
+    ``tls-authz`` DNs (a QEMU destination gets them as an authz-list, exact match)."""
+
+    engine_dir: str
+    qemu_dir: str
+    hostname: str | None = None
+    authz: tuple[str, ...] | None = None
+
+    def engine_args(self, *, source: bool) -> list[str]:
+        args = ["--tls-creds", self.engine_dir]
+        if source and self.hostname is not None:
+            args += ["--tls-hostname", self.hostname]
+        if not source:
+            for dn in self.authz or ():
+                args += ["--tls-authz", dn]
+        return args
+
+
 # ------------------------------------------------------------------------------ helpers
 def free_port() -> int:
     with socket.socket() as s:
@@ -254,9 +275,13 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
                    timeout: float = 120.0, binary: str | None = None,
                    dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
                    machine: str = "pc", return_path: bool = False,
-                   level: int | None = None, record_dir: str | None = None) -> InteropRun:
+                   level: int | None = None, record_dir: str | None = None,
+                   tls: TLSEnds | None = None) -> InteropRun:
     """QEMU source -> ``qatmig listen --dialect DIALECT`` (optionally through the tap, which
     records each connection's bytes into ``record_dir`` when given).
+
+    ``tls``: the QEMU source gets a tls-creds-x509 object (endpoint=client) and tls-hostname,
+    ``qatmig listen`` gets --tls-creds and --tls-authz (see :class:`TLSEnds`).
 
     ``return_path``: the source QEMU has the return-path capability (the engine's destination
     answers its PING and confirms with MIG_RP_MSG_SHUT).
@@ -266,13 +291,16 @@ def qemu_to_engine(src_img: str, dst_img: str, size: int, method: str, channels:
     run = InteropRun("qemu->engine", method, channels, size)
     listen, port = _listen_on_free_port(
         dst_img, size, method, channels, timeout,
-        _params(method, channels, dialect, zero_page_detection, level))
+        _params(method, channels, dialect, zero_page_detection, level)
+        + (tls.engine_args(source=False) if tls else []))
     try:
         with QemuProcess(ram_file=src_img, ram_size=size, name="src", binary=binary,
                          machine=machine, workdir=f"{workdir}/qsrc") as src:
             src.setup_migration(channels=channels, compression=method, level=level,
                                 zero_page_detection=zero_page_detection,
                                 return_path=return_path)
+            if tls is not None:
+                src.setup_tls(tls.qemu_dir, endpoint="client", hostname=tls.hostname)
             if live:
                 src.execute("cont")
             proxy = (_tap(port, method, channels, True, timeout, dialect, record_dir)
@@ -308,9 +336,16 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
                    timeout: float = 120.0, binary: str | None = None,
                    dialect: str = "qemu-7.2", zero_page_detection: str | None = None,
                    machine: str = "pc", return_path: bool = False,
-                   level: int | None = None, record_dir: str | None = None) -> InteropRun:
+                   level: int | None = None, record_dir: str | None = None,
+                   tls: TLSEnds | None = None,
+                   destination_wait: float | None = None) -> InteropRun:
     """``qatmig send --dialect DIALECT`` -> QEMU destination (optionally through the tap, which
     records each connection's bytes into ``record_dir`` when given).
+
+    ``tls``: the QEMU destination gets a tls-creds-x509 object (endpoint=server) and an
+    authz-list, ``qatmig send`` gets --tls-creds and --tls-hostname (see :class:`TLSEnds`).
+    ``destination_wait``: seconds to wait for the QEMU destination's outcome (default the
+    ``timeout`` when the engine end reported, else 5).
 
     ``return_path``: ``send --return-path on`` (and the capability on the QEMU destination).
 
@@ -322,6 +357,9 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
                      binary=binary, machine=machine, workdir=f"{workdir}/qdst") as dst:
         dst.setup_migration(channels=channels, compression=method, level=level,
                             zero_page_detection=zero_page_detection, return_path=return_path)
+        if tls is not None:
+            dst.setup_tls(tls.qemu_dir, endpoint="server", authz=tls.authz)
+            extra_args = (*extra_args, *tls.engine_args(source=True))
         if return_path:
             extra_args = (*extra_args, "--return-path", "on")
         if dialect != "qemu-7.2" and "--machine-type" not in extra_args:
@@ -342,14 +380,19 @@ def engine_to_qemu(src_img: str, dst_img: str, size: int, method: str, channels:
         run.src_cpu_s, out, err = _communicate(send, timeout)
         run.source = _engine_json(out)
         run.log = err
+        wait = destination_wait if destination_wait is not None else (
+            timeout if run.source else 5)
         try:
-            run.destination = dst.wait_migration(timeout if run.source else 5)
+            run.destination = dst.wait_migration(wait)
         except (QemuTimeout, QemuError) as exc:
             run.destination = {"status": "failed", "error": str(exc)}
         run.wall_s = time.monotonic() - t0
         if dst.alive():
             run.dst_cpu_s = dst.cpu_seconds() - cpu0
             run.destination["runstate"] = dst.status()
+            if run.destination.get("status") != "completed":
+                # A QEMU that refused a TLS source only says so on stderr and keeps waiting.
+                run.log += dst.stderr_text()
         else:
             run.destination["runstate"] = f"exited ({dst.proc.returncode if dst.proc else '?'})"
             run.log += dst.stderr_text()
@@ -473,7 +516,7 @@ def engine_to_engine(src_img: str, dst_img: str, size: int, method: str, channel
     return run
 
 
-__all__ = ["QATMIG", "InteropRun", "engine_to_engine", "engine_to_engine_measured",
+__all__ = ["QATMIG", "InteropRun", "TLSEnds", "engine_to_engine", "engine_to_engine_measured",
            "engine_to_qemu", "free_port",
            "proc_cpu_seconds", "qemu_to_engine", "qemu_to_qemu"]
 

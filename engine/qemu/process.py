@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,27 @@ class QemuProcess:
             params["max-bandwidth"] = max_bandwidth
         if zero_page_detection is not None:
             params["zero-page-detection"] = zero_page_detection
+        self.execute("migrate-set-parameters", params)
+
+    def setup_tls(self, creds_dir: str | os.PathLike[str], *, endpoint: str,
+                  hostname: str | None = None, authz: Sequence[str] | None = None,
+                  verify_peer: bool = True) -> None:
+        """TLS for the next migration: ``object-add tls-creds-x509`` (id ``tls0``,
+        ``dir=creds_dir``, ``endpoint`` server on a destination, client on a source), an
+        ``authz-list`` (id ``authz0``: the DNs allowed, exact match, everything else denied)
+        when ``authz`` is given, and migrate-set-parameters tls-creds / tls-hostname /
+        tls-authz."""
+        self.execute("object-add", {"qom-type": "tls-creds-x509", "id": "tls0",
+                                    "dir": os.fspath(creds_dir), "endpoint": endpoint,
+                                    "verify-peer": verify_peer})
+        params: dict[str, Any] = {"tls-creds": "tls0"}
+        if hostname is not None:
+            params["tls-hostname"] = hostname
+        if authz is not None:
+            self.execute("object-add", {
+                "qom-type": "authz-list", "id": "authz0", "policy": "deny",
+                "rules": [{"match": dn, "policy": "allow", "format": "exact"} for dn in authz]})
+            params["tls-authz"] = "authz0"
         self.execute("migrate-set-parameters", params)
 
     def migrate_incoming(self, host: str = "127.0.0.1", port: int = 0) -> int:
