@@ -265,6 +265,14 @@ class RecordingPair:
                 f"spec in {len(wire_errors)} place(s):\n  {shown}{more}",
                 pytrace=False,
             )
+        if self.judge:
+            from .qat_evidence import hw_claim_problems
+
+            problems = hw_claim_problems(result)
+            if problems:
+                pytest.fail(
+                    f"qat_backend hw claimed by source {result.get('source_implementation')}, "
+                    "but:\n  " + "\n  ".join(problems), pytrace=False)
         record: dict[str, Any] = {
             "nodeid": self._item.nodeid,
             "impl": getattr(self._state.impl, "name", "?"),

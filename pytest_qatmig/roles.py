@@ -394,6 +394,7 @@ class RolePair:
         dst_res: Mapping[str, Any] = {}
         errors: list[str] = []
         mismatch = None
+        fw_before: int | None = None
         source_view: SparseImage | None = None
         final: str | None = None
         changed: int | None = None
@@ -411,6 +412,7 @@ class RolePair:
                                timeout=timeout, device=self.device, measure=self.measure)
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
+            fw_before = self._fw_requests()
             if self.judge or cut is not None:
                 from qatmig_engine.judge.expect import Expectations
 
@@ -505,8 +507,27 @@ class RolePair:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
         if cut is not None:
             result = MigrationResult({**result, "channel_cut": proxy.cut_done if proxy else None})
+        if self._fw_counted():
+            fw_after = self._fw_requests()
+            result = MigrationResult({**result, "qat_fw_requests": None if (
+                fw_before is None or fw_after is None) else fw_after - fw_before})
         self.results.append(result)
         return result
+
+    def _fw_counted(self) -> bool:
+        """A qatzip migration on a worker that owns a ready device: count its firmware
+        requests (pytest_qatmig.qat_evidence)."""
+        d = self.device
+        return (self.spec.compression == "qatzip" and d is not None
+                and bool(getattr(d, "hw_ready", False)))
+
+    def _fw_requests(self) -> int | None:
+        if not self._fw_counted():
+            return None
+        from .qat_evidence import fw_requests
+
+        assert self.device is not None
+        return fw_requests(self.device.bdf, self.device.sysfs_root or "/sys")
 
     def _result(
         self, src: Mapping[str, Any], dst: Mapping[str, Any], want: str, got: str | None,
