@@ -141,6 +141,8 @@ class _Receiver(transport.ChannelThread):
                 return
             if not transport.recv_into_exact(sock, hview, act, what, eof_ok=True):
                 self.eof = True
+                # TLS: answer the source's close_notify, so its wait for ours ends now.
+                tlsmod.bye(sock, wait=0.0)
                 return
             c.multifd_bytes += plen
             pkt = decode_packet(hview, dialect, ps, ch)
