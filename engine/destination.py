@@ -387,10 +387,11 @@ class Destination:
         channel carries meanwhile (the stream's start) is kept for the decoder."""
         lsock, main = self.lsock, self.main_sock
         while True:
-            ready = tlsmod.wait_readable([lsock, main], transport.TICK)
+            full = len(self._main_prefix) >= _MAIN_PREFIX_MAX
+            ready = tlsmod.wait_readable([lsock] if full else [lsock, main], transport.TICK)
             if lsock in ready:
                 return
-            if main in ready and len(self._main_prefix) < _MAIN_PREFIX_MAX:
+            if main in ready:
                 try:
                     data = main.recv(_MAIN_RECV)
                 except TimeoutError:
