@@ -163,14 +163,19 @@ class _Receiver(transport.ChannelThread):
                 offs = pkt.offsets[:n]
                 nps = pkt.next_packet_size
                 # Contiguous runs of the packet's normal pages: (start, end) byte offsets.
-                runs = []
-                start = prev = offs[0]
-                for o in offs[1:]:
-                    if o != prev + ps:
-                        runs.append((start, prev + ps))
-                        start = o
-                    prev = o
-                runs.append((start, prev + ps))
+                start = offs[0]
+                if offs[-1] - start == (n - 1) * ps and offs == tuple(
+                        range(start, start + n * ps, ps)):
+                    runs = [(start, start + n * ps)]  # one run (most packets)
+                else:
+                    runs = []
+                    prev = start
+                    for o in offs[1:]:
+                        if o != prev + ps:
+                            runs.append((start, prev + ps))
+                            start = o
+                        prev = o
+                    runs.append((start, prev + ps))
                 if is_none:
                     # Straight into guest memory: one scatter read (recvmsg) for all the
                     # packet's runs of pages, as QEMU's readv into the pages.

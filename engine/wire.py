@@ -536,16 +536,24 @@ class PacketOrder:
         ps = self.page_size
         num = pkt.packet_num
         has_data = bool(pkt.normal_pages or pkt.zero_pages)
+        first = -1  # >= 0: the packet's pages are exactly first, first + ps, ... (any order)
         if has_data:
             offs = pkt.offsets
-            for i, o in enumerate(offs):
-                if o % ps:
-                    raise self._err(f"offset[{i}] {o:#x} is not a multiple of the page size "
-                                    f"{ps}", pkt, channel, "offset")
-            if len(set(offs)) != len(offs):
-                dup = next(o for i, o in enumerate(offs) if o in offs[:i])
-                raise self._err(f"page {dup:#x} appears twice in one packet", pkt, channel,
-                                "offset")
+            # Fast path: a packet covering one contiguous range of pages (normal and zero
+            # pages of a run, as every QEMU queues them) is aligned and has no page twice.
+            ordered = sorted(offs)
+            lo = ordered[0]
+            if lo % ps == 0 and ordered == list(range(lo, lo + len(offs) * ps, ps)):
+                first = lo
+            else:
+                for i, o in enumerate(offs):
+                    if o % ps:
+                        raise self._err(f"offset[{i}] {o:#x} is not a multiple of the page "
+                                        f"size {ps}", pkt, channel, "offset")
+                if len(set(offs)) != len(offs):
+                    dup = next(o for i, o in enumerate(offs) if o in offs[:i])
+                    raise self._err(f"page {dup:#x} appears twice in one packet", pkt,
+                                    channel, "offset")
         with self._lock:
             last = self._last.get(channel)
             if last is not None and num <= last[0]:
@@ -574,6 +582,11 @@ class PacketOrder:
                 size = (block_bytes or {}).get(pkt.ramblock, 0)
                 stamps = self._stamps[pkt.ramblock] = array.array("I", bytes(4 * (size // ps)))
             mark = round_ + 1
+            count = len(pkt.offsets)
+            i0 = first // ps
+            if first >= 0 and i0 + count <= len(stamps) and mark not in stamps[i0 : i0 + count]:
+                stamps[i0 : i0 + count] = array.array("I", (mark,)) * count
+                return
             for o in pkt.offsets:
                 i = o // ps
                 if i < len(stamps):

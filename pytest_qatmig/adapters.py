@@ -239,6 +239,23 @@ class ReferenceImplementation:
                   final_image=getattr(ctx, "final_image", None))
         return dict(st.to_json())
 
+    def as_processes(self) -> Any:
+        """This engine as two programs (``python -m qatmig_engine.cli listen`` / ``send``,
+        through the exec: contract), for performance tests: the suite then measures each
+        end's CPU per process, the same way as a real QEMU's or an ``exec:`` program's (in
+        this process the two ends' threads could not be told apart from pytest's)."""
+        cached = getattr(self, "_processes", None)
+        if cached is None:
+            import shlex
+            import sys
+
+            from .exec_adapter import ExecImplementation
+
+            cached = ExecImplementation(f"{shlex.quote(sys.executable)} -m qatmig_engine.cli")
+            cached.name = self.name
+            self._processes = cached
+        return cached
+
     def codec(self, method: str) -> Any:
         from qatmig_engine.codecs import get_codec
 

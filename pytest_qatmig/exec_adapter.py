@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import ImplementationError, PairSpec
+from .roles import MEASURE_KEY
 
 #: The announcement a destination prints on stderr once it listens.
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Za-z.:-]+?)\]?:(\d+)\s*$")
@@ -66,6 +67,9 @@ class _Proc:
         )
         self.out: list[bytes] = []
         self.err: list[bytes] = []
+        #: set by wait(): CPU seconds of the whole life (rusage) and when it exited
+        self.cpu_total: float | None = None
+        self.t_exit: float | None = None
         self.err_event = threading.Event()
         self._readers = [
             threading.Thread(target=self._read, args=(self.popen.stdout, self.out, None),
@@ -101,13 +105,27 @@ class _Proc:
         return b"".join(self.err).decode(errors="replace")
 
     def wait(self, timeout: float) -> int | None:
-        try:
-            rc = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        """The exit status (None: still running after ``timeout``). Reaped with ``wait4`` so
+        that :attr:`cpu_total` (utime+stime of the process and the children it waited for)
+        and :attr:`t_exit` are known."""
+        deadline = time.monotonic() + timeout
+        while self.popen.returncode is None:
+            try:
+                pid, status, ru = os.wait4(self.popen.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (poll()): no rusage
+                self.popen.wait()
+                break
+            if pid:
+                self.t_exit = time.monotonic()
+                self.cpu_total = ru.ru_utime + ru.ru_stime
+                self.popen.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.005)
         for t in self._readers:
             t.join(5)
-        return rc
+        return self.popen.returncode
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -118,6 +136,58 @@ class _Proc:
         self.popen.wait(10)
         for t in self._readers:
             t.join(5)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime (+ children already reaped) of ``pid`` and every live descendant, from
+    /proc: what ``wait4`` will count for the same processes once they exit."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    stack, seen = [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                stat = f.read()
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        # fields[0] is stat field 3: utime, stime, cutime, cstime are fields 14-17.
+        total += sum(int(x) for x in fields[11:15])
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+    return total / tick
+
+
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+#: ESTABLISHED, SYN_SENT, SYN_RECV (include/net/tcp_states.h)
+_CONNECTING = {"01", "02", "03"}
+
+
+def connection_to(port: int) -> bool:
+    """Whether a TCP connection to or from local ``port`` exists (not the listener): the
+    moment a source connected to its destination, seen from outside both."""
+    want = f":{port:04X}"
+    for table in _TCP_TABLES:
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 3 and parts[3] in _CONNECTING and (
+                            parts[1].endswith(want) or parts[2].endswith(want)):
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def _result(proc: _Proc, rc: int | None, role: str, timeout: float) -> dict[str, Any]:
@@ -143,12 +213,37 @@ def _result(proc: _Proc, rc: int | None, role: str, timeout: float) -> dict[str,
     return data
 
 
+def _connected(proc: _Proc, port: int, timeout: float) -> tuple[float, float] | None:
+    """Wait until the source connects to ``port``; then its CPU so far and the time (None
+    if it exited or the wait timed out first). Start-up before the connection is excluded,
+    as QEMU's is (its CPU counts from ``migrate``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.popen.returncode is None:
+        if connection_to(port):
+            return tree_cpu_seconds(proc.popen.pid), time.monotonic()
+        try:
+            pid, status, ru = os.wait4(proc.popen.pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid:
+            proc.t_exit = time.monotonic()
+            proc.cpu_total = ru.ru_utime + ru.ru_stime
+            proc.popen.returncode = os.waitstatus_to_exitcode(status)
+            return None
+        time.sleep(0.002)
+    return None
+
+
 class ExecIncoming:
     """``PROGRAM listen``: started, listening (its announced address), waited for."""
 
-    def __init__(self, argv: list[str], cwd: Path, timeout: float) -> None:
+    def __init__(self, argv: list[str], cwd: Path, timeout: float,
+                 measure: bool = False) -> None:
         self.timeout = timeout
         self.machine_type: str | None = None
+        self.measure = measure
+        self._cpu0: float | None = None
+        self._t0: float | None = None
         self.proc = _Proc(argv, cwd)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -159,6 +254,9 @@ class ExecIncoming:
                     break
             if m:
                 self.address = (m.group(1), int(m.group(2)))
+                if measure:  # from here on its CPU counts: start-up is excluded
+                    self._cpu0 = tree_cpu_seconds(self.proc.popen.pid)
+                    self._t0 = time.monotonic()
                 return
             if self.proc.popen.poll() is not None:
                 self.proc.wait(5)
@@ -181,7 +279,14 @@ class ExecIncoming:
         rc = self.proc.wait(timeout)
         if rc is None:
             self.proc.kill()
-        return _result(self.proc, rc, "destination", timeout)
+        out = _result(self.proc, rc, "destination", timeout)
+        if self._cpu0 is not None and self.proc.cpu_total is not None:
+            out[MEASURE_KEY] = {
+                "cpu_s": max(0.0, self.proc.cpu_total - self._cpu0), "t_start": self._t0,
+                "t_end": self.proc.t_exit,
+                "how": "the program's process tree from 'listening on' to its exit",
+            }
+        return out
 
     def close(self) -> None:
         self.proc.kill()
@@ -283,7 +388,8 @@ class ExecImplementation:
 
     def destination(self, spec: PairSpec, ctx: Any) -> ExecIncoming:
         argv = [*self._argv("listen"), "--listen", "127.0.0.1:0", *self._common(spec, ctx)]
-        return ExecIncoming(argv, ctx.workdir, ctx.timeout)
+        return ExecIncoming(argv, ctx.workdir, ctx.timeout,
+                            measure=bool(getattr(ctx, "measure", False)))
 
     def source(self, spec: PairSpec, ctx: Any, address: tuple[str, int]) -> Mapping[str, Any]:
         argv = [*self._argv("send"), f"{address[0]}:{address[1]}", *self._common(spec, ctx)]
@@ -294,8 +400,17 @@ class ExecImplementation:
                      "--final-image", os.fspath(ctx.final_image)]
         proc = _Proc(argv, ctx.workdir)
         try:
+            start = _connected(proc, int(address[1]), ctx.timeout) if getattr(
+                ctx, "measure", False) else None
             rc = proc.wait(ctx.timeout + EXIT_GRACE)
-            return _result(proc, rc, "source", ctx.timeout + EXIT_GRACE)
+            out = _result(proc, rc, "source", ctx.timeout + EXIT_GRACE)
+            if start is not None and proc.cpu_total is not None:
+                out[MEASURE_KEY] = {
+                    "cpu_s": max(0.0, proc.cpu_total - start[0]), "t_start": start[1],
+                    "t_end": proc.t_exit,
+                    "how": "the program's process tree from its first connection to its exit",
+                }
+            return out
         finally:
             proc.kill()
 

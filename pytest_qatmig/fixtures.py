@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,12 @@ import pytest
 from .adapters import Implementation, MigrationPair, PairSpec
 from .devices import QatDevice, file_lock
 from .leaks import Snapshot, leaks_after
-from .results import MigrationResult, check_thresholds, validate_threshold_keys
+from .results import (
+    MigrationResult,
+    check_thresholds,
+    unchecked_metrics,
+    validate_threshold_keys,
+)
 from .state import QatmigState, is_worker, xdist_worker_id
 
 STATE_KEY = pytest.StashKey[QatmigState]()
@@ -98,19 +103,40 @@ def silesia_guest_memory(
 ) -> GuestImage:
     """A guest RAM image filled from the corpus (``--qatmig-corpus``), sized by
     ``--qatmig-guest-size``; built once per run (and cached across runs by the Silesia layer)."""
-    state = get_state(request.config)
-    s = state.settings
+    return _guest_image(request, tmp_path_factory, get_state(request.config).settings.guest_size)
+
+
+def _guest_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 size: int) -> GuestImage:
+    """A cached guest image of ``size`` bytes from ``--qatmig-corpus`` (one builder at a time
+    across xdist workers)."""
+    s = get_state(request.config).settings
     cached_guest_image = _cached_guest_image()
     # Under xdist every worker has its own basetemp; their parent is shared by the run.
     base = tmp_path_factory.getbasetemp()
     lock_root = base.parent if is_worker(request.config) else base
     with file_lock(lock_root / "qatmig-guest-image.lock", GUEST_BUILD_TIMEOUT):
-        path = cached_guest_image(s.guest_size, corpus=s.corpus)
+        path = cached_guest_image(size, corpus=s.corpus)
     from qatmig_engine.silesia.image import read_image_info
 
     # The corpus actually used ("auto" resolves to the real corpus or the stand-in), as the
     # image's sidecar records it; not the option text.
-    return GuestImage(path=Path(path), size=s.guest_size, corpus=read_image_info(path).corpus)
+    return GuestImage(path=Path(path), size=size, corpus=read_image_info(path).corpus)
+
+
+@pytest.fixture(scope="session")
+def qatmig_perf_guest(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> GuestImage:
+    """The Silesia guest of the suite's performance cells: ``perf.suite.guest_size`` of the
+    host profile in effect (default 64 MiB), from ``--qatmig-corpus`` like
+    ``silesia_guest_memory`` (limits are derived for one size: ``--qatmig-guest-size`` does
+    not change it)."""
+    from .profile import PerfSuite
+
+    profile = get_state(request.config).perf_profile()
+    suite = (profile.suite if profile is not None else None) or PerfSuite()
+    return _guest_image(request, tmp_path_factory, suite.guest_size)
 
 
 def _cached_guest_image() -> Callable[..., Any]:
@@ -130,6 +156,13 @@ def _cached_guest_image() -> Callable[..., Any]:
 def _skip_here(reason: str) -> None:
     """Skip the running test, reported at the test's own line (``-rs``), not at this module's."""
     raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+def _guest_bytes(guest: Any) -> int | None:
+    try:
+        return int(os.stat(getattr(guest, "path", guest)).st_size)
+    except (OSError, TypeError):
+        return None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -157,6 +190,8 @@ class RecordingPair:
         self._device = device
         self.results: list[MigrationResult] = []
         self.judge = True
+        #: the qatmig_perf failures of the last migration (empty: it met every limit)
+        self.perf_failures: list[str] = []
 
     @property
     def source(self) -> Any:
@@ -172,7 +207,10 @@ class RecordingPair:
 
     def migrate(self, guest: Any, *, timeout: float = 120.0,
                 destination_fill: int | None = None, dirty_rate: int = 0,
-                cut: Any = None) -> MigrationResult:
+                cut: Any = None,
+                perf_limits: Mapping[str, float] | None = None,
+                perf_origins: Mapping[str, str] | None = None,
+                attempt: int | None = None, retry: bool = False) -> MigrationResult:
         """Migrate ``guest`` and return the stats (``.verified``, ``.throughput_mbps``...).
         ``destination_fill`` (ends with roles only): the destination's RAM starts filled with
         that byte instead of zeros. ``dirty_rate`` (ends with roles, a source with the
@@ -180,6 +218,12 @@ class RecordingPair:
         destination must equal the source's RAM at stop time. ``cut`` (ends with roles only):
         a :class:`qatmig_engine.tap.ChannelCut`, one connection killed mid-run by the suite's
         tap.
+
+        In a ``qatmig_perf`` test: ``perf_limits`` are limits the test itself sets (the
+        suite's cells, from the host profile; ``perf_origins`` says where each came from),
+        between the profile's per-test entries and the marker in precedence. ``retry``: a
+        failed check is recorded as retried and returned in :attr:`perf_failures` instead of
+        failing the test (the caller tries again).
 
         Between ends with roles every byte passes the wire judge: a deviation fails the test
         (naming the connection, channel, packet and field) unless the pair was made with
@@ -221,6 +265,14 @@ class RecordingPair:
                 f"spec in {len(wire_errors)} place(s):\n  {shown}{more}",
                 pytrace=False,
             )
+        if self.judge:
+            from .qat_evidence import hw_claim_problems
+
+            problems = hw_claim_problems(result)
+            if problems:
+                pytest.fail(
+                    f"qat_backend hw claimed by source {result.get('source_implementation')}, "
+                    "but:\n  " + "\n  ".join(problems), pytrace=False)
         record: dict[str, Any] = {
             "nodeid": self._item.nodeid,
             "impl": getattr(self._state.impl, "name", "?"),
@@ -234,6 +286,9 @@ class RecordingPair:
         }
         marker = self._item.get_closest_marker("qatmig_perf")
         failures: list[str] = []
+        if marker is None and perf_limits:
+            raise pytest.UsageError(f"{self._item.nodeid}: perf_limits needs the qatmig_perf "
+                                    "marker on the test")
         if marker is not None:
             if marker.args:
                 raise pytest.UsageError(
@@ -241,18 +296,33 @@ class RecordingPair:
                     "(min_mbps=..., max_send_cpu=..., max_recv_cpu=..., max_downtime_ms=...)"
                 )
             validate_threshold_keys(marker.kwargs, f"{self._item.nodeid}: qatmig_perf")
-            from .profile import thresholds
+            validate_threshold_keys(perf_limits or {}, f"{self._item.nodeid}: perf_limits")
+            from .profile import thresholds_with_origins
 
-            limits = thresholds(self._state.profile, self._item.nodeid, marker.kwargs)
-            verdict = check_thresholds(result, limits)
+            limits, origins = thresholds_with_origins(
+                self._state.perf_profile(), self._item.nodeid, marker.kwargs,
+                perf_limits, perf_origins)
+            verdict = check_thresholds(result, limits, origins)
             failures = list(verdict.failures)
             if result.get("verified") is not True:
                 failures.insert(0, f"verified is {result.get('verified')!r}: not a valid run")
-            record.update(perf=True, thresholds=limits, failures=failures)
+            record.update(perf=True, thresholds=limits, origins=origins, failures=failures,
+                          not_limited=unchecked_metrics(limits), attempt=attempt,
+                          retried=bool(failures and retry), guest_bytes=_guest_bytes(guest))
+        self.perf_failures = failures
         self._item.user_properties.append(("qatmig_migration", _jsonable(record)))
-        if failures:
+        if failures and not retry:
             pytest.fail("qatmig_perf: " + "; ".join(failures), pytrace=False)
         return result
+
+    def fail_perf(self, message: str) -> None:
+        """Fail the test after migrations made with ``retry=True``: the last one's record
+        becomes the verdict (``FAIL`` in the summary table) instead of ``retried``."""
+        for key, rec in reversed(self._item.user_properties):
+            if key == "qatmig_migration" and isinstance(rec, dict) and rec.get("perf"):
+                rec["retried"] = False
+                break
+        pytest.fail(message, pytrace=False)
 
     def close(self) -> None:
         self._pair.close()
@@ -268,6 +338,13 @@ def _workdir_parent() -> str | None:
     # Guest RAM files of black-box implementations are big: prefer RAM-backed /dev/shm.
     shm = "/dev/shm"
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _process_form(impl: Any) -> Any:
+    """The implementation as processes the suite can measure (``as_processes()``), if it has
+    such a form; else itself."""
+    form = getattr(impl, "as_processes", None)
+    return form() if callable(form) else impl
 
 
 def _ends(state: QatmigState, direction: str) -> tuple[Any, Any]:
@@ -310,11 +387,16 @@ def multifd_pair(
         **options: Any,
     ) -> RecordingPair:
         spec = PairSpec(channels, compression, level, max_bandwidth, dialect, dict(options))
+        perf = request.node.get_closest_marker("qatmig_perf") is not None
         if judge is None:
             # A performance test measures the implementation, not the judge's proxy (which
             # would halve its throughput): its migrations run direct, verified by digests.
-            judge = request.node.get_closest_marker("qatmig_perf") is None
+            judge = not perf
         src, dst = _ends(state, qatmig_direction)
+        if perf:
+            # CPU is measured per process, as for QEMU: an in-process end (the reference
+            # engine) runs as its own program for performance tests (docs/conformance.md).
+            src, dst = _process_form(src), _process_form(dst)
         if not (has_roles(src) and has_roles(dst)) and qatmig_direction != "impl-to-impl":
             _skip_here(f"UNIMPLEMENTED: {qatmig_direction} needs the destination/source "
                         "roles on both ends (docs/plugin.md, Implementations)")
@@ -322,7 +404,7 @@ def multifd_pair(
         try:
             if has_roles(src) and has_roles(dst):
                 pair: Any = RolePair(src, dst, spec, workdir=workdir, device=qat_device,
-                                     direction=qatmig_direction, judge=judge)
+                                     direction=qatmig_direction, judge=judge, measure=perf)
             else:
                 pair = qatmig_impl.pair(spec, device=qat_device, workdir=workdir)
         except Unsupported as exc:

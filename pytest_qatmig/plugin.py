@@ -28,6 +28,7 @@ from .fixtures import (
     qatmig_direction,
     qatmig_impl,
     qatmig_peer,
+    qatmig_perf_guest,
     silesia_guest_memory,
     tls_creds,
 )
@@ -37,7 +38,7 @@ from .state import OPTIONS, is_worker
 __all__ = [
     "guest_above_4g", "guest_odd_size", "guest_small_text", "guest_with_zero_pages",
     "multifd_pair", "qat_device", "qatmig_direction", "qatmig_impl", "qatmig_peer",
-    "silesia_guest_memory", "tls_creds",
+    "qatmig_perf_guest", "silesia_guest_memory", "tls_creds",
 ]
 
 MARKERS = (
@@ -52,6 +53,9 @@ MARKERS = (
     "impl-to-peer, peer-to-impl; the peer is --qatmig-peer); multifd_pair then pairs those ends.",
     "qatmig_full_matrix: part of the full conformance matrix; collected only with "
     "--qatmig-matrix full (deselected otherwise).",
+    "qatmig_perf_cell: a cell of the conformance suite's performance table (also qatmig_perf); "
+    "collected only when -m names qatmig_perf (e.g. -m qatmig_perf), so that a conformance "
+    "run's verdict never depends on the machine's load.",
     "qatmig_requires(*capabilities): skip (UNIMPLEMENTED) unless the implementation under test "
     "has every capability, e.g. 'qatzip', 'zstd', 'dialect:qemu-7.2', 'tls'.",
 )
@@ -59,7 +63,7 @@ MARKERS = (
 METAVARS = {
     "impl": "SPEC", "devices": "auto|sw|BDF,...", "profile": "FILE.yaml",
     "guest_size": "SIZE", "corpus": "stand-in|silesia|DIR", "sysfs_root": "DIR",
-    "peer": "SPEC", "matrix": "default|full",
+    "peer": "SPEC", "matrix": "default|full", "perf_report": "FILE.json",
 }
 PERF_LOCK_TIMEOUT = 1800.0
 _PERF_LOCK = pytest.StashKey[contextlib.ExitStack]()
@@ -128,11 +132,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if get_state(config).settings.matrix == "full":
+    full = get_state(config).settings.matrix == "full"
+    perf_asked = "qatmig_perf" in (config.getoption("markexpr", "") or "")
+    if full and perf_asked:
         return
     keep, drop = [], []
     for item in items:
-        (drop if item.get_closest_marker("qatmig_full_matrix") else keep).append(item)
+        out = ((not full and item.get_closest_marker("qatmig_full_matrix") is not None)
+               or (not perf_asked and item.get_closest_marker("qatmig_perf_cell") is not None))
+        (drop if out else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -145,6 +153,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         findings = state.profile.device_findings(state.ready())
         verdict = "; ".join(findings) if findings else "devices match"
         lines.append(f"qatmig: host profile {state.profile.name} ({state.profile.path}): {verdict}")
+    else:
+        line = state.perf_profile_line()
+        if line:
+            lines.append(line)
     return lines
 
 
@@ -206,6 +218,17 @@ class _Reporter:
             if key == "qatmig_migration" and isinstance(value, dict) and value.get("perf"):
                 state.perf_records.append(value)
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        state = get_state(self.config)
+        if is_worker(self.config) or not state.settings.perf_report:
+            return
+        from .results import write_perf_report
+
+        profile = state.perf_profile()
+        write_perf_report(state.settings.perf_report, state.perf_records,
+                          profile=None if profile is None else {
+                              "name": profile.name, "path": str(profile.path)})
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         records = get_state(self.config).perf_records
         if not records:
@@ -216,6 +239,8 @@ class _Reporter:
         for line in PERF_LEGEND.splitlines():
             terminalreporter.write_line(line)
         for rec in records:
+            if rec.get("retried"):
+                continue
             for failure in rec.get("failures", []):
                 terminalreporter.write_line(f"FAIL {rec['nodeid']}: {failure}")
 

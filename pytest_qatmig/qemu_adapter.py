@@ -19,6 +19,7 @@ from typing import Any
 from .adapters import PairSpec, guest_path
 from .devices import QatDevice
 from .results import MigrationResult
+from .roles import MEASURE_KEY
 
 MIB = 1 << 20
 
@@ -222,13 +223,15 @@ class QemuIncoming:
 
         try:
             info = self.q.wait_migration(timeout=timeout)
-            cpu = 100 * (self.q.cpu_seconds() - self._cpu0) / max(
-                time.monotonic() - self._t0, 1e-9)
+            cpu_s, t1 = self.q.cpu_seconds() - self._cpu0, time.monotonic()
+            cpu = 100 * cpu_s / max(t1 - self._t0, 1e-9)
         except QemuError as exc:
             return {"status": "failed", "error": str(exc)}
         fields = _info_fields(info, self.impl.version, self.spec.compression,
                               "recv_cpu_percent", cpu)
         fields["implementation"] = self.impl.version_line
+        fields[MEASURE_KEY] = {"cpu_s": cpu_s, "t_start": self._t0, "t_end": t1,
+                               "how": "QEMU's process from migrate-incoming to completed"}
         return fields
 
     def close(self) -> None:
@@ -334,13 +337,16 @@ class QemuImplementation:
             cpu0, t0 = q.cpu_seconds(), time.monotonic()
             q.migrate(f"tcp:{address[0]}:{address[1]}")
             info = q.wait_migration(timeout=ctx.timeout)
-            cpu = 100 * (q.cpu_seconds() - cpu0) / max(time.monotonic() - t0, 1e-9)
+            cpu_s, t1 = q.cpu_seconds() - cpu0, time.monotonic()
+            cpu = 100 * cpu_s / max(t1 - t0, 1e-9)
         except QemuError as exc:
             return {"status": "failed", "error": str(exc)}
         finally:
             q.stop()
         fields = _info_fields(info, self.version, spec.compression, "send_cpu_percent", cpu)
         fields["implementation"] = self.version_line
+        fields[MEASURE_KEY] = {"cpu_s": cpu_s, "t_start": t0, "t_end": t1,
+                               "how": "QEMU's process from migrate to completed"}
         return fields
 
     def describe(self) -> str:

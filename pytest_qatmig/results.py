@@ -32,6 +32,10 @@ PERF_LEGEND = (
     "send/recv %: CPU time of that end / wall time (100% = one core); - = not reported"
 )
 
+#: The methods of the seed table (QEMU's QATzip document) plus zlib: the conformance suite's
+#: performance cells run each of them per channel count of the host profile.
+PERF_METHODS: tuple[str, ...] = ("none", "zlib", "zstd", "qatzip")
+
 #: qatmig_perf keyword -> (JSON field, "min" or "max").
 PERF_THRESHOLDS: dict[str, tuple[str, str]] = {
     "min_mbps": ("throughput_mbps", "min"),
@@ -117,26 +121,40 @@ class PerfVerdict:
         return not self.failures
 
 
-def check_thresholds(result: Mapping[str, Any], thresholds: Mapping[str, float]) -> PerfVerdict:
-    """Compare a result with ``qatmig_perf`` thresholds; each failure is a readable sentence."""
+def check_thresholds(
+    result: Mapping[str, Any], thresholds: Mapping[str, float],
+    origins: Mapping[str, str] | None = None,
+) -> PerfVerdict:
+    """Compare a result with ``qatmig_perf`` thresholds; each failure is a readable sentence
+    naming the metric, the measured value, the limit and (``origins``) where the limit came
+    from: ``throughput_mbps 12.3 < min_mbps 50 (limit from profile software-only (...)
+    perf.suite.cells[zstd-2ch])``."""
     failures = []
     for key, limit in thresholds.items():
         if limit is None:
             continue
         field_name, kind = PERF_THRESHOLDS[key]
         value = result.get(field_name)
+        origin = (origins or {}).get(key)
+        why = f" (limit from {origin})" if origin else ""
         if value is None:
             # Missing means missing: a limit on a value nobody measured fails, it never passes.
-            failures.append(f"{field_name} not reported, cannot check {key}={limit:g}")
+            failures.append(f"{field_name} not reported, cannot check {key}={limit:g}{why}")
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or (
             isinstance(value, float) and math.isnan(value)
         ):
-            failures.append(f"{field_name} is {value!r}, cannot check {key}={limit:g}")
+            failures.append(f"{field_name} is {value!r}, cannot check {key}={limit:g}{why}")
         elif kind == "min" and value < limit:
-            failures.append(f"{field_name} {value:.1f} < {key} {limit:g}")
+            failures.append(f"{field_name} {value:.1f} < {key} {limit:g}{why}")
         elif kind == "max" and value > limit:
-            failures.append(f"{field_name} {value:.1f} > {key} {limit:g}")
+            failures.append(f"{field_name} {value:.1f} > {key} {limit:g}{why}")
     return PerfVerdict(dict(thresholds), tuple(failures))
+
+
+def unchecked_metrics(thresholds: Mapping[str, float]) -> list[str]:
+    """The seed-table fields no threshold limits: reported, not asserted."""
+    limited = {PERF_THRESHOLDS[k][0] for k, v in thresholds.items() if v is not None}
+    return [f for _h, f in PERF_COLUMNS if f not in limited]
 
 
 def validate_threshold_keys(keys: Iterable[str], where: str) -> None:
@@ -173,6 +191,13 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return engine_format_table(headers, [[_fmt(c) for c in r] for r in rows])
 
 
+def _check_word(rec: Mapping[str, Any]) -> str:
+    if not rec.get("failures"):
+        return "ok"
+    # A failed attempt of a cell that is tried again is not (yet) the test's verdict.
+    return "retried" if rec.get("retried") else "FAIL"
+
+
 def perf_table(records: Iterable[Mapping[str, Any]]) -> str:
     """The terminal-summary table: one row per recorded migration of a perf test."""
     headers = ["test", "impl", "method", "ch", "device", *(h for h, _ in PERF_COLUMNS), "check"]
@@ -186,6 +211,46 @@ def perf_table(records: Iterable[Mapping[str, Any]]) -> str:
             res.get("multifd_channels", rec.get("channels", "?")),
             rec.get("device", "?"),
             *(format_perf_value(f, res.get(f)) for _, f in PERF_COLUMNS),
-            "ok" if not rec.get("failures") else "FAIL",
+            _check_word(rec),
         ])
     return format_table(headers, rows)
+
+
+def write_perf_report(path: str, records: Sequence[Mapping[str, Any]],
+                      profile: Mapping[str, Any] | None) -> None:
+    """``--qatmig-perf-report FILE.json``: every perf migration of the run with its metrics
+    (the seed table's columns), its limits and their origins, what was not limited, the
+    verdict; plus when and under which load it ran."""
+    import json
+    import os
+    import time
+
+    rows = []
+    for rec in records:
+        res = rec.get("result", {})
+        rows.append({
+            "nodeid": rec.get("nodeid"), "impl": rec.get("impl"), "device": rec.get("device"),
+            "method": res.get("multifd_compression", rec.get("compression")),
+            "channels": res.get("multifd_channels", rec.get("channels")),
+            "attempt": rec.get("attempt"), "retried": bool(rec.get("retried")),
+            "metrics": {f: res.get(f) for _h, f in PERF_COLUMNS},
+            "cpu_measured_by": res.get("cpu_measured_by"),
+            "measurement": {k: res.get(k) for k in (
+                "measured_wall_ms", "send_cpu_seconds", "recv_cpu_seconds",
+                "reported_send_cpu_percent", "reported_recv_cpu_percent")},
+            "guest_bytes": rec.get("guest_bytes"),
+            "thresholds": rec.get("thresholds", {}), "origins": rec.get("origins", {}),
+            "not_limited": rec.get("not_limited", []),
+            "failures": rec.get("failures", []),
+            "verdict": _check_word(rec),
+        })
+    doc = {
+        "schema": "qatmig-perf-report/1",
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg": list(os.getloadavg()), "cpus": os.cpu_count(),
+        "profile": dict(profile) if profile else None,
+        "migrations": rows,
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+        f.write("\n")

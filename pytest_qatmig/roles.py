@@ -58,6 +58,11 @@ FAILED_SOURCE_GRACE = 10.0
 DESTINATION_GRACE = 30.0
 #: The statistics a result carries (MigrationResult.REQUIRED), taken from the end that
 #: measures them: the source for everything but the destination's CPU.
+#: The result key of an end's process measurement: ``{"cpu_s", "t_start", "t_end", "how"}``.
+MEASURE_KEY = "process_measure"
+CPU_BY_SUITE = ("suite: utime+stime of each end's process (and its children) over the "
+                "migration / wall time from the migration's start to the later end")
+CPU_BY_IMPL = "implementation: its own report (its ends are not processes the suite sees)"
 _SOURCE_FIELDS = (
     "total_time_ms", "downtime_ms", "throughput_mbps", "pages_per_second",
     "transferred_bytes", "normal_pages", "zero_pages", "send_cpu_percent",
@@ -77,6 +82,10 @@ class RoleContext:
     ramblock: str = RAMBLOCK
     #: source only: the machine type the destination wants announced (None = any).
     machine_type: str | None = None
+    #: a performance migration: an end that runs as a process adds ``process_measure``
+    #: (:data:`MEASURE_KEY`) to its result: the CPU seconds of its process over the migration
+    #: and when that window started and ended (``time.monotonic()``).
+    measure: bool = False
     #: source only: pages/s a workload dirties during precopy (0 = a static guest); the
     #: source then writes its RAM as it was at stop time to ``final_image``.
     dirty_rate: int = 0
@@ -310,7 +319,7 @@ class RolePair:
     def __init__(
         self, src: Any, dst: Any, spec: PairSpec, *, workdir: Path,
         device: QatDevice | None = None, direction: str = "impl-to-impl",
-        judge: bool = True,
+        judge: bool = True, measure: bool = False,
     ) -> None:
         if spec.level is not None and spec.compression not in ("zlib", "zstd", "qatzip"):
             raise ValueError(
@@ -328,6 +337,7 @@ class RolePair:
         self.device = device
         self.direction = direction
         self.judge = judge
+        self.measure = measure
         # What an end cannot do skips (Unsupported); what it refuses is a ValueError.
         missing = []
         for role, end in (("source", src), ("destination", dst)):
@@ -384,6 +394,7 @@ class RolePair:
         dst_res: Mapping[str, Any] = {}
         errors: list[str] = []
         mismatch = None
+        fw_before: int | None = None
         source_view: SparseImage | None = None
         final: str | None = None
         changed: int | None = None
@@ -398,9 +409,10 @@ class RolePair:
             src_dir.mkdir()
             dst_dir.mkdir()
             dctx = RoleContext(ram=dst_ram, ram_size=size, uuid=vm_uuid, workdir=dst_dir,
-                               timeout=timeout, device=self.device)
+                               timeout=timeout, device=self.device, measure=self.measure)
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
+            fw_before = self._fw_requests()
             if self.judge or cut is not None:
                 from qatmig_engine.judge.expect import Expectations
 
@@ -428,6 +440,7 @@ class RolePair:
             sctx = RoleContext(ram=src_ram, ram_size=size, uuid=vm_uuid, workdir=src_dir,
                                timeout=timeout, device=self.device,
                                machine_type=getattr(incoming, "machine_type", None),
+                               measure=self.measure,
                                dirty_rate=dirty_rate, final_image=final_ram)
             try:
                 src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
@@ -494,8 +507,27 @@ class RolePair:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
         if cut is not None:
             result = MigrationResult({**result, "channel_cut": proxy.cut_done if proxy else None})
+        if self._fw_counted():
+            fw_after = self._fw_requests()
+            result = MigrationResult({**result, "qat_fw_requests": None if (
+                fw_before is None or fw_after is None) else fw_after - fw_before})
         self.results.append(result)
         return result
+
+    def _fw_counted(self) -> bool:
+        """A qatzip migration on a worker that owns a ready device: count its firmware
+        requests (pytest_qatmig.qat_evidence)."""
+        d = self.device
+        return (self.spec.compression == "qatzip" and d is not None
+                and bool(getattr(d, "hw_ready", False)))
+
+    def _fw_requests(self) -> int | None:
+        if not self._fw_counted():
+            return None
+        from .qat_evidence import fw_requests
+
+        assert self.device is not None
+        return fw_requests(self.device.bdf, self.device.sysfs_root or "/sys")
 
     def _result(
         self, src: Mapping[str, Any], dst: Mapping[str, Any], want: str, got: str | None,
@@ -510,6 +542,8 @@ class RolePair:
         for k in _SOURCE_FIELDS:
             fields.setdefault(k, None)
         fields["recv_cpu_percent"] = dst.get("recv_cpu_percent")
+        if self.measure:
+            fields.update(process_cpu(src, dst))
         errs = [f"{side}: {r.get('error')}" for side, r in (("source", src), ("destination", dst))
                 if r.get("status") != "completed"]
         fields.update(
@@ -537,6 +571,34 @@ class RolePair:
     def close(self) -> None:
         # migrate() closes both ends, the tap and the RAM files before returning.
         pass
+
+
+def process_cpu(src: Mapping[str, Any], dst: Mapping[str, Any]) -> dict[str, Any]:
+    """Send/recv CPU % measured by the suite when both ends ran as processes it measured
+    (each end's ``process_measure``), the same way for every implementation: CPU seconds of
+    the end's process over the migration / the wall time from the migration's start to the
+    later end. The ends' own figures are kept as ``reported_send_cpu_percent`` and
+    ``reported_recv_cpu_percent``. Otherwise the ends' reports stay, and say so."""
+    ms, md = src.get(MEASURE_KEY), dst.get(MEASURE_KEY)
+    out: dict[str, Any] = {"reported_send_cpu_percent": src.get("send_cpu_percent"),
+                           "reported_recv_cpu_percent": dst.get("recv_cpu_percent")}
+    if not (isinstance(ms, Mapping) and isinstance(md, Mapping)):
+        out["cpu_measured_by"] = CPU_BY_IMPL
+        return out
+    try:
+        wall = max(float(ms["t_end"]), float(md["t_end"])) - float(ms["t_start"])
+        send, recv = float(ms["cpu_s"]), float(md["cpu_s"])
+    except (KeyError, TypeError, ValueError):
+        out["cpu_measured_by"] = CPU_BY_IMPL
+        return out
+    wall = max(wall, 1e-6)
+    out.update(send_cpu_percent=round(100 * send / wall, 1),
+               recv_cpu_percent=round(100 * recv / wall, 1),
+               send_cpu_seconds=round(send, 4), recv_cpu_seconds=round(recv, 4),
+               measured_wall_ms=round(wall * 1000, 1),
+               cpu_measured_by=f"{CPU_BY_SUITE} (source: {ms.get('how')}; destination: "
+                               f"{md.get('how')})")
+    return out
 
 
 class RolesAsPair:

@@ -27,7 +27,9 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
     ),
     "profile": (
         None,
-        "host profile YAML (expected devices, performance thresholds); see fixtures/hosts/",
+        "host profile: a YAML file or a shipped name (software-only, 4xxx-two-devices): "
+        "expected devices and the performance limits of qatmig_perf tests; default: "
+        "software-only when no QAT device is ready (see fixtures/hosts/README.md)",
     ),
     "guest_size": ("64M", "size of silesia_guest_memory (e.g. 64M, 1G; default 64M)"),
     "corpus": (
@@ -40,6 +42,11 @@ OPTIONS: dict[str, tuple[str | None, str]] = {
         "reference",
         "the other end of the cross directions impl-to-peer and peer-to-impl: any "
         "--qatmig-impl value (default reference; e.g. qemu:/usr/bin/qemu-system-x86_64)",
+    ),
+    "perf_report": (
+        None,
+        "write every qatmig_perf migration (the seed table's metrics, the limits and where "
+        "they came from, the verdict) to this JSON file",
     ),
     "matrix": (
         "default",
@@ -119,6 +126,7 @@ class Settings:
     sysfs_root: str
     peer: str = "reference"
     matrix: str = "default"
+    perf_report: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -147,6 +155,7 @@ class Settings:
             guest_size_text=values["guest_size"] or "",
             corpus=corpus,
             sysfs_root=sysfs_root,
+            perf_report=values["perf_report"],
         )
 
 
@@ -166,6 +175,39 @@ class QatmigState:
     assigned: dict[str, str | None] = field(default_factory=dict)
     #: migrations of perf tests (controller side), for the terminal summary.
     perf_records: list[dict[str, Any]] = field(default_factory=list)
+    _default_profile: Any = None
+    _default_profile_why: str | None = None
+
+    # -------------------------------------------------------------- host profile
+    def perf_profile(self) -> Any:
+        """The host profile the performance limits come from: ``--qatmig-profile``, else the
+        shipped ``software-only`` when this host has no ready QAT device, else None (a QAT
+        host without a profile: every metric is reported, none asserted)."""
+        if self.profile is not None:
+            return self.profile
+        if self._default_profile_why is None:
+            if self.settings.devices != "sw" and self.ready():
+                self._default_profile_why = (
+                    "none: a QAT device is ready, so no default applies; perf metrics are "
+                    "reported, not asserted (--qatmig-profile 4xxx-two-devices or your own)")
+            else:
+                from .profile import ProfileError, load_profile
+
+                try:
+                    self._default_profile = load_profile("software-only")
+                    self._default_profile_why = (
+                        f"{self._default_profile.name} (default: no ready QAT device; "
+                        "--qatmig-profile to choose)")
+                except ProfileError as exc:
+                    self._default_profile_why = f"none: {exc}"
+        return self._default_profile
+
+    def perf_profile_line(self) -> str | None:
+        """The report header's line about the default profile (None with --qatmig-profile)."""
+        if self.profile is not None:
+            return None
+        self.perf_profile()
+        return f"qatmig: perf limits from host profile {self._default_profile_why}"
 
     # -------------------------------------------------------------- implementation
     @property

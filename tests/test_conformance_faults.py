@@ -9,6 +9,7 @@ each one-defect copy below fails the check written for its defect.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -38,8 +39,9 @@ MUTANTS = [
                   "            except (QatmigError, MemoryError) as exc:\n"
                   "                self._switch(exc)\n"
                   "                data = bytes(len(memoryview(data).cast('B')))\n"),)),
-        "loses_no_page", "pages lost when the QAT backend failed mid-run",
-        id="fallback-loses-the-failing-packet"),
+        # the wire judge (pages compared with the source's RAM) or the suite's digest
+        "loses_no_page", "differs from the source's final RAM|pages lost when the QAT "
+        "backend failed mid-run", id="fallback-loses-the-failing-packet"),
     pytest.param(ms.Mutant(
         "fallback-silent", "qat", "falls back to software mid-run without reporting it",
         (ms.Patch("qat/backend.py", "        self._record({", "        (lambda event: None)({"),)),
@@ -87,4 +89,4 @@ def test_a_fault_handled_wrong_fails_its_check(  # type: ignore[no-untyped-def]
     rc, failed, tail = _suite(ms.build(mutant, tmp_path), select)
     assert rc == 1 and failed, tail
     assert all(select in name for name in failed), failed
-    assert message in tail, tail
+    assert re.search(message, tail), tail

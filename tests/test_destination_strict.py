@@ -21,7 +21,7 @@ from qatmig_engine.replay import (
     multifd_packets,
     session_entry,
 )
-from qatmig_engine.wire import PacketOrder, decode_packet
+from qatmig_engine.wire import Packet, PacketOrder, decode_packet
 
 SESSIONS = [(s["dialect"], s["multifd_compression"])
             for s in load_sessions_manifest()["sessions"]]
@@ -181,3 +181,35 @@ def test_packet_num_shared_by_channels_and_rounds():
     order.end_round()
     with pytest.raises(PacketError, match="earlier round"):
         order.check(pk[0], 2, 1, {"pc.ram": SESSION_GUEST_BYTES})
+
+
+def _pkt(num: int, offsets: list[int], zero: int = 0) -> Packet:
+    return Packet(flags=0, pages_alloc=128, normal_pages=len(offsets) - zero,
+                  next_packet_size=(len(offsets) - zero) * 4096, packet_num=num,
+                  zero_pages=zero, ramblock="pc.ram", offsets=offsets)
+
+
+def test_packet_order_fast_path_for_contiguous_packets_stays_strict():
+    """A packet covering one contiguous range of pages (normal then zero, any order) takes
+    the vectorised check; each rule still holds on it and on its neighbours."""
+    ps, blocks = 4096, {"pc.ram": 64 * 4096}
+    order = PacketOrder("qemu-9.2")
+    order.contiguous_numbers = False
+    normal_then_zero = [ps * i for i in (0, 1, 3, 4, 5, 2)]  # pages 0-5, page 2 zero
+    order.check(_pkt(1, normal_then_zero, zero=1), 0, 0, blocks)
+    for num, offs in ((2, [5 * ps, 6 * ps]),        # overlaps the first packet's last page
+                      (3, [2 * ps]),                 # its zero page
+                      (4, [7 * ps, 8 * ps, 0])):     # not contiguous, page 0 again
+        with pytest.raises(PacketError, match="already sent in round 1"):
+            order.check(_pkt(num, offs), 1, 0, blocks)
+    order.check(_pkt(5, [ps * i for i in (11, 9, 10)]), 1, 0, blocks)  # contiguous, shuffled
+    with pytest.raises(PacketError, match="already sent in round 1"):
+        order.check(_pkt(6, [10 * ps]), 0, 0, blocks)
+    with pytest.raises(PacketError, match="appears twice in one packet"):
+        order.check(_pkt(7, [12 * ps, 13 * ps, 12 * ps]), 0, 0, blocks)
+    with pytest.raises(PacketError, match="not a multiple of the page size"):
+        order.check(_pkt(8, [14 * ps + 8, 15 * ps + 8]), 0, 0, blocks)
+    order.end_round()
+    order.check(_pkt(9, [ps * i for i in range(6)]), 0, 1, blocks)  # next round: fine
+    with pytest.raises(PacketError, match="already sent in round 2"):
+        order.check(_pkt(10, [ps * i for i in range(5, 9)]), 1, 1, blocks)

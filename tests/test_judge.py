@@ -504,6 +504,33 @@ def test_zstd_frame_ended_per_packet():
     assert "frame ends" in err.message
 
 
+def test_qatzip_evidence_of_the_software_path_is_counted():
+    """Per channel: data packets over 64 KiB in one member (the software layout), and the
+    first two payloads re-compressed with libqatzip's software producer (all identical for
+    the reference); a packet in the hardware layout counts in neither."""
+    conns = ref("qemu-9.2", "qatzip")
+    i = busy(conns, "qemu-9.2")
+    rep = judge(conns, "qemu-9.2", "qatzip")
+    assert rep.ok, format_report(rep)
+    for c in rep.channels:
+        if c.role != "multifd":
+            continue
+        pkts = data_packets(conns[c.connection], "qemu-9.2")
+        big = sum(1 for _, pk in pkts if pk.normal_pages * PS > 64 * 1024)
+        assert (c.qatzip_sw_layout, c.qatzip_sw_checked) == (big, min(2, len(pkts)))
+        assert c.qatzip_sw_identical == c.qatzip_sw_checked
+    pos, pkt = data_packets(conns[i], "qemu-9.2")[0]
+    assert pkt.normal_pages * PS > 64 * 1024
+    hw = with_payload(conns, i, pos, pkt, qzformat.compress_hw_layout(pages_of(pkt), 1))
+    rep2 = judge(hw, "qemu-9.2", "qatzip", qatzip_hw_chunks=True)
+    assert rep2.ok, format_report(rep2)
+    before = next(c for c in rep.channels if c.connection == i)
+    after = next(c for c in rep2.channels if c.connection == i)
+    assert after.qatzip_sw_layout == before.qatzip_sw_layout - 1
+    assert after.qatzip_sw_identical == before.qatzip_sw_identical - 1
+    assert after.qatzip_members == before.qatzip_members - 1 - (-pkt.normal_pages * PS // 65536)
+
+
 def test_qatzip_one_member_per_packet():
     conns = ref("qemu-9.2", "qatzip")
     i = busy(conns, "qemu-9.2")

@@ -274,7 +274,21 @@ def test_engine_throughput_counts_wire_bytes():
 
 # ----------------------------------------------------------------------------- perf rule
 def test_perf_rule_fails_an_unverified_run(pytester: pytest.Pytester):
-    pytester.makeconftest(CORRUPTING_DESTINATION)
+    # Performance tests run the reference engine as processes (as_processes): the corruption
+    # is patched into this process, so the engine is taken in-process here (an
+    # implementation without as_processes is measured as it runs).
+    pytester.makeconftest(CORRUPTING_DESTINATION + """
+
+from pytest_qatmig.adapters import ReferenceImplementation
+
+
+class InProcessReference(ReferenceImplementation):
+    as_processes = None
+
+
+def in_process():
+    return InProcessReference()
+""")
     pytester.makepyfile("""
         import pytest
 
@@ -284,7 +298,7 @@ def test_perf_rule_fails_an_unverified_run(pytester: pytest.Pytester):
             guest.write_bytes(bytes(range(256)) * 4096)
             multifd_pair(channels=1).migrate(guest)
     """)
-    result = pytester.runpytest("--qatmig-devices=sw")
+    result = pytester.runpytest("--qatmig-devices=sw", "--qatmig-impl=conftest:in_process")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*qatmig_perf: verified is False: not a valid run*",

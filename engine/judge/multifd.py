@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 #: Largest number of bytes a multifd channel may buffer while the main stream's block list
 #: has not been seen yet (a 7.2 source sends it before any page; this only bounds memory).
 MAX_PENDING = 64 << 20
+#: qatzip packets per channel the judge re-compresses with the software producer (evidence
+#: about the claimed backend; bounded: it costs a compression each)
+QATZIP_SW_SAMPLE = 2
 
 _METHOD_BY_FLAG = {flag: name for name, flag in METHOD_FLAGS.items()}
 
@@ -370,6 +373,15 @@ class MultifdChannelChecker:
         if finding is not None:
             text, fld, r = finding
             raise self._err(text, pkt, fld, rel + r)
+        st = self.stats
+        st.qatzip_members += len(members)
+        if len(members) == 1 and want > framing.QZ_HW_CHUNK:
+            st.qatzip_sw_layout += 1
+        if st.qatzip_sw_checked < QATZIP_SW_SAMPLE:
+            # libqatzip's software path at this level would have sent exactly these bytes
+            st.qatzip_sw_checked += 1
+            if qzformat.compress(out, self.tap.level or 1) == bytes(payload):
+                st.qatzip_sw_identical += 1
         return out
 
     def _done(self, pkt: Packet) -> None:

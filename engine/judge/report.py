@@ -68,6 +68,15 @@ class ChannelStats:
     zero_pages: int = 0
     #: main channel only: RAM_SAVE_FLAG_MULTIFD_FLUSH records (8.1+ per-round dialects)
     flushes: int = 0
+    #: qatzip evidence of which path compressed (docs/conformance.md, "A claimed hw"):
+    #: gzip-ext members seen; data packets of more than 64 KiB in one member (the software
+    #: path's layout: hardware cuts every 64 KiB into its own member); packets re-compressed
+    #: with the engine's software producer (libqatzip's software bytes) to compare, and how
+    #: many of those were byte-identical to it
+    qatzip_members: int = 0
+    qatzip_sw_layout: int = 0
+    qatzip_sw_checked: int = 0
+    qatzip_sw_identical: int = 0
 
     @property
     def page_bytes(self) -> int:
