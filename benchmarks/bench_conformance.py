@@ -36,8 +36,9 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace) -> str:
     loads = [float(x) for r in rows for x in r["load"].split(" -> ")]
     busy = max(loads) > (os.cpu_count() or 1)
     lines = [
-        f"Whole `pytest --pyargs qatmig_conformance -p qatmig"
-        f"{f' -n {args.workers}' if args.workers else ''}` runs ({args.guest_size} guest, "
+        f"{'Whole ' if not args.pytest_args else ''}`pytest --pyargs qatmig_conformance -p qatmig"
+        f"{f' -n {args.workers}' if args.workers else ''}"
+        f"{''.join(' ' + a for a in args.pytest_args)}` runs ({args.guest_size} guest, "
         f"software devices, peer `{args.peer}`), on a machine with {os.cpu_count()} CPUs; the "
         "1-minute load average before -> after is in the table; `slowest`: the "
         f"{SLOWEST} longest test calls (pytest --durations, seconds)"
