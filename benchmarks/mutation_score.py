@@ -196,7 +196,10 @@ MUTANTS: tuple[Mutant, ...] = (
     # ------------------------------------------------------------------ codecs
     Mutant("codec-zlib-level-ignored", "codecs", "zlib always deflates at level 1",
            (_p("codecs/multifd_zlib.py", "self._z = zlib.compressobj(level)",
-               "self._z = zlib.compressobj(1)"),)),
+               "self._z = zlib.compressobj(1)"),
+            # the fast path (libz through cffi)
+            _p("codecs/multifd_zlib.py", "rc = _zf.deflate_init(self._strm, level)",
+               "rc = _zf.deflate_init(self._strm, 1)"))),
     Mutant("codec-zstd-level-ignored", "codecs", "zstd always compresses at level 1",
            (_p("codecs/multifd_zstd.py", "zstandard.ZstdCompressor(level=level).compressobj()",
                "zstandard.ZstdCompressor(level=1).compressobj()"),)),
@@ -216,7 +219,14 @@ MUTANTS: tuple[Mutant, ...] = (
                "        z = zlib.compressobj(self.level)\n"
                "        return z.compress(pages) + z.flush(zlib.Z_SYNC_FLUSH)"),
             _p("codecs/multifd_zlib.py", "        z = self._z\n        try:",
-               "        z = self._z = zlib.decompressobj()\n        try:"))),
+               "        z = self._z = zlib.decompressobj()\n        try:"),
+            # the fast path (libz through cffi): a fresh z_stream per packet, both ends
+            _p("codecs/multifd_zlib.py", "        strm, size = self._strm, len(self._out)\n",
+               "        strm = self._strm = _zf.new_stream()\n"
+               "        _zf.deflate_init(strm, self.level)\n        size = len(self._out)\n"),
+            _p("codecs/multifd_zlib.py", "        strm = self._strm\n        with ffi.from_buffer",
+               "        strm = self._strm = _zf.new_stream()\n        _zf.inflate_init(strm)\n"
+               "        with ffi.from_buffer"))),
     Mutant("codec-zstd-frame-per-packet", "codecs",
            "every zstd packet is a whole frame (ZSTD_e_end per packet), on both ends",
            (_p("codecs/multifd_zstd.py", "return z.compress(pages) + z.flush(_FLUSH_BLOCK)",
@@ -233,7 +243,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("codec-zlib-bomb-inflated", "codecs",
            "zlib decoder inflates the whole payload before checking its size",
            (_p("codecs/multifd_zlib.py", "out = z.decompress(payload, expected + 1)",
-               "out = z.decompress(payload)"),),
+               "out = z.decompress(payload)"),
+            # off the fast path (which inflates into the packet's pages, bounded), onto that
+            _p("codecs/multifd_zlib.py", "        self._fast = _zf.lib is not None\n",
+               "        self._fast = False\n")),
            ci_select="test_bad_session_is_refused and zlib-bomb"),
     Mutant("codec-qatzip-bomb-inflated", "codecs",
            "qatzip decoder inflates the whole payload before checking its size",
