@@ -13,8 +13,11 @@ same run, on the same image, the floors those figures are compared with:
   /dev/shm file of the same size (the page faults and zeroing every receiver pays, QEMU too);
 
 so ``engine - codec - first touch`` is what the engine itself adds: socket copies and system
-calls, zero-page detection, Python per packet. Numbers are CPU seconds, which other tenants of
-a shared machine inflate less than wall time (see the load average).
+calls, zero-page detection, Python per packet. When QEMU 10.0 is fetched (or ``--qemu PATH``),
+each method is also migrated QEMU -> QEMU on the same image in the same run, and each end's
+CPU seconds are set against QEMU's (utime+stime from /proc over the migration, as
+``qatmig bench`` measures). Numbers are CPU seconds, which other tenants of a shared machine
+inflate less than wall time (see the load average).
 
     .venv/bin/python benchmarks/profile_engine.py                  # 1 GiB mixed image
     .venv/bin/python benchmarks/profile_engine.py --size 256M --update-docs
@@ -132,7 +135,31 @@ def first_touch(size: int, pages: int, workdir: Path) -> float:
     return dt
 
 
-def measure(size: int, methods: list[str], channels: int) -> dict[str, Any]:
+def qemu_cpu(binary: str, src: Path, dst: Path, size: int, method: str,
+             channels: int) -> dict[str, float]:
+    """QEMU -> QEMU on the same image: CPU seconds of each end over the migration."""
+    from qatmig_engine.qemu import interop
+    from qatmig_engine.qemu.process import UNLIMITED_BANDWIDTH
+
+    dst.unlink(missing_ok=True)
+    r = interop.qemu_to_qemu(str(src), str(dst), size, method, channels,
+                             workdir=str(dst.parent), check=False, binary=binary, poll=0.01,
+                             max_bandwidth=UNLIMITED_BANDWIDTH, timeout=600)
+    if not (r.completed and r.ram_equal):
+        raise SystemExit(f"QEMU {method}: {r.summary()}")
+    dst.unlink(missing_ok=True)
+    return {"send": r.src_cpu_s or 0.0, "recv": r.dst_cpu_s or 0.0}
+
+
+def default_qemu() -> str | None:
+    from qatmig_engine.qemu.fetch import find_qemu10
+
+    q = find_qemu10()
+    return str(q.wrapper) if q is not None else None
+
+
+def measure(size: int, methods: list[str], channels: int,
+            qemu: str | None = None) -> dict[str, Any]:
     load0 = os.getloadavg()
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     rows = []
@@ -145,6 +172,7 @@ def measure(size: int, methods: list[str], channels: int) -> dict[str, Any]:
         touch = first_touch(size, nonzero, work)
         for m in methods:
             r = migrate(src, work / "dst.img", size, m, channels)
+            q = qemu_cpu(qemu, src, work / "qdst.img", size, m, channels) if qemu else {}
             comp, dec = codec_floor(m, pkts)
             for side, floor_codec, floor_touch in (("send", comp, 0.0), ("recv", dec, touch)):
                 e = r[side]
@@ -152,10 +180,12 @@ def measure(size: int, methods: list[str], channels: int) -> dict[str, Any]:
                 rows.append({"method": m, "end": side, "user": e["user"], "sys": e["sys"],
                              "total": total, "minflt": e["minflt"], "codec": floor_codec,
                              "first_touch": floor_touch,
-                             "engine_own": total - floor_codec - floor_touch})
+                             "engine_own": total - floor_codec - floor_touch,
+                             "qemu": q.get(side)})
                 print(f"  {m} {side}: {total:.2f} CPU-s (codec {floor_codec:.2f}, first touch "
                       f"{floor_touch:.2f})", file=sys.stderr, flush=True)
     return {"size": size, "channels": channels, "nonzero_pages": nonzero, "rows": rows,
+            "qemu": qemu,
             "loadavg": [load0, os.getloadavg()],
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "python": platform.python_version(),
@@ -163,13 +193,17 @@ def measure(size: int, methods: list[str], channels: int) -> dict[str, Any]:
 
 
 HEADERS = ["method", "end", "engine CPU-s", "user", "system", "minor faults", "codec alone",
-           "first touch", "engine's own", "own share"]
+           "first touch", "engine's own", "own share", "QEMU 10.0 CPU-s", "engine ÷ QEMU"]
 
 
 def rows_of(res: dict[str, Any]) -> list[list[str]]:
+    def vs(r: dict[str, Any]) -> list[str]:
+        q = r.get("qemu")
+        return [f"{q:.2f}", f"{r['total'] / q:.2f}x"] if q else ["-", "-"]
+
     return [[r["method"], r["end"], f"{r['total']:.2f}", f"{r['user']:.2f}", f"{r['sys']:.2f}",
              str(r["minflt"]), f"{r['codec']:.2f}", f"{r['first_touch']:.2f}",
-             f"{r['engine_own']:.2f}", f"{r['engine_own'] / r['total']:.0%}"]
+             f"{r['engine_own']:.2f}", f"{r['engine_own'] / r['total']:.0%}", *vs(r)]
             for r in res["rows"]]
 
 
@@ -179,11 +213,14 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['loadavg'][0][0]:.2f} before, {res['loadavg'][1][0]:.2f} after), Python "
         f"{res['python']}: the {res['size'] >> 20} MiB mixed image "
         f"({res['nonzero_pages']} non-zero pages), {res['channels']} channels, default "
-        "dialect, `api.send` → `api.listen` in two processes, CPU over the migration only. "
+        "dialect, `api.send` → `api.listen` in two processes, CPU from the call until the "
+        "migration ended (before the guest is unmapped, as QEMU's ends at `completed`). "
         "`codec alone`: the library on the same non-zero pages, one thread, 128-page packets, "
         "one stream; `first touch`: faulting in as many pages of a fresh /dev/shm file (what "
         "any receiver pays for new RAM); `engine's own` = the rest (socket copies and system "
-        "calls, zero-page detection, Python per packet).",
+        "calls, zero-page detection, Python per packet). `QEMU 10.0 CPU-s`: the same "
+        "end of a QEMU 10.0 → QEMU 10.0 migration of the same image in the same run "
+        f"({'not run' if not res.get('qemu') else 'utime+stime from /proc'}).",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|---|---|" + "---:|" * (len(HEADERS) - 2),
@@ -197,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1G")
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--methods", default="none,zlib,zstd")
+    ap.add_argument("--qemu", default="auto",
+                    help="QEMU to compare each end with: a qemu-system-x86_64 path, 'auto' "
+                    "(the fetched QEMU 10.0, if any) or 'none'")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--update-docs", action="store_true",
                     help="write the table into docs/performance.md (stamped block profile)")
@@ -208,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                   "engine/guest.py", "engine/transport.py", "engine/wire.py",
                   "benchmarks/profile_engine.py")
     stamped = docstamp.stamp(code, root)
-    res = measure(parse_size(args.size), args.methods.split(","), args.channels)
+    qemu = {"auto": default_qemu, "none": lambda: None}.get(args.qemu, lambda: args.qemu)()
+    res = measure(parse_size(args.size), args.methods.split(","), args.channels, qemu)
     if args.json:
         json.dump(res, sys.stdout, indent=2)
         print()

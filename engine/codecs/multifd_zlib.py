@@ -61,7 +61,7 @@ class ZlibCompressor(Compressor):
 
     def compress_view(self, pages: memoryview | bytes) -> bytes | memoryview:
         """The packet's payload as a view of the reused output buffer (fast path)."""
-        n = len(pages)
+        n = memoryview(pages).nbytes
         if not n or not self._fast:
             return self.compress(pages)
         bound = _shared.compress_bound(n)
