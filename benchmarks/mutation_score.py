@@ -132,7 +132,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("wire-offsets-32-bit", "wire", "page offsets truncated to 32 bits on the wire",
            (_p("wire.py", "pack_into(buf, MULTIFD_PACKET_FIXED_SIZE, *self.offsets)",
                "pack_into(buf, MULTIFD_PACKET_FIXED_SIZE, "
-               "*(o & 0xFFFFFFFF for o in self.offsets))"),)),
+               "*(o & 0xFFFFFFFF for o in self.offsets))"),),
+           ci_select="test_a_sparse_guest_with_data_above_4_gib"),
     Mutant("wire-no-multifd-flush", "wire",
            "no RAM_SAVE_FLAG_MULTIFD_FLUSH at the end of a round (9.x); destination syncs at EOS",
            (_p("mainstream.py",
@@ -165,7 +166,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("engine-final-round-forgotten", "engine",
            "stop-and-copy sends nothing: the final dirty pages never leave",
            (_p("source.py", "        _, zrec = self._queue_pages(final)\n",
-               "        zrec = 0\n"),)),
+               "        zrec = 0\n"),),
+           ci_select="test_the_final_dirty_round_arrives and qemu-9.2"),
     Mutant("engine-final-round-misses-last-iteration", "engine",
            "stop-and-copy sends only pages dirtied after the last sync, not those still pending",
            (_p("source.py", 'f[first : first + count] = b"\\x01" * count', "pass"),)),
@@ -197,7 +199,6 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("codec-zlib-level-ignored", "codecs", "zlib always deflates at level 1",
            (_p("codecs/multifd_zlib.py", "self._z = zlib.compressobj(level)",
                "self._z = zlib.compressobj(1)"),
-            # the fast path (libz through cffi)
             _p("codecs/multifd_zlib.py", "rc = _zf.deflate_init(self._strm, level)",
                "rc = _zf.deflate_init(self._strm, 1)"))),
     Mutant("codec-zstd-level-ignored", "codecs", "zstd always compresses at level 1",
@@ -220,13 +221,14 @@ MUTANTS: tuple[Mutant, ...] = (
                "        return z.compress(pages) + z.flush(zlib.Z_SYNC_FLUSH)"),
             _p("codecs/multifd_zlib.py", "        z = self._z\n        try:",
                "        z = self._z = zlib.decompressobj()\n        try:"),
-            # the fast path (libz through cffi): a fresh z_stream per packet, both ends
+            # the libz fast paths: a fresh deflate / inflate stream for every packet
             _p("codecs/multifd_zlib.py", "        strm, size = self._strm, len(self._out)\n",
-               "        strm = self._strm = _zf.new_stream()\n"
-               "        _zf.deflate_init(strm, self.level)\n        size = len(self._out)\n"),
-            _p("codecs/multifd_zlib.py", "        strm = self._strm\n        with ffi.from_buffer",
-               "        strm = self._strm = _zf.new_stream()\n        _zf.inflate_init(strm)\n"
-               "        with ffi.from_buffer"))),
+               "        self._strm = _zf.new_stream()\n"
+               "        _zf.deflate_init(self._strm, self.level)\n"
+               "        strm, size = self._strm, len(self._out)\n"),
+            _p("codecs/multifd_zlib.py", "        ffi = _zf.ffi\n        strm = self._strm\n",
+               "        ffi = _zf.ffi\n        self._strm = _zf.new_stream()\n"
+               "        _zf.inflate_init(self._strm)\n        strm = self._strm\n"))),
     Mutant("codec-zstd-frame-per-packet", "codecs",
            "every zstd packet is a whole frame (ZSTD_e_end per packet), on both ends",
            (_p("codecs/multifd_zstd.py", "return z.compress(pages) + z.flush(_FLUSH_BLOCK)",
@@ -244,9 +246,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "zlib decoder inflates the whole payload before checking its size",
            (_p("codecs/multifd_zlib.py", "out = z.decompress(payload, expected + 1)",
                "out = z.decompress(payload)"),
-            # off the fast path (which inflates into the packet's pages, bounded), onto that
-            _p("codecs/multifd_zlib.py", "        self._fast = _zf.lib is not None\n",
-               "        self._fast = False\n")),
+            # the libz fast path: the rest of the payload into one big buffer, checked after
+            _p("codecs/multifd_zlib.py",
+               "            strm.next_out, strm.avail_out = self._spare, 1\n",
+               "            _all = _zf.ffi.new(\"unsigned char[]\", 1 << 28)\n"
+               "            strm.next_out, strm.avail_out = _all, 1 << 28\n"
+               "            while strm.avail_in and inflate(strm, flush) == ok:\n"
+               "                pass\n"
+               "            if strm.avail_out != 1 << 28:\n"
+               "                raise self._fail(\"size mismatch\", _shared.size_mismatch(\n"
+               "                    ch, expected + 1, expected, \"payload inflates to more\"))\n"
+               "            strm.next_out, strm.avail_out = self._spare, 1\n")),
            ci_select="test_bad_session_is_refused and zlib-bomb"),
     Mutant("codec-qatzip-bomb-inflated", "codecs",
            "qatzip decoder inflates the whole payload before checking its size",
@@ -302,6 +312,36 @@ MUTANTS: tuple[Mutant, ...] = (
                '("multifd_qatzip_level", 1, 10),'),
             _p("codecs/_shared.py", "or not lo <= level <= hi:", "or not lo <= level <= hi + 1:"),
             _p("codecs/multifd_qatzip.py", "level, 1, 9,", "level, 1, 10,"))),
+    # ------------------------------------------------------------------ added in part 2
+    Mutant("engine-zero-page-detection-ignored", "engine",
+           "zero-page-detection is always the dialect's default (none is ignored)",
+           (_p("source.py",
+               "self.zero_page_detection = params.effective_zero_page_detection",
+               "self.zero_page_detection = get_dialect(params.dialect)"
+               ".default_zero_page_detection"),)),
+    Mutant("engine-multifd-zero-pages-sent-as-data", "engine",
+           "zero-page-detection multifd (9.x): zero pages sent as normal data pages",
+           (_p("source.py", 'zero_in_packet = src.zero_page_detection == "multifd"',
+               "zero_in_packet = False"),)),
+    Mutant("dest-multifd-zero-pages-skipped", "engine",
+           "9.x destination never writes the zero pages of a packet (assumes zeroed RAM)",
+           (_p("destination.py", "                        view[o : o + ps] = zero\n",
+               "                        pass\n"),)),
+    Mutant("stats-pages-per-second-normal-only", "stats",
+           "pages-per-second counts normal pages only",
+           (_p("stats.py", "return (self.normal_pages + self.zero_pages) / self._active_seconds",
+               "return self.normal_pages / self._active_seconds"),)),
+    Mutant("stats-normal-pages-include-zero", "stats",
+           "normal_pages counts zero pages too",
+           (_p("stats.py", "        return self._side.normal_pages\n",
+               "        return self._side.normal_pages + self._side.zero_pages\n"),)),
+    Mutant("stats-downtime-is-total-time", "stats",
+           "downtime measured from the start of the migration (= total time)",
+           (_p("api.py", "            st.downtime_ms = (src.end_time - src.stop_time) * 1000",
+               "            st.downtime_ms = st.total_time_ms"),)),
+    Mutant("stats-transferred-multifd-only", "stats",
+           "transferred bytes count the multifd channels only (not the main channel)",
+           (_p("stats.py", "return s.multifd_bytes + s.main_bytes", "return s.multifd_bytes"),)),
     Mutant("stats-verified-always-true", "stats",
            "reports verified true without comparing (an honest engine otherwise)",
            (_p("api.py", "st.verified = guest.same_content(dst_guest)", "st.verified = True"),)),

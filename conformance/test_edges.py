@@ -37,18 +37,40 @@ def _completed(result: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ edge guests
+def _zero_pages_in(path: Any, page: int = 4096) -> int:
+    zero = bytes(page)
+    with open(path, "rb") as f:
+        return sum(1 for chunk in iter(lambda: f.read(page), b"") if chunk == zero)
+
+
 @pytest.mark.parametrize(
-    "dialect", [pytest.param(d, marks=pytest.mark.qatmig_requires(f"dialect:{d}"))
-                for d in ("qemu-7.2", "qemu-9.2")])
+    ("dialect", "detection"),
+    [pytest.param("qemu-7.2", None, marks=pytest.mark.qatmig_requires("dialect:qemu-7.2")),
+     pytest.param("qemu-9.2", None, marks=pytest.mark.qatmig_requires("dialect:qemu-9.2")),
+     pytest.param("qemu-9.2", "none", marks=pytest.mark.qatmig_requires(
+         "dialect:qemu-9.2", "zero-page-detection"))],
+    ids=["qemu-7.2", "qemu-9.2", "qemu-9.2-detection-none"])
 def test_zero_pages_reach_a_destination_whose_ram_is_not_zero(
-    multifd_pair, guest_with_zero_pages, dialect  # type: ignore[no-untyped-def]
+    multifd_pair, guest_with_zero_pages, dialect, detection  # type: ignore[no-untyped-def]
 ) -> None:
-    # qemu-7.2: zero pages travel as ZERO records on the main channel; 9.x: in the packets.
-    result = multifd_pair(channels=2, dialect=dialect).migrate(
+    # qemu-7.2: zero pages travel as ZERO records on the main channel (zero-page-detection
+    # legacy); 9.x: as offsets in the packets (multifd); with "none" every page is data.
+    options = {"zero_page_detection": detection} if detection else {}
+    result = multifd_pair(channels=2, dialect=dialect, **options).migrate(
         guest_with_zero_pages, destination_fill=STALE)
     totals = _completed(result)
-    assert totals["zero_pages"] > 0 or totals["normal_pages"] >= guest_with_zero_pages.pages, (
-        "neither zero pages nor every page as a normal page crossed the wire")
+    pages = guest_with_zero_pages.pages
+    zeros = _zero_pages_in(guest_with_zero_pages.path) if detection != "none" else 0
+    seen = (totals["normal_pages"], totals["zero_pages"])
+    if str(result.get("source_implementation", "")).startswith("qemu"):
+        # QEMU also sends its firmware and ROM blocks' pages.
+        assert seen[0] >= pages - zeros and seen[1] >= zeros, seen
+        return
+    assert seen == (pages - zeros, zeros), (
+        f"{seen[0]} normal and {seen[1]} zero pages crossed the wire; the guest has "
+        f"{pages - zeros} non-zero and {zeros} zero pages (zero-page-detection "
+        f"{detection or 'the dialect default'}: "
+        + ("every page as data)" if detection == "none" else "each zero page as a zero page)"))
 
 
 #: Pages/s the source's workload dirties in the final-round test: on a 16 MiB guest (4096
@@ -82,7 +104,10 @@ def test_the_final_dirty_round_arrives(
 def test_a_guest_that_is_not_a_multiple_of_a_packet(multifd_pair, guest_odd_size, method) -> None:  # type: ignore[no-untyped-def]
     result = multifd_pair(channels=2, compression=method).migrate(guest_odd_size)
     totals = _completed(result)
-    assert totals["normal_pages"] + totals["zero_pages"] >= guest_odd_size.pages
+    # A static guest: every page exactly once (the judge also checks each arrived).
+    assert totals["normal_pages"] + totals["zero_pages"] == guest_odd_size.pages, (
+        f"{totals['normal_pages']} normal + {totals['zero_pages']} zero pages crossed the "
+        f"wire for a guest of {guest_odd_size.pages} pages")
 
 
 def test_a_sparse_guest_with_data_above_4_gib(
@@ -111,7 +136,8 @@ def test_a_sparse_guest_with_data_above_4_gib(
 
 
 # ------------------------------------------------------------------------------ honest stats
-def _honest_stats(result: Any, totals: dict[str, Any], channels: int) -> None:
+def _honest_stats(result: Any, totals: dict[str, Any], channels: int,
+                  qemu_bytes_tolerance: float = 0.02) -> None:
     who = f"the source ({result.get('source_implementation')})"
     assert totals["multifd_channels"] == channels, (
         f"{totals['multifd_channels']} multifd connections for multifd-channels={channels}")
@@ -129,13 +155,15 @@ def _honest_stats(result: Any, totals: dict[str, Any], channels: int) -> None:
     else:
         for key in ("transferred_bytes", "total_time_ms", "throughput_mbps", "downtime_ms"):
             assert result.get(key) is not None, f"{who} reports no {key}"
-        _bytes_and_rate(result, totals, who)
+        _bytes_and_rate(result, totals, who, qemu_bytes_tolerance)
     # QEMU reports whole milliseconds: a stop shorter than 1 ms reads 0 there.
     assert result.downtime_ms is not None and (result.downtime_ms > 0 or (
         qemu and result.downtime_ms == 0)), (
         f"{who} reports downtime {result.downtime_ms!r} ms: the guest was stopped for the last "
         "round, so it cannot be 0")
-    assert result.downtime_ms <= result.total_time_ms, "downtime longer than the migration"
+    assert result.downtime_ms < result.total_time_ms, (
+        f"{who} reports downtime {result.downtime_ms} ms of a {result.total_time_ms} ms "
+        "migration: the guest ran during precopy, so downtime is shorter than the migration")
     ratio = result.get("compression_ratio")
     if totals["payload_bytes"]:
         expected = totals["page_bytes"] / totals["payload_bytes"]
@@ -147,11 +175,13 @@ def _honest_stats(result: Any, totals: dict[str, Any], channels: int) -> None:
             "(page bytes / payload bytes)")
 
 
-def _bytes_and_rate(result: Any, totals: dict[str, Any], who: str) -> None:
+def _bytes_and_rate(result: Any, totals: dict[str, Any], who: str,
+                    qemu_tolerance: float = 0.02) -> None:
     wire = totals["wire_bytes"]
     # Every byte counts: packet headers are ~1.5 % of a compressed stream, so a count of
     # payloads alone must not pass; QEMU counts its own way (2 %).
-    tol = 0.02 if str(result.get("source_implementation", "")).startswith("qemu") else 0.002
+    tol = qemu_tolerance if str(result.get("source_implementation", "")).startswith(
+        "qemu") else 0.002
     assert abs(result.transferred_bytes - wire) <= tol * wire, (
         f"{who} reports {result.transferred_bytes} bytes transferred; {wire} crossed the wire")
     # Times in whole milliseconds (QEMU's) on a short migration: 2 ms of slack either way.
@@ -165,16 +195,36 @@ def _bytes_and_rate(result: Any, totals: dict[str, Any], who: str) -> None:
     assert 0.9 * lo <= result.throughput_mbps <= slack * hi, (
         f"{who} reports {result.throughput_mbps} Mbit/s; {wire} bytes in {total_s:.3f} s "
         f"(setup {setup_s:.3f} s) is {lo:.1f}..{hi:.1f}")
+    if str(result.get("source_implementation", "")).startswith("qemu"):
+        return  # QEMU's pages-per-second is its last iteration's rate
+    pages = totals["normal_pages"] + totals["zero_pages"]
+    plo, phi = pages / (total_s + 0.002), pages / max(total_s - setup_s - 0.002, 1e-3)
+    pps = result.get("pages_per_second")
+    assert pps is not None and 0.9 * plo <= pps <= 1.1 * phi, (
+        f"{who} reports {pps} pages/s; {pages} pages (normal + zero) in {total_s:.3f} s "
+        f"(setup {setup_s:.3f} s) is {plo:.0f}..{phi:.0f}")
 
 
 @pytest.mark.parametrize(
-    ("method", "channels"),
-    [pytest.param(m, c, marks=pytest.mark.qatmig_requires(m))
-     for m, c in (("none", 2), ("zstd", 3))],
-    ids=["none-2ch", "zstd-3ch"])
-def test_statistics_match_the_wire(multifd_pair, guest_with_zero_pages, method, channels) -> None:  # type: ignore[no-untyped-def]
-    result = multifd_pair(channels=channels, compression=method).migrate(guest_with_zero_pages)
-    _honest_stats(result, _completed(result), channels)
+    ("method", "channels", "dialect", "guest"),
+    [pytest.param("none", 2, None, "guest_with_zero_pages",
+                  marks=pytest.mark.qatmig_requires("none")),
+     pytest.param("zstd", 3, None, "guest_with_zero_pages",
+                  marks=pytest.mark.qatmig_requires("zstd")),
+     # Zero pages as ZERO records on the main channel: most of the bytes are the main
+     # channel's, so a count of the multifd channels alone is far off.
+     pytest.param("none", 2, "qemu-7.2", "guest_mostly_zero",
+                  marks=pytest.mark.qatmig_requires("none", "dialect:qemu-7.2"))],
+    ids=["none-2ch", "zstd-3ch", "none-2ch-qemu-7.2-mostly-zero"])
+def test_statistics_match_the_wire(  # type: ignore[no-untyped-def]
+    multifd_pair, request, method, channels, dialect, guest
+) -> None:
+    result = multifd_pair(channels=channels, compression=method, dialect=dialect).migrate(
+        request.getfixturevalue(guest))
+    # QEMU 7.2 counts a few bytes per zero page fewer than its ZERO records take on the
+    # wire: on a mostly-zero guest that is several per cent of the stream.
+    _honest_stats(result, _completed(result), channels,
+                  qemu_bytes_tolerance=0.06 if guest == "guest_mostly_zero" else 0.02)
 
 
 @pytest.mark.qatmig_requires("max-bandwidth")

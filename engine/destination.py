@@ -141,6 +141,8 @@ class _Receiver(transport.ChannelThread):
                 return
             if not transport.recv_into_exact(sock, hview, act, what, eof_ok=True):
                 self.eof = True
+                # TLS: answer the source's close_notify, so its wait for ours ends now.
+                tlsmod.bye(sock, wait=0.0)
                 return
             c.multifd_bytes += plen
             pkt = decode_packet(hview, dialect, ps, ch)
@@ -390,10 +392,11 @@ class Destination:
         channel carries meanwhile (the stream's start) is kept for the decoder."""
         lsock, main = self.lsock, self.main_sock
         while True:
-            ready = tlsmod.wait_readable([lsock, main], transport.TICK)
+            full = len(self._main_prefix) >= _MAIN_PREFIX_MAX
+            ready = tlsmod.wait_readable([lsock] if full else [lsock, main], transport.TICK)
             if lsock in ready:
                 return
-            if main in ready and len(self._main_prefix) < _MAIN_PREFIX_MAX:
+            if main in ready:
                 try:
                     data = main.recv(_MAIN_RECV)
                 except TimeoutError:

@@ -107,6 +107,10 @@ class _Sender(transport.ChannelThread):
                 act.check(f"multifd channel {ch}")
                 continue
             if job is _QUIT:
+                if src.tls is not None:
+                    # QEMU 10.0's clean TLS termination, each channel in its own thread so
+                    # the waits for the peer's close_notify overlap.
+                    tlsmod.bye(self.sock)
                 return
             if job is _SYNC:
                 hdr = make_sync_packet(dialect, src.next_packet_num(), method, ps).encode(
@@ -664,12 +668,13 @@ class Source:
             self.wait_for_destination
         socks = [self.main_sock] + [s.sock for s in self.senders]
         if self.tls is not None:
-            # QEMU 10.0's clean TLS termination: close_notify on every multifd channel (10.0
-            # destinations treat a premature end as an error unless the compat property
-            # multifd-clean-tls-termination is off); on the main channel too unless the
-            # return path still has to bring MIG_RP_MSG_SHUT back.
-            for s in socks[1:] if self.params.return_path else socks:
-                tlsmod.bye(s)
+            # QEMU 10.0's clean TLS termination: the senders sent close_notify on every
+            # multifd channel when they quit (10.0 destinations treat a premature end as an
+            # error unless the compat property multifd-clean-tls-termination is off); the
+            # main channel's now, unless the return path still has to bring
+            # MIG_RP_MSG_SHUT back.
+            if not self.params.return_path:
+                tlsmod.bye(self.main_sock)
         else:
             for s in socks:
                 try:

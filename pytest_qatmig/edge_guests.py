@@ -7,6 +7,8 @@ The default guest (``silesia_guest_memory``) has no zero pages, is a multiple of
   be migrated into a destination whose RAM is *not* zero beforehand (``destination_fill``);
 * ``guest_small_text`` -- 1 MiB of English-like text, for level comparisons;
 * ``guest_odd_size`` -- 16 MiB + 4 KiB: the last multifd packet of the block holds one page;
+* ``guest_mostly_zero`` -- a sparse 64 MiB guest, 97 % zero pages (statistics where the main
+  channel carries most bytes: qemu-7.2 ZERO records);
 * ``guest_above_4g`` -- a sparse 4 GiB + 2 MiB guest with 1 MiB of data at the start and
   1 MiB right above 4 GiB (page offsets that need more than 32 bits). A few MiB on disk; an
   implementation that keeps holes sparse (and sends zero pages as 8-byte offsets, 9.x
@@ -84,6 +86,21 @@ def guest_odd_size(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
             f.write(_text_pages(min(chunk, ODD_SIZE // PAGE - first), f"odd@{first}"))
     assert path.stat().st_size == ODD_SIZE
     return GuestImage(path=path, size=ODD_SIZE, corpus="text, 16 MiB + 4 KiB")
+
+
+@pytest.fixture(scope="session")
+def guest_mostly_zero(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
+    """Sparse 64 MiB with 1 MiB of text at the start and 1 MiB in the middle: 97 % zero pages
+    (a freshly booted guest), so under qemu-7.2 most bytes are the main channel's ZERO
+    records."""
+    path = tmp_path_factory.mktemp("edge-guests-zero") / "mostly-zero.img"
+    size = 64 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.write(_text_pages(256, "start"))
+        f.seek(size // 2)
+        f.write(_text_pages(256, "middle"))
+    return GuestImage(path=path, size=size, corpus="sparse, 97 % zero pages")
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ def test_dialect_for_version() -> None:
     assert bench.dialect_for_version("QEMU emulator version 9.1.0") == "qemu-9.0"
     newest = max(bench.DIALECTS, key=lambda d: tuple(int(x) for x in d[5:].split(".")))
     assert bench.dialect_for_version("QEMU emulator version 10.0.2 (Debian)") == newest
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"QEMU emulator version 6\.2\.0: older than every di"):
         bench.dialect_for_version("QEMU emulator version 6.2.0")
 
 

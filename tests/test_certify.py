@@ -488,7 +488,7 @@ def test_regression_direction_per_metric() -> None:
 
 @pytest.mark.parametrize("text", ["ten%", "nope:10%", "-5%"])
 def test_bad_max_regression(text: str) -> None:
-    with pytest.raises(CompareError):
+    with pytest.raises(CompareError, match=r"--max-regression:"):
         parse_max_regression(text)
 
 

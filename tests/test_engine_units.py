@@ -104,7 +104,7 @@ def test_parse_hostport():
     assert parse_hostport("127.0.0.1:4444") == ("127.0.0.1", 4444)
     assert parse_hostport("[::1]:5") == ("::1", 5)
     for bad in ("4444", "host:", "h:99999", "h:x"):
-        with pytest.raises(ParameterError):
+        with pytest.raises(ParameterError, match=r"expected HOST:PORT, got"):
             parse_hostport(bad)
 
 
@@ -116,7 +116,7 @@ def test_activity_idle_and_cancel():
         act.check("x")
     act.touch()
     act.cancel.set()
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match=r"y: migration cancelled"):
         act.wait(threading.Event(), "y")
 
 

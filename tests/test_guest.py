@@ -32,14 +32,14 @@ def test_anonymous_block_is_zero_and_page_addressed():
 
 @pytest.mark.parametrize("size", [0, 4095, 4097, -4096])
 def test_bad_sizes_rejected(size):
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"RAM block 'pc\.ram': size"):
         RAMBlock.anonymous("pc.ram", size)
 
 
 def test_bad_names_rejected():
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"RAM block name must be 1\.\.255 bytes, not ''"):
         RAMBlock.anonymous("", 4096)
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"RAM block name must be 1\.\.255 bytes, not 'xxxxxx"):
         RAMBlock.anonymous("x" * 256, 4096)
     g = GuestMemory([RAMBlock.anonymous("a", 4096)])
     with pytest.raises(ParameterError, match="duplicate"):
@@ -85,7 +85,7 @@ def test_filler_has_zero_and_distinct_pages():
 def test_image_read_only_cannot_be_written(tmp_path):
     path = _image(tmp_path / "g.img")
     g = GuestMemory.from_image(path)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"cannot modify read-only memory"):
         g.blocks[0].view[0:1] = b"x"
     with pytest.raises(ParameterError, match="read-only"):
         Workload(g, 1000)
@@ -142,10 +142,10 @@ def test_workload_dirties_at_about_the_rate_and_pauses(pattern):
 
 def test_workload_arguments():
     g = GuestMemory.anonymous(MiB)
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"--dirty-rate must be >= 0 pages/s"):
         Workload(g, -1)
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"dirty pattern must be one of random, sequential"):
         Workload(g, 10, pattern="zigzag")
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"no RAM block named 'nope'"):
         Workload(g, 10, block="nope")
     g.close()

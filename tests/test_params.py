@@ -64,7 +64,7 @@ def test_set_uses_qmp_names_and_keeps_old_value_on_error():
     p = MigrationParameters()
     p.set("multifd-channels", 8)
     assert p.multifd_channels == 8
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"Parameter 'multifd_channels' expects a value bet"):
         p.set("multifd-channels", 0)
     assert p.multifd_channels == 8
     with pytest.raises(ParameterError, match="unexpected"):

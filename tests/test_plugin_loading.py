@@ -87,5 +87,5 @@ def test_public_api_names() -> None:
 
     for name in pytest_qatmig.__all__:
         assert getattr(pytest_qatmig, name) is not None
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match=r"module 'pytest_qatmig' has no attribute 'nothing"):
         pytest_qatmig.nothing  # noqa: B018

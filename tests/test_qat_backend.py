@@ -370,9 +370,9 @@ def test_fault_injection_parsing():
     assert QzFaultInjection.from_params(params()) is None
     for bad in ("", "x", "after_packets=-1", "channel=1", "after_packets=1,mode=odd",
                 "after_packets=1,color=red", "after_packets=one"):
-        with pytest.raises(ParameterError):
+        with pytest.raises(ParameterError, match=r"fault injection:"):
             QzFaultInjection.parse(bad)
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"qat_fault_injection: cannot use 1\.5"):
         QzFaultInjection.from_params(params(extra={"qat_fault_injection": 1.5}))
 
 
@@ -406,7 +406,7 @@ def test_isal_engine_selected_through_params():
 
 def test_isal_engine_refuses_bad_levels():
     pytest.importorskip("isal", reason="pip install isal to test the ISA-L engine")
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"QATzip level must be between 1 and 9, not 10"):
         IsalQzEngine().compress(b"a" * PAGE, 10)
 
 

@@ -115,7 +115,7 @@ def test_wedged_monitor_times_out(sock_path):
 def test_no_greeting_times_out(sock_path):
     srv = FakeQMP(sock_path, lambda m: [], greet=False)
     try:
-        with pytest.raises(QemuTimeout):
+        with pytest.raises(QemuTimeout, match=r"QMP did not answer in time \(QEMU wedged\?\)"):
             QMPClient.connect(sock_path, timeout=0.5)
     finally:
         srv.close()
@@ -166,7 +166,7 @@ def test_parse_info_ramblock():
         RamBlockInfo("pc.ram", 64 << 20, 64 << 20),
         RamBlockInfo("/rom@etc/acpi/tables", 128 << 10, 2 << 20),
     ]
-    with pytest.raises(QemuError):
+    with pytest.raises(QemuError, match=r"could not parse `info ramblock` output: 'nothing"):
         parse_info_ramblock("nothing here")
 
 

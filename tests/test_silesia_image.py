@@ -160,7 +160,7 @@ def test_bad_parameters_are_parameter_errors(size, ratio, seed, match) -> None:
 
 
 def test_build_failure_leaves_no_partial_file(tmp_path: Path) -> None:
-    with pytest.raises(CorpusError):
+    with pytest.raises(CorpusError, match=r"is neither stand-in"):
         build_guest_image(tmp_path / "g.img", 4096, tmp_path / "absent-corpus")
     assert list(tmp_path.iterdir()) == []
 

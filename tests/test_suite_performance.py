@@ -317,3 +317,54 @@ def test_tree_cpu_counts_a_busy_child(tmp_path: Path) -> None:
     finally:
         os.killpg(p.pid, 9)
         p.wait()
+
+
+# ------------------------------------------------------------------------- tools/derive_profile.py
+def _derive_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("derive_profile",
+                                                  REPO / "tools" / "derive_profile.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(values: list[float]) -> list[dict[str, Any]]:
+    return [{"method": "zstd", "channels": 2, "metrics": {
+        "throughput_mbps": v, "pages_per_second": v * 100, "total_time_ms": 1000 / v,
+        "downtime_ms": 5.0, "send_cpu_percent": 60.0, "recv_cpu_percent": 90.0}}
+        for v in values]
+
+
+def test_derive_sets_limits_from_the_worst_run_with_the_margin() -> None:
+    dp = _derive_module()
+    args = dp.argparse.Namespace(margin=6.0, cpu_margin=2.5, min_downtime_ms=1000.0,
+                                 cpu_cap=200.0)
+    out = dp.derive(_rows([300.0, 250.0, 320.0]), args)["zstd-2ch"]
+    lim = out["limits"]
+    assert lim["min_mbps"] == 41  # worst 250 / 6 = 41.7, rounded down (median/9 = 33)
+    assert lim["max_total_ms"] == 24  # worst 4 ms x 6
+    assert lim["max_downtime_ms"] == 1000  # 5 x 6 = 30, raised to the minimum
+    assert lim["max_send_cpu"] == 150  # 60 x 2.5
+    assert "max_recv_cpu" not in lim  # 90 x 2.5 = 225 >= 200: the cores cannot exceed it
+    assert out["measured"]["throughput_mbps"] == {"median": 300.0, "worst": 250.0, "runs": 3}
+
+
+def test_derive_refuses_runs_that_spread_too_much() -> None:
+    dp = _derive_module()
+    args = dp.argparse.Namespace(margin=6.0, cpu_margin=2.5, min_downtime_ms=1000.0,
+                                 cpu_cap=200.0)
+    with pytest.raises(dp.DeriveError) as info:
+        dp.derive(_rows([1000.0, 1000.0, 50.0]), args)
+    assert "zstd-2ch throughput_mbps: the runs spread from 50 to 1000" in str(info.value)
+
+
+def test_derive_replaces_only_the_perf_section() -> None:
+    dp = _derive_module()
+    text = ("# head\nname: x\nperf:\n  defaults: {max_downtime_ms: 1}\n  # old\n\n"
+            "# about certify\ncertify:\n  hardware: false  # kept\n")
+    out = dp.splice(text, "perf:\n  suite: {}\n")
+    assert out == ("# head\nname: x\nperf:\n  suite: {}\n# about certify\ncertify:\n"
+                   "  hardware: false  # kept\n")

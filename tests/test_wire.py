@@ -166,7 +166,7 @@ def test_init_short_and_duplicate():
 
 
 def test_init_channel_id_must_fit_u8():
-    with pytest.raises(InitPacketError):
+    with pytest.raises(InitPacketError, match=r"channel id 256 does not fit the init packet's u8"):
         InitPacket(256).encode()
 
 

@@ -389,8 +389,9 @@ class TapChecker:
                 if stale:
                     self._error(
                         f"{len(stale)} pages of RAM block {bp.name!r} end with a copy that "
-                        "differs from the source's final RAM (the last dirty round did not "
-                        f"arrive; first at offset {stale[0] * bp.page_size:#x})",
+                        "differs from the source's final RAM (first at offset "
+                        f"{stale[0] * bp.page_size:#x}): pages sent with the wrong bytes, or "
+                        "a last dirty round that did not arrive",
                         main.stats.connection if main else 0, fld="pages")
         chans = sorted((c.stats for c in self.conns.values()), key=lambda s: s.connection)
         return TapReport(
