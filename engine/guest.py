@@ -180,7 +180,10 @@ class RAMBlock:
                 mm = mmap.mmap(fd, size, access=access)
             except (OSError, OverflowError) as exc:
                 raise _image_error(path, "map it", exc) from None
-            data_map = file_data_map(fd, size, page_size) if mode == "r" else None
+            # A file with a block allocated for every byte has no hole: no map to build (one
+            # SEEK_DATA/SEEK_HOLE walk of the whole file saved; every page is read anyway).
+            dense = st.st_blocks * 512 >= file_size
+            data_map = file_data_map(fd, size, page_size) if mode == "r" and not dense else None
         finally:
             os.close(fd)
         blk = cls(name, mm, size, page_size=page_size, path=path, writable=(mode == "c"))

@@ -149,3 +149,29 @@ def test_workload_arguments():
     with pytest.raises(ParameterError, match=r"no RAM block named 'nope'"):
         Workload(g, 10, block="nope")
     g.close()
+
+
+def test_source_map_of_holes_only_for_files_with_holes(tmp_path) -> None:
+    """A read-only source image with a block for every byte gets no map of holes (nothing to
+    skip, one SEEK_DATA/SEEK_HOLE walk saved); a sparse one does; zero pages are found in both."""
+    ps = 4096
+    page = bytes(range(256)) * 16
+    dense, sparse = tmp_path / "dense.img", tmp_path / "sparse.img"
+    dense.write_bytes(page + bytes(ps) + page + bytes(ps))  # zero pages written as zeros
+    with open(sparse, "wb") as f:
+        f.truncate(4 * ps)
+        f.write(page)
+        f.seek(2 * ps)
+        f.write(page)
+    d = RAMBlock.from_file("pc.ram", dense, mode="r")
+    s = RAMBlock.from_file("pc.ram", sparse, mode="r")
+    try:
+        assert d.data_map is None
+        assert d.zero_pages_in_run(0, 4) == [ps, 3 * ps]
+        if s.data_map is None or s.data_map.count(0) == 0:
+            pytest.skip("this file system does not report holes (SEEK_HOLE)")
+        assert s.data_map == bytearray([1, 0, 1, 0])
+        assert s.zero_pages_in_run(0, 4) == [ps, 3 * ps]
+    finally:
+        d.close()
+        s.close()

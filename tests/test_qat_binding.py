@@ -52,7 +52,8 @@ def qzlib(request, tmp_path_factory):
     try:
         path = build.build(tmp_path_factory.getbasetemp() / "qatzip_double")
     except RuntimeError as exc:
-        pytest.skip(f"no real libqatzip and the test double cannot be built: {exc}")
+        pytest.skip(f"no real libqatzip ({build.HOW_TO_USE_REAL}) and the test double "
+                    f"cannot be built: {exc}")
     ctl = build.DoubleControl(path)
     return load_library(path), ctl
 

@@ -177,7 +177,7 @@ def _fake_qemu_pair(monkeypatch, tmp_path: Path, *, drop_page: int | None,
 
 
 COMPLETED_INFO = {
-    "status": "completed", "total-time": 120, "downtime": 8,
+    "status": "completed", "total-time": 120, "downtime": 8, "setup-time": 40,
     "ram": {"mbps": 900.5, "transferred": 1 << 20, "normal": 256, "duplicate": 0,
             "pages-per-second": 0, "dirty-sync-count": 2},
 }
@@ -186,6 +186,8 @@ COMPLETED_INFO = {
 def test_qemu_adapter_compares_the_ram_files(monkeypatch, tmp_path):
     ok = _fake_qemu_pair(monkeypatch, tmp_path, drop_page=None, info=COMPLETED_INFO)
     assert ok.status == "completed" and ok.verified is True
+    # QEMU's mbps is over total-time minus setup-time: the honest-stats check needs both.
+    assert ok.total_time_ms == 120 and ok.setup_time_ms == 40
     bad = _fake_qemu_pair(monkeypatch, tmp_path, drop_page=5, info=COMPLETED_INFO)
     assert bad.status == "completed" and bad.verified is False
 
@@ -227,6 +229,13 @@ def test_qemu_adapter_real_destination_with_a_corrupted_page_is_unverified(
     pair = impl.pair(PairSpec(channels=2), device=software_device(), workdir=tmp_path)
     r = pair.migrate(guest, timeout=60)
     assert r.status == "completed" and r.verified is False
+
+
+def test_qemu_role_fields_keep_setup_time() -> None:
+    from pytest_qatmig.qemu_adapter import _info_fields
+
+    f = _info_fields(COMPLETED_INFO, (10, 0), "none", "send_cpu_percent", 12.0)
+    assert (f["total_time_ms"], f["setup_time_ms"], f["downtime_ms"]) == (120, 40, 8)
 
 
 # ----------------------------------------------------------------------------- one Mbps

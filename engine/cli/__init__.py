@@ -26,6 +26,7 @@ examples:
   qatmig listen --listen 127.0.0.1:4444 --guest-image dst.img --guest-size 1G
   qatmig send 127.0.0.1:4444 --guest-image src.img
   qatmig verify src.img dst.img    # did listen/send deliver the source's RAM? (or --json reports)
+  qatmig tls-certs creds           # test x509 credentials for --tls-creds creds (QEMU's layout)
   qatmig guest build --size 1G --corpus stand-in -o guest.img
   qatmig devices --json
   qatmig qzip -L 1 file            # QATzip gzip-ext, like QATzip's own qzip tool

@@ -40,6 +40,8 @@ examples:
   qatmig listen --listen 127.0.0.1:4444 --guest-image /dev/shm/dst.img --guest-size 1G
   qatmig listen --listen 127.0.0.1:4444 --guest-image dst.img --guest-size 256M \\
       --ramblock pc.ram --dialect qemu-7.2 --multifd-compression zstd   # a QEMU 7.2 source
+  qatmig listen --listen 127.0.0.1:4444 --guest-image dst.img --guest-size 256M \
+      --tls-creds creds --tls-authz 'C=GB,O=qatmig test,CN=qatmig source'   # TLS (tls-certs)
 
 Serves one incoming migration and exits: 0 when it completed, 1 when it failed. The RAM of the
 block named by --ramblock lives in --guest-image (created as a sparse file of zeros), so it can
@@ -51,6 +53,7 @@ EPILOG_SEND = """\
 examples:
   qatmig send 127.0.0.1:4444 --guest-image /dev/shm/src.img
   qatmig send 127.0.0.1:4444 --guest-image src.img --dialect qemu-7.2 --multifd-compression zstd
+  qatmig send 127.0.0.1:4444 --guest-image src.img --tls-creds creds --tls-hostname localhost
 
 Migrates the guest image (never modified: mapped read-only, or copy-on-write with
 --dirty-rate) to a destination started with `qatmig listen` or a QEMU with -incoming.
@@ -105,11 +108,12 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                    "completed (default off, as QEMU)")
     t = p.add_argument_group(
         "TLS (QEMU's tls-creds, tls-hostname, tls-authz)",
-        "QEMU names a tls-creds-x509 object; a command line has no -object, so --tls-creds "
-        "takes the directory that object's dir= would: ca-cert.pem, plus server-cert.pem and "
-        "server-key.pem on a destination (listen), client-cert.pem and client-key.pem on a "
-        "source (send). The peer is always verified (QEMU's verify-peer=on). Every channel, "
-        "main and multifd, does its own TLS handshake.")
+        "QEMU names a tls-creds-x509 object; a command line has no -object, so\n"
+        "--tls-creds takes the directory that object's dir= would load: ca-cert.pem, plus\n"
+        "server-cert.pem and server-key.pem on a destination (listen), client-cert.pem and\n"
+        "client-key.pem on a source (send); `qatmig tls-certs DIR` makes test ones. The peer\n"
+        "is always verified (QEMU's verify-peer=on). Every channel, main and multifd, does\n"
+        "its own TLS handshake.")
     t.add_argument("--tls-creds", metavar="DIR", default=None,
                    help="TLS on every channel with the x509 credentials in DIR (default off)")
     t.add_argument("--tls-hostname", metavar="NAME", default=None,
