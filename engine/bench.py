@@ -770,8 +770,9 @@ def scaling_fits(result: dict[str, Any]) -> list[ScalingFit]:
 
 
 def predict_host(fits: Sequence[ScalingFit], impl: str, method: str, *, channels: int,
-                 link_bytes_s: float, ratio: float, cores: int) -> dict[str, float]:
-    """The seed host from this machine's fits: raw (guest) GB/s, send and recv CPU %.
+                 link_bytes_s: float, ratio: float, cores: int) -> dict[str, Any]:
+    """The seed host from this machine's fits: raw (guest) GB/s, send and recv CPU %, and
+    ``bound``, what limits the throughput (``send CPU``, ``recv CPU`` or ``link``).
 
     Each channel's thread compresses at ``1 / send CPU-s per byte`` at most (one core), the
     channels share ``cores``, and the wire carries ``raw / ratio`` at most ``link_bytes_s``:
@@ -780,9 +781,12 @@ def predict_host(fits: Sequence[ScalingFit], impl: str, method: str, *, channels
     send_s = f["send"].predict(channels) / (1 << 30)  # CPU-s per guest byte
     recv_s = f["recv"].predict(channels) / (1 << 30)
     par = min(channels, cores)
-    raw = min(link_bytes_s * ratio, par / send_s, par / recv_s)
+    limits = {"send CPU": par / send_s, "recv CPU": par / recv_s, "link": link_bytes_s * ratio}
+    bound = min(limits, key=lambda k: limits[k])
+    raw = limits[bound]
     return {"raw_gb_s": raw / 1e9, "wire_mbps": raw / ratio * 8 / 1e6,
-            "send_cpu_percent": 100 * raw * send_s, "recv_cpu_percent": 100 * raw * recv_s}
+            "send_cpu_percent": 100 * raw * send_s, "recv_cpu_percent": 100 * raw * recv_s,
+            "bound": bound}
 
 
 @dataclass(frozen=True)
@@ -849,15 +853,7 @@ def predictions(result: dict[str, Any], host: HostSpec = SEED_HOST) -> list[dict
         p = predict_host(fits, impl, method, channels=host.channels,
                          link_bytes_s=host.link_bytes_s if ratio else float("inf"),
                          ratio=ratio or 1.0, cores=host.cores)
-        f = {x.side: x for x in fits if x.impl == impl and x.method == method}
-        par = min(host.channels, host.cores)
-        bounds = {"send CPU": par * (1 << 30) / f["send"].predict(host.channels),
-                  "recv CPU": par * (1 << 30) / f["recv"].predict(host.channels)}
-        if ratio:
-            bounds["link"] = host.link_bytes_s * ratio
-        bound = min(bounds, key=lambda k: bounds[k])
-        if not ratio:
-            bound += " (link not applied: no --count-wire)"
+        bound = p["bound"] if ratio else f"{p['bound']} (link not applied: no --count-wire)"
         out.append({"impl": impl, "method": method, **p, "ratio": ratio,
                     "ratio_assumed": assumed, "bound": bound,
                     "wire_mbps": p["wire_mbps"] if ratio else None,
