@@ -41,6 +41,7 @@ from qatmig_engine.judge import (  # noqa: F401 - re-exported: the tap's histori
     check_capture,
     format_report,
 )
+from qatmig_engine.transport import abort
 
 # ============================================================================ proxy edge
 #: How a connection's stream starts: a multifd channel's init packet or QEMU's main stream.
@@ -73,18 +74,6 @@ class ChannelCut:
         if self.mode not in CUT_MODES:
             raise ValueError(f"ChannelCut: mode must be one of {', '.join(CUT_MODES)}, not "
                              f"{self.mode!r}")
-
-
-def _reset(sk: socket.socket) -> None:
-    """Close ``sk`` with a TCP RST (SO_LINGER 0) instead of an orderly FIN."""
-    try:
-        sk.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    try:
-        sk.close()
-    except OSError:
-        pass
 
 
 class TapProxy:
@@ -411,8 +400,8 @@ class TapProxy:
             except OSError:
                 pass
         else:
-            _reset(upstream)
-        _reset(client)
+            abort(upstream)
+        abort(client)
 
     def _pump_up(self, idx: int, upstream: socket.socket, client: socket.socket,
                  state: dict[str, bool]) -> None:
