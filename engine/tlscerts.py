@@ -52,6 +52,17 @@ def _openssl(*args: str, cwd: str | os.PathLike[str] | None = None) -> None:
         raise ParameterError(f"openssl {args[0]} failed: {r.stderr.strip()[-500:]}")
 
 
+def _directory(directory: str | os.PathLike[str]) -> Path:
+    """``directory``, created if missing; a ParameterError naming it when it cannot be."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(f"cannot create the credentials directory {d}: "
+                             f"{exc.strerror or exc}") from None
+    return d
+
+
 def _key(path: Path) -> None:
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-out", str(path))
@@ -69,8 +80,7 @@ class CertificateAuthority:
 def make_ca(directory: str | os.PathLike[str], subject: str = CA_SUBJECT,
             days: int = 2) -> CertificateAuthority:
     """A self-signed CA in ``directory`` (ca-cert.pem, ca-key.pem)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    d = _directory(directory)
     key, cert = d / "ca-key.pem", d / CA_CERT
     _key(key)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,9 +128,11 @@ def make_creds(directory: str | os.PathLike[str], ca: CertificateAuthority, *,
                client_subject: str = CLIENT_SUBJECT, days: int = 2) -> Path:
     """A ``tls-creds`` directory signed by ``ca``: ca-cert.pem plus server-cert/-key.pem
     (``server``) and client-cert/-key.pem (``client``). Returns the directory."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ca.cert, d / CA_CERT)
+    d = _directory(directory)
+    try:
+        shutil.copyfile(ca.cert, d / CA_CERT)
+    except OSError as exc:
+        raise ParameterError(f"cannot write {d / CA_CERT}: {exc.strerror or exc}") from None
     if server:
         make_cert(ca, d / SERVER_CERT, d / SERVER_KEY, server_subject,
                   server_names=server_names, days=days)

@@ -262,6 +262,16 @@ def test_tls_certs_command_makes_a_usable_dir(tmp_path):
     assert r.returncode == 0 and st["tls"] and st["tls_peer_dn"] == info["client_dn"], r.stderr
 
 
+@pytest.mark.parametrize("where", ["/dev/null/creds", "/proc/qatmig-creds"])
+def test_tls_certs_command_where_it_cannot_write_says_so_in_one_line(where):
+    r = subprocess.run([*QATMIG, "tls-certs", where], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"qatmig: error: cannot create the credentials directory {where}-ca: "
+        + ("Not a directory" if where.startswith("/dev/null") else "No such file or directory")]
+
+
 def test_plugin_pair_says_the_judge_cannot_read_tls(multifd_pair, tls_creds):
     """The suite's pairs put the wire judge between the ends: over TLS it would read only
     ciphertext, so a pair with tls_creds is refused with the reason, not judged wrongly."""
