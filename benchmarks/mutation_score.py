@@ -372,6 +372,35 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("stats-verified-always-true", "stats",
            "reports verified true without comparing (an honest engine otherwise)",
            (_p("api.py", "st.verified = guest.same_content(dst_guest)", "st.verified = True"),)),
+    # ------------------------------------------------------------------ added in part 3
+    Mutant("dest-qatzip-trailer-not-checked", "codecs",
+           "qatzip destination inflates each member's raw deflate data and skips its "
+           "CRC-32/ISIZE trailer unchecked",
+           (_p("codecs/qzformat.py", "        d = zlib.decompressobj(_WBITS_GZIP)\n",
+               "        d = zlib.decompressobj(_WBITS_RAW)\n"
+               "        body = chunk[h.header_len:]\n"),
+            _p("codecs/qzformat.py", "out = d.decompress(chunk, budget - produced + 1)",
+               "out = d.decompress(body, budget - produced + 1)"),
+            _p("codecs/qzformat.py", "out = d.decompress(chunk)\n", "out = d.decompress(body)\n"),
+            # the 8 trailer bytes are stepped over, never compared
+            _p("codecs/qzformat.py", "used = len(chunk) - len(d.unused_data)\n",
+               "used = len(chunk) - len(d.unused_data) + GZIP_FOOTER_LEN\n"))),
+    Mutant("codec-zstd-bomb-inflated", "codecs",
+           "zstd decoder inflates the rest of a payload whole (no output bound) before "
+           "checking its size",
+           (_p("codecs/multifd_zstd.py",
+               "        outb.dst, outb.size, outb.pos = self._spare, 1, 0\n",
+               "        if inb.pos < n:  # whatever the rest yields, in one big buffer\n"
+               "            _all = _ffi.new(\"char[]\", 1 << 28)\n"
+               "            outb.dst, outb.size, outb.pos = _all, 1 << 28, 0\n"
+               "            while inb.pos < n and outb.pos < outb.size:\n"
+               "                hint = ret = lib.ZSTD_decompressStream(ds, outb, inb)\n"
+               "                if lib.ZSTD_isError(ret):\n"
+               "                    break\n"
+               "            if outb.pos:\n"
+               "                raise self._fail(\"size mismatch\", _shared.size_mismatch(\n"
+               "                    ch, expected + 1, expected, \"payload inflates to more\"))\n"
+               "        outb.dst, outb.size, outb.pos = self._spare, 1, 0\n"),)),
 )
 
 

@@ -191,7 +191,7 @@ def test_the_corpus_is_what_the_suite_expects() -> None:
     names = [c.name for c in cases]
     assert len(names) == len(set(names))
     expected = {"bad-init-magic", "bad-packet-version", "uuid-mismatch", "channel-id-out-of-range",
-                "duplicate-channel", "packet-num-repeated", "zlib-bomb", "qatzip-bomb",
+                "duplicate-channel", "packet-num-repeated", "zlib-bomb", "zstd-bomb", "qatzip-bomb",
                 "truncated-packet", "next-packet-size-huge", "unknown-ramblock",
                 "offset-unaligned", "offset-beyond-block", "idle-peer"}
     assert expected <= set(names), sorted(expected - set(names))

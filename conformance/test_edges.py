@@ -260,21 +260,38 @@ def test_statistics_match_the_wire(  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.qatmig_requires("max-bandwidth")
-def test_max_bandwidth_is_honoured(multifd_pair, silesia_guest_memory) -> None:  # type: ignore[no-untyped-def]
-    free = multifd_pair(channels=2).migrate(silesia_guest_memory)
-    t_free = _completed(free)
-    unthrottled = t_free["wire_bytes"] / max(free.total_time_ms / 1000.0, 1e-3)
-    # Well below what the host reached, and long enough (~2 s) for a 100 ms window to average.
-    limit = int(min(unthrottled / 3, t_free["wire_bytes"] / 2.0))
-    result = multifd_pair(channels=2, max_bandwidth=limit).migrate(silesia_guest_memory)
-    totals = _completed(result)
-    rate = totals["wire_bytes"] / (result.total_time_ms / 1000.0)
-    if not 0.95 * limit <= rate <= 1.05 * limit:
-        text = (f"max-bandwidth {limit} B/s (unthrottled: {unthrottled:.0f} B/s): "
-                f"{totals['wire_bytes']} bytes in {result.total_time_ms:.0f} ms = {rate:.0f} B/s, "
-                "outside +-5 %")
-        if str(result.get("source_implementation", "")).startswith("qemu"):
-            # A finding about QEMU, kept visible: 7.2 counts multifd bytes against the limit
-            # at enqueue time, uncompressed, and overshoots on short migrations.
-            pytest.xfail(f"finding about the QEMU source: {text}")
-        pytest.fail(text, pytrace=False)
+def test_max_bandwidth_is_honoured(multifd_pair, silesia_guest_memory, request) -> None:  # type: ignore[no-untyped-def]
+    """The throttled wire rate is within +-5 % of a limit set well below the unthrottled rate
+    measured just before. Above the limit fails at once: load only ever slows an end down, so
+    an overshoot is the implementation's. Below it, the shared host may have lost speed since
+    the unthrottled run: both runs are measured once more and every attempt is recorded
+    (``qatmig_max_bandwidth`` user properties, and the failure text)."""
+    tried: list[str] = []
+    result = None
+    for attempt in (1, 2):
+        free = multifd_pair(channels=2).migrate(silesia_guest_memory)
+        t_free = _completed(free)
+        unthrottled = t_free["wire_bytes"] / max(free.total_time_ms / 1000.0, 1e-3)
+        # Well below what the host reached, and long enough (~2 s) for a 100 ms window to
+        # average.
+        limit = int(min(unthrottled / 3, t_free["wire_bytes"] / 2.0))
+        result = multifd_pair(channels=2, max_bandwidth=limit).migrate(silesia_guest_memory)
+        totals = _completed(result)
+        rate = totals["wire_bytes"] / (result.total_time_ms / 1000.0)
+        request.node.user_properties.append(("qatmig_max_bandwidth", {
+            "attempt": attempt, "limit": limit, "unthrottled": round(unthrottled),
+            "rate": round(rate), "wire_bytes": totals["wire_bytes"],
+            "total_time_ms": result.total_time_ms}))
+        if 0.95 * limit <= rate <= 1.05 * limit:
+            return
+        tried.append(f"attempt {attempt}: max-bandwidth {limit} B/s (unthrottled: "
+                     f"{unthrottled:.0f} B/s): {totals['wire_bytes']} bytes in "
+                     f"{result.total_time_ms:.0f} ms = {rate:.0f} B/s, outside +-5 %")
+        if rate > 1.05 * limit:
+            break
+    text = "; ".join(tried)
+    if str(result.get("source_implementation", "")).startswith("qemu"):  # type: ignore[union-attr]
+        # A finding about QEMU, kept visible: 7.2 counts multifd bytes against the limit
+        # at enqueue time, uncompressed, and overshoots on short migrations.
+        pytest.xfail(f"finding about the QEMU source: {text}")
+    pytest.fail(text, pytrace=False)

@@ -112,6 +112,17 @@ class MigrationParameters:
                 "Parameter 'downtime_limit' expects an integer in the range of 0 to "
                 f"{MAX_MIGRATE_DOWNTIME_SECONDS} seconds"
             )
+        self._validate_extra()
+
+    def _validate_extra(self) -> None:
+        """The qatzip extras (``--qat-inject-fault`` ...) are checked whatever the method: a
+        malformed one would otherwise pass silently with none/zlib/zstd (no qatzip backend)."""
+        if not isinstance(self.extra, dict):
+            raise ParameterError(f"extra must be a dict of engine options, not {self.extra!r}")
+        if any(key.startswith("qat_") for key in self.extra if isinstance(key, str)):
+            from .qat.backend import validate_extras  # light: cffi loads only with a library
+
+            validate_extras(self.extra, self.multifd_channels)
 
     def _validate_tls(self) -> None:
         for name in ("tls_creds", "tls_hostname"):

@@ -42,7 +42,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import ParameterError, TLSError
@@ -262,40 +262,42 @@ def _handshake(sock: ssl.SSLSocket, act: Activity, what: str) -> None:
             pass
 
 
+def _shake(act: Activity, what: str, wrap: Callable[[], ssl.SSLSocket],
+           explain: Callable[[BaseException], TLSError]) -> ssl.SSLSocket:
+    """``wrap()`` a socket and shake hands; the one except ladder of both ends: Cancelled
+    when the migration was cancelled meanwhile, else ``explain(exc)`` for a TLS or connection
+    error, else a TLSError quoting the OS error."""
+    try:
+        sock = wrap()
+        _handshake(sock, act, what)
+    except (ssl.SSLError, ConnectionError, OSError) as exc:
+        if act.cancel.is_set():
+            raise Cancelled(f"{what}: migration cancelled") from None
+        if isinstance(exc, (ssl.SSLError, ConnectionError)):
+            raise explain(exc) from None
+        raise TLSError(f"{what}: TLS handshake failed: {exc}") from None
+    return sock
+
+
 def client_handshake(raw: socket.socket, ctx: ssl.SSLContext, tls: TLSSettings, host: str,
                      act: Activity, what: str) -> ssl.SSLSocket:
     """Wrap a connected socket as the TLS client (the source) and shake hands; TLSError
     with a clear one-line reason when the destination's certificate does not pass."""
     hostname = tls.hostname or host
-    try:
-        sock = ctx.wrap_socket(raw, server_hostname=hostname, do_handshake_on_connect=False)
-        _handshake(sock, act, what)
-    except (ssl.SSLError, ConnectionError) as exc:
-        if act.cancel.is_set():
-            raise Cancelled(f"{what}: migration cancelled") from None
-        raise explain_client_error(exc, what, tls, host) from None
-    except OSError as exc:
-        if act.cancel.is_set():
-            raise Cancelled(f"{what}: migration cancelled") from None
-        raise TLSError(f"{what}: TLS handshake failed: {exc}") from None
-    return sock
+    return _shake(
+        act, what,
+        lambda: ctx.wrap_socket(raw, server_hostname=hostname, do_handshake_on_connect=False),
+        lambda exc: explain_client_error(exc, what, tls, host))
 
 
 def server_handshake(raw: socket.socket, ctx: ssl.SSLContext, tls: TLSSettings,
                      act: Activity, what: str) -> ssl.SSLSocket:
     """Wrap an accepted socket as the TLS server (the destination), shake hands and apply
     ``tls-authz``; TLSError naming the reason (and the refused DN) otherwise."""
-    try:
-        sock = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        _handshake(sock, act, what)
-    except (ssl.SSLError, ConnectionError) as exc:
-        if act.cancel.is_set():
-            raise Cancelled(f"{what}: migration cancelled") from None
-        raise explain_server_error(exc, what, tls) from None
-    except OSError as exc:
-        if act.cancel.is_set():
-            raise Cancelled(f"{what}: migration cancelled") from None
-        raise TLSError(f"{what}: TLS handshake failed: {exc}") from None
+    sock = _shake(
+        act, what,
+        lambda: ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False),
+        lambda exc: explain_server_error(exc, what, tls))
     if tls.authz is not None:
         cert = sock.getpeercert() or {}
         dn = distinguished_name(cert.get("subject", ()))  # type: ignore[arg-type]

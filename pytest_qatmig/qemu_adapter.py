@@ -108,22 +108,10 @@ class QemuPair:
             wall = max(time.monotonic() - t0, 1e-9)
             send_cpu = 100 * (src.cpu_seconds() - cpu_src) / wall
             recv_cpu = 100 * (dst.cpu_seconds() - cpu_dst) / wall
-            ram = info.get("ram", {})
-            fields = {
-                "status": info.get("status"),
-                # Missing means missing: None, never 0 (0 would pass any max threshold).
-                "total_time_ms": _reported(info, "total-time", float),
-                "downtime_ms": _reported(info, "downtime", float),
-                "setup_time_ms": _reported(info, "setup-time", float),
-                "pages_per_second": _reported(ram, "pages-per-second", float),
-                "pages_per_second_reported": _reported(ram, "pages-per-second", float),
-                "normal_pages": _reported(ram, "normal", int),
-                "zero_pages": _reported(ram, "duplicate", int),
-                "dirty_sync_count": _reported(ram, "dirty-sync-count", int),
-                "send_cpu_percent": round(send_cpu, 1),
-                "recv_cpu_percent": round(recv_cpu, 1),
-                **wire_fields(ram, self.impl.version, spec.compression),
-            }
+            # The role path's fields (one end's query-migrate), plus the other end's CPU.
+            fields = _info_fields(info, self.impl.version, spec.compression,
+                                  "send_cpu_percent", send_cpu)
+            fields["recv_cpu_percent"] = round(recv_cpu, 1)
         except QemuError as exc:
             fields = {
                 "status": "failed", "error": str(exc), "total_time_ms": None,

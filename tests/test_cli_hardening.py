@@ -222,3 +222,47 @@ def test_zstd_decompressor_releases_the_payload_buffer_on_error():
     view.release()  # BufferError while an export is alive
     payload.extend(b"x")  # BufferError while an export is alive
     assert info.value.channel == 0
+
+
+FAULT_FORM = "--qat-inject-fault expects K or after_packets=K"
+
+
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [("check", "none"), ("check", "zlib"), ("check", "zstd"), ("check", "qatzip"),
+     ("migrate", "none"), ("listen", "zstd"), ("send", "zlib")],
+)
+def test_malformed_qat_inject_fault_is_refused_whatever_the_method(tmp_path, command, method):
+    """Without a qatzip backend nothing parses the spec later: validation must refuse it."""
+    args = {"check": ["check"],
+            "migrate": ["migrate", "--guest-size", "1M", "--corpus", "filler", "--quiet"],
+            "listen": [*LISTEN, "--guest-size", "1M", "--guest-image", str(tmp_path / "d.img")],
+            "send": ["send", "127.0.0.1:9", "--guest-size", "1M"]}[command]
+    p = _run([*args, "--multifd-compression", method, "--qat-inject-fault", "after_packets=x"],
+             timeout=30)
+    _assert_clean_failure(p, 1, "fault injection: bad value for after_packets: 'x'", FAULT_FORM)
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr  # one line only
+    assert p.stderr.startswith("qatmig: error: ")
+    assert p.stdout == ""
+    assert "listening on" not in p.stderr and not (tmp_path / "d.img").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [("bogus", "expected key=value, got 'bogus'"),
+     ("channel=1", "after_packets=K is required"),
+     ("after_packets=1,mode=odd", "mode must be error or truncate"),
+     ("after_packets=1,rc=QZ_NOPE", "bad value for rc: 'QZ_NOPE'"),
+     ("after_packets=1,channel=2", "channel=2 names no channel of multifd-channels 2")],
+)
+def test_check_names_what_is_wrong_with_a_fault_spec(spec, needle):
+    p = _run(["check", "--multifd-compression", "zstd", "--qat-inject-fault", spec], timeout=30)
+    _assert_clean_failure(p, 1, needle, FAULT_FORM)
+
+
+def test_check_accepts_a_wellformed_fault_spec_with_any_method():
+    for method in ("none", "qatzip"):
+        p = _run(["check", "--multifd-compression", method,
+                  "--qat-inject-fault", "after_packets=3,channel=1,rc=QZ_TIMEOUT,mode=truncate"],
+                 timeout=30)
+        assert (p.returncode, p.stderr) == (0, ""), p.stderr

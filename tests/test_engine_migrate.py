@@ -112,13 +112,25 @@ def test_dirtying_workload_converges_and_reports_downtime(dialect):
     assert j["dirty_sync_count"] >= 3
 
 
-def test_non_convergence_is_reported_and_still_verified():
-    # downtime-limit 0 with a guest that keeps dirtying a hot set, rounds slowed by a
-    # bandwidth cap so the workload gets to run, and max_iters 2: a forced switchover.
-    st = _run("none", size=4 * MiB, dirty_rate=20000, hot_pages=200, max_iters=2,
-              params={"downtime_limit": 0, "max_bandwidth": 20_000_000})
-    assert st.status == "completed" and st.verified
-    assert st.converged is False and st.rounds == 3
+def test_non_convergence_is_reported_and_still_verified(request):
+    # downtime-limit 0 with a guest that keeps dirtying a hot set of most of its pages, and
+    # max_iters 2: a forced switchover. The bandwidth cap paces every round (~0.3 s: the hot
+    # set is ~4 MB, the cap 10 MB/s) so that the guest's thread runs during each of them.
+    for attempt in (1, 2):
+        st = _run("none", size=4 * MiB, dirty_rate=20000, hot_pages=1000, max_iters=2,
+                  params={"downtime_limit": 0, "max_bandwidth": 10_000_000})
+        assert st.status == "completed" and st.verified
+        if attempt == 1 and st.converged and st.expected_downtime_ms == 0:
+            # Nothing was dirty at the end of a round: the guest's thread never ran during
+            # it (a loaded host), and with nothing left to send converging is right. That
+            # says nothing about non-convergence: run once more, and record it. An engine
+            # converging with pages left (expected downtime > 0) fails below at once.
+            request.node.user_properties.append(("non_convergence_retried", {
+                "rounds": st.rounds, "workload_pages_written": st.workload_pages_written}))
+            continue
+        break
+    assert st.converged is False and st.rounds == 3, (st.converged, st.rounds,
+                                                       st.expected_downtime_ms)
     assert st.expected_downtime_ms is not None and st.expected_downtime_ms > 0
 
 

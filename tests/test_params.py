@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from qatmig_engine.dialects import DIALECTS, get_dialect
 from qatmig_engine.errors import ParameterError
@@ -96,3 +98,38 @@ def test_dialect_masks():
 def test_to_qmp_names():
     q = MigrationParameters(multifd_channels=4).to_qmp()
     assert q["multifd-channels"] == 4 and q["zero-page-detection"] == "multifd"
+
+
+@pytest.mark.parametrize("method", ["none", "zlib", "zstd", "qatzip"])
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [({"qat_fault_injection": "after_packets=x"}, "bad value for after_packets: 'x'"),
+     ({"qat_fault_injection": 1.5}, "qat_fault_injection: cannot use 1.5"),
+     ({"qat_fault_injection": {"after_packets": 1, "colour": "red"}}, "unknown key 'colour'"),
+     ({"qat_fault_injection": {"after_packets": 1, "channel": "1"}},
+      "channel must be an integer >= 0"),
+     ({"qat_fault_injection": "after_packets=0,channel=2"}, "names no channel"),
+     ({"qat_sw_engine": "lz4"}, "qat_sw_engine must be one of zlib, isal, not 'lz4'"),
+     ({"qat_sysfs_root": ""}, "--qat-sysfs-root expects a directory"),
+     ({"qat_library": 3}, "--qat-library expects the path of libqatzip.so.3, not 3")],
+)
+def test_qat_extras_are_validated_whatever_the_method(method, extra, text):
+    """Only the qatzip backend reads these; validation must not depend on it being built."""
+    with pytest.raises(ParameterError) as ei:
+        MigrationParameters(multifd_compression=method, extra=extra)
+    assert text in str(ei.value)
+    assert "\n" not in str(ei.value)
+    p = MigrationParameters(multifd_compression=method)
+    p.extra.update(extra)
+    with pytest.raises(ParameterError, match="^" + re.escape(str(ei.value)) + "$"):
+        p.validate()
+
+
+def test_qat_extras_validation_leaves_qemus_parameters_first():
+    """A QEMU parameter out of range is still reported with QEMU's text, before the extras."""
+    with pytest.raises(ParameterError, match="^Parameter 'multifd_zlib_level' expects"):
+        MigrationParameters(multifd_zlib_level=10, extra={"qat_fault_injection": "x"})
+    ok = MigrationParameters(multifd_compression="zstd", extra={
+        "qat_fault_injection": "after_packets=2,channel=1,rc=QZ_FAIL", "qat_sw_engine": "zlib",
+        "qat_sysfs_root": "/nonexistent", "qat_library": "/nonexistent/libqatzip.so.3"})
+    assert ok.extra["qat_fault_injection"] == "after_packets=2,channel=1,rc=QZ_FAIL"

@@ -238,6 +238,20 @@ def test_qemu_role_fields_keep_setup_time() -> None:
     assert (f["total_time_ms"], f["setup_time_ms"], f["downtime_ms"]) == (120, 40, 8)
 
 
+def test_qemu_pair_reports_the_role_paths_fields(monkeypatch, tmp_path) -> None:
+    """QemuPair.migrate and the roles build one end's fields with the same function: same
+    keys, same values (the pair adds the other end's CPU and its own verdict fields)."""
+    from pytest_qatmig.qemu_adapter import _info_fields
+
+    r = _fake_qemu_pair(monkeypatch, tmp_path, drop_page=None, info=COMPLETED_INFO)
+    role = _info_fields(COMPLETED_INFO, (7, 2), "none", "send_cpu_percent", 0.0)
+    assert {k: r[k] for k in role} == role
+    assert set(r) - set(role) == {"recv_cpu_percent", "verified", "multifd_channels",
+                                  "multifd_compression", "compression_level", "dialect",
+                                  "implementation"}
+    assert r.pages_per_second == role["pages_per_second"] == round(256 / 0.120, 1)
+
+
 # ----------------------------------------------------------------------------- one Mbps
 @pytest.mark.parametrize(("version", "compression", "counts"), [
     ((7, 2), "none", "wire"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -217,6 +218,58 @@ def test_a_cut_kills_the_first_multifd_connection_after_exactly_n_bytes(zstd_cap
     for i, data in enumerate(zstd_capture):
         if i != idx:
             assert bytes(sink.received[i]) == data, f"connection {i} was not forwarded whole"
+
+
+def _how_it_ends(sock: socket.socket, timeout: float = 10) -> tuple[bytes, str]:
+    """Read ``sock`` to its end: (bytes read, "reset" | "eof" | "timeout")."""
+    sock.settimeout(timeout)
+    got = bytearray()
+    while True:
+        try:
+            d = sock.recv(1 << 16)
+        except ConnectionResetError:
+            return bytes(got), "reset"
+        except TimeoutError:
+            return bytes(got), "timeout"
+        if not d:
+            return bytes(got), "eof"
+        got += d
+
+
+@pytest.mark.parametrize(("mode", "destination_end"), [("reset", "reset"), ("eof", "eof")])
+def test_a_cut_resets_the_source_side(mode, destination_end):
+    """Whatever the mode, the source's connection is reset (RST), as when the link or the
+    peer dies: a source that saw a clean close could take its channel for finished. The
+    destination sees a reset (``reset``) or a clean end of stream mid-packet (``eof``)."""
+    from qatmig_engine.constants import MULTIFD_MAGIC
+
+    n = 1000
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    sent = struct.pack(">I", MULTIFD_MAGIC) + bytes(range(256)) * 8  # one segment: 2052 bytes
+    ends: dict[str, tuple[bytes, str]] = {}
+    try:
+        tap = TapProxy(("127.0.0.1", 0), server.getsockname(), None, timeout=5,
+                       cut=ChannelCut(n, mode=mode))
+        port = tap.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as src:
+            dst, _ = server.accept()
+            with dst:
+                # all of it in the tap's socket before the cut: a plain close() would then
+                # send FIN, not RST, so only a real reset passes
+                src.sendall(sent)
+                t = threading.Thread(target=lambda: ends.__setitem__("dst", _how_it_ends(dst)))
+                t.start()
+                ends["src"] = _how_it_ends(src)
+                t.join(15)
+        tap.wait(30)
+    finally:
+        server.close()
+    assert tap.cut_done == {"connection": 0, "role": "multifd", "mode": mode, "after_bytes": n}
+    assert ends["src"] == (b"", "reset"), "the tap did not reset the source's connection"
+    got, how = ends["dst"]
+    assert how == destination_end
+    assert sent.startswith(got) and (got == sent[:n] if mode == "eof" else len(got) <= n)
 
 
 def test_a_cut_by_role_main_and_one_that_never_comes(zstd_capture):

@@ -128,6 +128,99 @@ def test_return_path_over_tls(tls_creds):
     assert bytes(dst_guest.blocks[0].view) == bytes(src_guest.blocks[0].view)
 
 
+class _TLSEndRecorder:
+    """A TLS destination that reads every connection to its end and records how it ended:
+    ``close_notify`` (the peer's alert), ``no close_notify`` (TCP closed without it),
+    ``reset`` or ``timeout``; and each connection's first four plaintext bytes."""
+
+    def __init__(self, creds: str, timeout: float) -> None:
+        import socket
+
+        from qatmig_engine.tls import TLSSettings
+
+        self.ctx = TLSSettings(creds).server_context()
+        self.timeout = timeout
+        self.ends: list[dict] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.address = self.server.getsockname()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            end: dict = {"start": b"", "end": None}
+            self.ends.append(end)
+            t = threading.Thread(target=self._read, args=(conn, end), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _read(self, conn, end: dict) -> None:  # type: ignore[no-untyped-def]
+        import ssl
+
+        conn.settimeout(self.timeout)
+        try:
+            # suppress_ragged_eofs=False: a TCP end without close_notify raises SSLEOFError
+            # instead of reading as b"" (what a clean close_notify reads as)
+            with self.ctx.wrap_socket(conn, server_side=True,
+                                      suppress_ragged_eofs=False) as sock:
+                while True:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        end["end"] = "close_notify"
+                        try:
+                            sock.unwrap()  # answer it, as a QEMU destination does
+                        except (OSError, ValueError):
+                            pass  # the source may be gone already: the alert was seen
+                        return
+                    if len(end["start"]) < 4:
+                        end["start"] += data[: 4 - len(end["start"])]
+        except ssl.SSLEOFError:
+            end["end"] = "no close_notify"
+        except ConnectionResetError:
+            end["end"] = "reset"
+        except TimeoutError:
+            end["end"] = "timeout"
+        except (OSError, ValueError) as exc:
+            end["end"] = end["end"] or f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._accepter.join(5)
+        for t in self._threads:
+            t.join(self.timeout + 5)
+        self.server.close()
+
+
+@pytest.mark.parametrize("dialect", ["qemu-7.2", "qemu-10.0"])
+def test_every_multifd_channel_ends_with_close_notify(tls_creds, dialect):
+    """QEMU 10.0 destinations treat a multifd channel's TLS end without close_notify as an
+    error (multifd-clean-tls-termination): the source must send the alert on each channel,
+    seen here by a destination that tells the alert from a bare TCP close."""
+    import struct
+
+    from qatmig_engine.constants import MULTIFD_MAGIC
+
+    peer = _TLSEndRecorder(str(tls_creds.good), timeout=10)
+    try:
+        st = send(*peer.address, params=MigrationParameters(
+            multifd_compression="zstd", multifd_channels=3, dialect=dialect,
+            tls_creds=str(tls_creds.good)), guest=_guest(), timeout=10)
+    finally:
+        peer.close()
+    assert st.status == "completed", st.error
+    magic = struct.pack(">I", MULTIFD_MAGIC)
+    multifd = [e for e in peer.ends if e["start"] == magic]
+    assert len(multifd) == 3 and len(peer.ends) == 4, peer.ends
+    assert [e["end"] for e in multifd] == ["close_notify"] * 3, peer.ends
+
+
 def test_tls_hostname_names_the_certificate(tls_creds):
     """The source checks tls-hostname (here 'localhost', in the certificate) instead of the
     address it connects to."""

@@ -246,6 +246,23 @@ def _gzip_bomb() -> bytes:
     return b"".join(z.compress(chunk) for _ in range(256)) + z.flush()
 
 
+def zstd_bomb(c: bytearray, d: str) -> bytes:
+    """The channel's first data packet (its first payload: the frame header starts it)
+    replaced by a zstd stream of 256 MiB of zeros flushed at a block boundary, as QEMU's
+    sender flushes: ~8 KiB on the wire, within a full packet's bound; only an output-bounded
+    decoder stops it early."""
+    import zstandard
+
+    off, plen, _pkt = first_data_packet(bytes(c), d)
+    z = zstandard.ZstdCompressor(level=3).compressobj()
+    chunk = bytes(1 << 20)
+    payload = b"".join(z.compress(chunk) for _ in range(256)) + z.flush(
+        zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    hdr = bytearray(c[off : off + HLEN])
+    put32(hdr, 20, len(payload))
+    return bytes(c[:off]) + bytes(hdr) + payload + bytes(c[off + HLEN + plen :])
+
+
 def qatzip_crc_flip(c: bytearray, d: str) -> bytes:
     off, plen, _pkt = first_data_packet(bytes(c), d)
     end = off + HLEN + plen
@@ -317,6 +334,8 @@ CASES: list[dict[str, object]] = [
     dict(name="qatzip-bomb", method="qatzip", dialect="qemu-9.2",
          mutate=on_channel(None, qatzip_bomb),
          description="a 128-page qatzip payload (gzip member) that inflates to 256 MiB"),
+    dict(name="zstd-bomb", method="zstd", dialect="qemu-9.2", mutate=on_channel(None, zstd_bomb),
+         description="a zstd payload within one packet's bound that decompresses to 256 MiB"),
     dict(name="qatzip-crc-flip", method="qatzip", dialect="qemu-9.2",
          mutate=on_channel(None, qatzip_crc_flip),
          description="one bit of a qatzip member's CRC-32 flipped"),

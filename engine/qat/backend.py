@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -149,6 +150,19 @@ class HardwareQzEngine:
             self._session = None
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: The forms ``--qat-inject-fault`` / ``extra["qat_fault_injection"]`` take, for error texts.
+FAULT_FORM = "K or after_packets=K[,channel=C][,rc=QZ_NAME|N][,mode=error|truncate]"
+
+
+def _fault_error(detail: str) -> ParameterError:
+    """One line: what is wrong with the fault spec, then the form it must have."""
+    return ParameterError(f"fault injection: {detail}; --qat-inject-fault expects {FAULT_FORM}")
+
+
 @dataclass(frozen=True)
 class QzFaultInjection:
     """Make the primary engine of a channel fail from its ``after_packets``-th packet on.
@@ -164,12 +178,15 @@ class QzFaultInjection:
     mode: str = "error"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.after_packets, int) or self.after_packets < 0:
-            raise ParameterError(f"fault injection: after_packets must be >= 0, not "
-                                 f"{self.after_packets!r}")
+        if not _is_int(self.after_packets) or self.after_packets < 0:
+            raise _fault_error(f"after_packets must be an integer >= 0, not "
+                               f"{self.after_packets!r}")
+        if self.channel is not None and (not _is_int(self.channel) or self.channel < 0):
+            raise _fault_error(f"channel must be an integer >= 0, not {self.channel!r}")
+        if not _is_int(self.rc):
+            raise _fault_error(f"rc must be a QZ_* name or an integer, not {self.rc!r}")
         if self.mode not in ("error", "truncate"):
-            raise ParameterError(f"fault injection: mode must be error or truncate, not "
-                                 f"{self.mode!r}")
+            raise _fault_error(f"mode must be error or truncate, not {self.mode!r}")
 
     @classmethod
     def parse(cls, text: str) -> QzFaultInjection:
@@ -182,7 +199,9 @@ class QzFaultInjection:
             key, sep, value = part.partition("=")
             key, value = key.strip(), value.strip()
             if not sep:
-                raise ParameterError(f"fault injection: expected key=value, got {part!r}")
+                raise _fault_error(f"expected key=value, got {part.strip()!r}")
+            if key in kw:
+                raise _fault_error(f"{key} given twice")
             try:
                 if key in ("after_packets", "channel"):
                     kw[key] = int(value)
@@ -191,14 +210,31 @@ class QzFaultInjection:
                 elif key == "mode":
                     kw[key] = value
                 else:
-                    raise ParameterError(f"fault injection: unknown key {key!r} "
-                                         "(after_packets, channel, rc, mode)")
+                    raise _fault_error(f"unknown key {key!r}")
             except ValueError:
-                raise ParameterError(f"fault injection: bad value for {key}: {value!r}") \
-                    from None
+                raise _fault_error(f"bad value for {key}: {value!r}") from None
         if "after_packets" not in kw:
-            raise ParameterError("fault injection: after_packets=K is required")
+            raise _fault_error("after_packets=K is required")
         return cls(**kw)
+
+    @classmethod
+    def coerce(cls, v: object) -> QzFaultInjection:
+        """A :class:`QzFaultInjection` from any accepted form (instance, dict, int, str)."""
+        if isinstance(v, QzFaultInjection):
+            return v
+        if isinstance(v, dict):
+            unknown = sorted(str(k) for k in v if k not in cls.__dataclass_fields__)
+            if unknown:
+                raise _fault_error(f"unknown key {unknown[0]!r}")
+            if "after_packets" not in v:
+                raise _fault_error("after_packets=K is required")
+            return cls(**v)
+        if _is_int(v):
+            return cls(v)  # type: ignore[arg-type]
+        if isinstance(v, str):
+            return cls.parse(v)
+        raise ParameterError(f"qat_fault_injection: cannot use {v!r}; --qat-inject-fault "
+                             f"expects {FAULT_FORM}")
 
     @classmethod
     def from_params(cls, params: Any) -> QzFaultInjection | None:
@@ -206,18 +242,44 @@ class QzFaultInjection:
         v = extra.get("qat_fault_injection")
         if v is None:
             v = os.environ.get(ENV_FAULT) or None
-        if v is None or isinstance(v, QzFaultInjection):
-            return v
-        if isinstance(v, dict):
-            return cls(**v)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return cls(v)
-        if isinstance(v, str):
-            return cls.parse(v)
-        raise ParameterError(f"qat_fault_injection: cannot use {v!r}")
+        return None if v is None else cls.coerce(v)
 
     def applies_to(self, channel: int) -> bool:
         return self.channel is None or self.channel == channel
+
+
+#: The qatzip extras a path names, with the option that sets each and what it names.
+_PATH_EXTRAS = {
+    "qat_sysfs_root": ("--qat-sysfs-root", "a directory (the host's /sys or a fake tree)"),
+    "qat_dev_root": ("qat_dev_root", "a directory (the host's /dev or a fake tree)"),
+    "qat_library": ("--qat-library", "the path of libqatzip.so.3"),
+}
+
+
+def validate_extras(extra: Mapping[str, object], multifd_channels: int | None = None) -> None:
+    """Check the qatzip extras' *form*, whatever the compression method (ParameterError).
+
+    Called by :meth:`MigrationParameters.validate`, so a malformed ``--qat-inject-fault`` is
+    refused by ``qatmig check/send/listen/migrate`` even when no qatzip backend is built.
+    What the values point at (a missing library, an empty sysfs tree) is not checked here:
+    for qatzip that is a fallback reason, reported by :func:`select_backend`.
+    """
+    sw_engine = extra.get("qat_sw_engine")
+    if sw_engine is not None and sw_engine not in SW_ENGINES:
+        raise ParameterError(f"qat_sw_engine must be one of {', '.join(SW_ENGINES)}, not "
+                             f"'{sw_engine}'")
+    for key, (option, what) in _PATH_EXTRAS.items():
+        v = extra.get(key)
+        if v is not None and (not isinstance(v, (str, os.PathLike)) or not os.fspath(v)
+                              or "\0" in str(os.fspath(v))):
+            raise ParameterError(f"{option} expects {what}, not {v!r}")
+    v = extra.get("qat_fault_injection")
+    if v is not None:
+        fault = QzFaultInjection.coerce(v)
+        if (fault.channel is not None and multifd_channels is not None
+                and fault.channel >= multifd_channels):
+            raise _fault_error(f"channel={fault.channel} names no channel of "
+                               f"multifd-channels {multifd_channels} (channels count from 0)")
 
 
 class FaultInjectingQzEngine:
@@ -459,10 +521,8 @@ def select_backend(
     fallback = bool(getattr(params, "qat_fallback", True))
     if requested not in ("auto", "hw", "sw"):
         raise ParameterError(f"qat-backend must be auto, hw or sw, not '{requested}'")
+    validate_extras(extra, getattr(params, "multifd_channels", None))
     sw_engine = str(extra.get("qat_sw_engine", "zlib"))
-    if sw_engine not in SW_ENGINES:
-        raise ParameterError(f"qat_sw_engine must be one of {', '.join(SW_ENGINES)}, not "
-                             f"'{sw_engine}'")
     fault = QzFaultInjection.from_params(params)
     sel = QatSelection(backend="sw", requested=requested, reasons=[], fallback=fallback,
                        sw_engine=sw_engine, fault=fault)
