@@ -163,6 +163,33 @@ MUTANTS: tuple[Mutant, ...] = (
                "            if pending:\n                self._put(_Job(blk, pending))",
                "            if pending and len(pending) == per_packet:\n"
                "                self._put(_Job(blk, pending))"),)),
+    Mutant("engine-only-first-ramblock-sent", "engine",
+           "every RAM block announced, but only the first block's pages are sent",
+           (_p("source.py", "        for blk in self.guest.blocks:\n            bitmap = ",
+               "        for blk in self.guest.blocks[:1]:\n            bitmap = "),),
+           ci_select="test_several_ram_blocks_with_qemu_names_and_sizes and qemu-9.2"),
+    Mutant("engine-packets-span-ramblocks", "engine",
+           "a packet is filled across a RAM block boundary and named after the later block",
+           (_p("source.py",
+               "        for blk in self.guest.blocks:\n            bitmap = taken.get(blk.name)\n"
+               "            if bitmap is None:\n                continue\n"
+               "            pending: list[int] = []\n",
+               "        pending: list[int] = []\n"
+               "        for blk in self.guest.blocks:\n            bitmap = taken.get(blk.name)\n"
+               "            if bitmap is None:\n                continue\n"),
+            _p("source.py",
+               "            if pending:\n                self._put(_Job(blk, pending))\n"
+               "        return queued, zeros_main",
+               "        if pending:\n            self._put(_Job(blk, pending))\n"
+               "        return queued, zeros_main"))),
+    Mutant("dest-ramblock-name-ignored", "engine",
+           "the destination writes every multifd packet into the first RAM block",
+           (_p("destination.py", "                blk = dst.guest.block(pkt.ramblock)\n",
+               "                blk = dst.guest.blocks[0]\n"),)),
+    Mutant("wire-7.2-continue-across-blocks", "wire",
+           "qemu-7.2 main channel: ZERO records keep CONTINUE when the RAM block changes",
+           (_p("mainstream.py", "        if block == self._last_block:\n",
+               "        if self._last_block is not None:\n"),)),
     Mutant("engine-final-round-forgotten", "engine",
            "stop-and-copy sends nothing: the final dirty pages never leave",
            (_p("source.py", "        _, zrec = self._queue_pages(final)\n",

@@ -4,7 +4,8 @@ Edge guests (``pytest_qatmig.edge_guests``): zero pages migrated into a destinat
 *not* zero beforehand (a destination that skips zero pages, or a source that counts them without
 sending them, leaves stale bytes the suite's digest sees); a guest of 16 MiB + 4 KiB (the last
 packet of the block holds one page); a sparse guest above 4 GiB (offsets that need 64 bits;
-``--qatmig-matrix full``).
+``--qatmig-matrix full``); a guest of seven RAM blocks named and sized as QEMU's (packets,
+zero-page records and stream state across block boundaries).
 
 Honest statistics: the source's figures are compared with what the wire judge counted between
 the two ends: pages by kind, bytes, throughput = bytes x 8 / time, downtime > 0 (the guest was
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pytest_qatmig.edge_guests import ABOVE_4G_DATA_PAGES
+from pytest_qatmig.edge_guests import ABOVE_4G_DATA_PAGES, QEMU_LIKE_RAMBLOCKS
 
 pytestmark = pytest.mark.qatmig_cross
 
@@ -133,6 +134,37 @@ def test_a_sparse_guest_with_data_above_4_gib(
         qemu and totals["normal_pages"] > ABOVE_4G_DATA_PAGES), (
         f"{totals['normal_pages']} normal pages crossed the wire; the guest has "
         f"{ABOVE_4G_DATA_PAGES} non-zero pages (half of them above 4 GiB)")
+
+
+@pytest.mark.qatmig_requires("ramblocks")
+@pytest.mark.parametrize(
+    ("dialect", "method"),
+    [pytest.param("qemu-7.2", "none", marks=pytest.mark.qatmig_requires("dialect:qemu-7.2")),
+     pytest.param("qemu-9.2", "zstd", marks=pytest.mark.qatmig_requires("dialect:qemu-9.2",
+                                                                        "zstd"))],
+    ids=["qemu-7.2-none", "qemu-9.2-zstd"])
+def test_several_ram_blocks_with_qemu_names_and_sizes(
+    multifd_pair, guest_qemu_like_ramblocks, dialect, method  # type: ignore[no-untyped-def]
+) -> None:
+    # Every block must arrive whole into a destination whose RAM is stale: a source that
+    # sends only the first block, a packet that carries the next block's pages under the
+    # previous block's name, a qemu-7.2 ZERO record that keeps CONTINUE across a block
+    # change, or a receiver that writes every block into the first all leave blocks the
+    # suite's per-block digests see. qemu-7.2 and none: zero pages on the main channel with
+    # an idstr per block change; qemu-9.2 and zstd: one stream per channel across blocks.
+    guest = guest_qemu_like_ramblocks
+    result = multifd_pair(channels=2, compression=method, dialect=dialect).migrate(
+        guest, destination_fill=STALE)
+    totals = _completed(result)
+    want = {"pc.ram": guest.size, **dict(QEMU_LIKE_RAMBLOCKS)}
+    assert result.wire["ramblocks"] == want, (
+        f"the source announced the RAM blocks {result.wire['ramblocks']}; the guest has {want}")
+    differing = {name: b for name, b in (result.get("ramblocks") or {}).items()
+                 if b["destination_digest"] != b["source_digest"]}
+    assert not differing, f"RAM blocks that arrived different: {sorted(differing)}"
+    assert totals["normal_pages"] + totals["zero_pages"] == guest.pages, (
+        f"{totals['normal_pages']} normal + {totals['zero_pages']} zero pages crossed the "
+        f"wire for a static guest of {guest.pages} pages in {len(want)} RAM blocks")
 
 
 # ------------------------------------------------------------------------------ honest stats

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import transport
@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 Progress = Callable[[int], None]
+#: Further RAM blocks after the first: ``(name, file)`` pairs, in the order the source lists
+#: them (``--add-ramblock NAME=FILE``).
+ExtraRAMBlocks = Sequence[tuple[str, "str | os.PathLike[str]"]]
 
 
 def default_guest(
@@ -72,6 +75,46 @@ def default_guest(
 
 
 def _source_guest(
+    guest_image: str | os.PathLike[str] | None, guest_size: int | None, dirty_rate: int,
+    ramblock: str, corpus: str, extra_ramblocks: ExtraRAMBlocks = (),
+) -> tuple[GuestMemory, str]:
+    guest, name = _first_source_block(guest_image, guest_size, dirty_rate, ramblock, corpus)
+    try:
+        for extra_name, path in extra_ramblocks:
+            # Never modified either: the workload dirties the first block only.
+            guest.add(RAMBlock.from_file(extra_name, path, None, mode="r"))
+    except BaseException:
+        guest.close()
+        raise
+    return guest, name
+
+
+def _destination_extra_blocks(extra_ramblocks: ExtraRAMBlocks) -> list[RAMBlock]:
+    """The destination's further blocks: files that exist with the block's size (their bytes
+    are the RAM before the migration, as a ``memory-backend-file`` that already exists)."""
+    blocks: list[RAMBlock] = []
+    try:
+        for name, path in extra_ramblocks:
+            try:
+                size = os.path.getsize(path)
+            except OSError as exc:
+                raise ParameterError(
+                    f"--add-ramblock {name}={os.fspath(path)}: {exc.strerror or exc}; a "
+                    "destination's further block is an existing file of the block's size "
+                    f"(e.g. truncate -s 256K {os.fspath(path)})") from None
+            if size == 0:
+                raise ParameterError(
+                    f"--add-ramblock {name}={os.fspath(path)}: the file is empty; give it the "
+                    f"block's size first (e.g. truncate -s 256K {os.fspath(path)})")
+            blocks.append(RAMBlock.from_file(name, path, size, mode="w", keep_content=True))
+    except BaseException:
+        for b in blocks:
+            b.close()
+        raise
+    return blocks
+
+
+def _first_source_block(
     guest_image: str | os.PathLike[str] | None, guest_size: int | None, dirty_rate: int,
     ramblock: str, corpus: str,
 ) -> tuple[GuestMemory, str]:
@@ -243,11 +286,15 @@ def listen(
     digest: bool = True,
     prealloc: bool = False,
     on_done: Callable[[MigrationStats], None] | None = None,
+    extra_ramblocks: ExtraRAMBlocks = (),
 ) -> MigrationStats:
     """Serve one incoming migration; the ``ramblock`` block's RAM lives in ``guest_image``
-    (anonymous memory if None). A file that already has ``guest_size`` bytes is used as it is
-    (its bytes are the RAM before the migration, as with QEMU's ``memory-backend-file``: zero
-    pages are written over stale bytes); any other is created or truncated to ``guest_size``.
+    (anonymous memory if None), each of ``extra_ramblocks`` in its existing file (of the
+    block's size; its bytes are kept as the RAM before the migration). Blocks the source
+    lists beyond those get anonymous memory. A ``guest_image`` that already has ``guest_size``
+    bytes is used as it is (its bytes are the RAM before the migration, as with QEMU's
+    ``memory-backend-file``: zero pages are written over stale bytes); any other is created or
+    truncated to ``guest_size``.
     ``on_ready(address)`` is called once the socket listens (port 0 picks a free port).
     ``prealloc`` faults the RAM in before listening (QEMU's ``prealloc=on``). ``on_done(stats)``
     is called as soon as the migration has ended, before the guest is digested, flushed and
@@ -264,12 +311,23 @@ def listen(
         blk = RAMBlock.from_file(ramblock, guest_image, guest_size, mode="w", keep_content=True)
     else:
         blk = RAMBlock.anonymous(ramblock, guest_size)
-    if prealloc:
-        blk.prefault()
-    guest = GuestMemory([blk])
     try:
+        extras = _destination_extra_blocks(extra_ramblocks)
+    except BaseException:
+        blk.close()
+        raise
+    named = [blk, *extras]
+    if prealloc:
+        for b in named:
+            b.prefault()
+    guest = GuestMemory()
+    try:
+        for b in named:
+            guest.add(b)  # a duplicate name is a ParameterError
         dst = Destination(guest, params, host=host, port=port, uuid=uuid, timeout=timeout,
-                          ramblock=ramblock, progress=progress, fresh_ram=fresh)
+                          ramblock=ramblock, progress=progress,
+                          # Kept files are not known to be zero.
+                          fresh_ram=fresh and not extras)
         if on_ready is not None:
             on_ready(dst.address)
         st = dst.run()
@@ -277,11 +335,17 @@ def listen(
             on_done(st)
         if st.status == "completed" and digest:
             st.destination_digest = blk.digest()
-        if guest_image is not None:
-            blk._mm.flush()
+            if extras:
+                st.ramblock_digests = {b.name: b.digest() for b in named}
+        for b in named:
+            if b.path is not None:
+                b._mm.flush()
         return st
     finally:
         guest.close()
+        for b in named:
+            if guest.block(b.name) is not b:  # not added (a duplicate name)
+                b.close()
 
 
 def send(
@@ -306,24 +370,31 @@ def send(
     connect_wait: float = 0.0,
     final_image: str | os.PathLike[str] | None = None,
     on_done: Callable[[MigrationStats], None] | None = None,
+    extra_ramblocks: ExtraRAMBlocks = (),
 ) -> MigrationStats:
     """Migrate a guest (``guest``, else ``guest_image``, else the default guest of
-    ``guest_size``) to ``host:port``. After EOF it waits up to ``wait_for_destination``
-    seconds (default: ``timeout``) for the destination to close the main channel: a reset
-    there means the destination failed, and ``send`` reports failed too. ``connect_wait``:
-    seconds to keep retrying while the destination refuses connections (still starting).
-    ``final_image``: once the migration ended, write the first RAM block as it was when the
-    guest stopped (a workload's writes included) to this file -- what the destination must
-    hold (the guest image itself is never modified). ``on_done(stats)``: called as soon as
-    the migration has ended, before the guest is digested, dumped and unmapped (see
-    :func:`listen`)."""
+    ``guest_size``, followed by the blocks of ``extra_ramblocks``) to ``host:port``.
+
+    After EOF it waits up to ``wait_for_destination`` seconds (default: ``timeout``) for the
+    destination to close the main channel: a reset there means the destination failed, and
+    ``send`` reports failed too. ``connect_wait``: seconds to keep retrying while the
+    destination refuses connections (still starting). ``final_image``: once the migration
+    ended, write the first RAM block as it was when the guest stopped (a workload's writes
+    included) to this file -- what the destination must hold (the guest image itself is never
+    modified; the workload dirties the first block only, so further blocks must arrive as
+    their files are). ``on_done(stats)``: called as soon as the migration has ended, before
+    the guest is digested, dumped and unmapped (see :func:`listen`)."""
     params = params or MigrationParameters()
     params.validate()
     transport.check_timeout(timeout)
     own = guest is None
     if guest is None:
-        guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus)
+        guest, corpus_name = _source_guest(guest_image, guest_size, dirty_rate, ramblock, corpus,
+                                           extra_ramblocks)
     else:
+        if extra_ramblocks:
+            raise ParameterError("extra_ramblocks is for a guest send() builds, not a "
+                                 "caller's guest (add the blocks to it)")
         corpus_name = "caller"
     workload = Workload(guest, dirty_rate, pattern=dirty_pattern) if dirty_rate else None
     try:
@@ -338,6 +409,8 @@ def send(
             on_done(st)
         if digest and st.status == "completed":
             st.source_digest = guest.blocks[0].digest()
+            if len(guest.blocks) > 1:
+                st.ramblock_digests = {b.name: b.digest() for b in guest.blocks}
         if final_image is not None:
             if workload is not None:
                 workload.stop()  # paused since the stop; no write may follow the dump

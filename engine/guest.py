@@ -363,6 +363,19 @@ def _check_size(name: str, size: int, page_size: int) -> None:
         )
 
 
+def parse_ramblock_file(text: str) -> tuple[str, str]:
+    """``NAME=FILE`` (``--add-ramblock``): another RAM block named NAME whose RAM is in FILE.
+    Split at the first ``=``: QEMU's block names hold ``:`` and ``/``
+    (``0000:00:02.0/vga.vram``), never ``=``."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ParameterError(
+            f"--add-ramblock {text!r}: expected NAME=FILE, e.g. pc.bios=/dev/shm/bios.img")
+    if len(name.encode()) > 255:
+        raise ParameterError(f"--add-ramblock {text!r}: a RAM block name has at most 255 bytes")
+    return name, path
+
+
 def _image_error(path: str, what: str, exc: BaseException) -> ParameterError:
     """A clear ParameterError for an OS error on a guest image file (no traceback)."""
     why = getattr(exc, "strerror", None) or str(exc)

@@ -79,6 +79,9 @@ class MigrationStats:
     verified: bool | None = None
     source_digest: str | None = None
     destination_digest: str | None = None
+    #: sha256 of each RAM block (``source_digest``/``destination_digest`` cover the first);
+    #: set when a guest has further blocks (``--add-ramblock``).
+    ramblock_digests: dict[str, str] | None = None
     multifd_channels: int = 0
     multifd_compression: str = "none"
     compression_level: int | None = None
@@ -263,6 +266,7 @@ class MigrationStats:
             "verified": self.verified,
             "source_digest": self.source_digest,
             "destination_digest": self.destination_digest,
+            "ramblock_digests": self.ramblock_digests,
             "multifd_channels": self.multifd_channels,
             "multifd_compression": self.multifd_compression,
             "compression_level": self.compression_level,

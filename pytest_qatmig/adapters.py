@@ -108,13 +108,20 @@ def codec_access(impl: Implementation, method: str) -> Any:
     return getter(method) if getter is not None else None
 
 
-def guest_path(guest: Any) -> Path:
-    """A guest argument as a path: a ``GuestImage``, any ``os.PathLike`` or a str."""
+def guest_path(guest: Any, *, several_blocks: bool = False) -> Path:
+    """A guest argument as a path: a ``GuestImage``, any ``os.PathLike`` or a str; the file of
+    its first RAM block. A guest with further RAM blocks (``GuestImage.extra_ramblocks``) is
+    ``Unsupported`` unless the caller migrates them too (``several_blocks``)."""
     path = getattr(guest, "path", guest)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"migrate() takes a guest image (silesia_guest_memory or a path), not {type(guest)!r}"
         )
+    if getattr(guest, "extra_ramblocks", ()) and not several_blocks:
+        from .roles import Unsupported
+
+        raise Unsupported("a guest of several RAM blocks needs the destination/source roles "
+                          "with capability 'ramblocks' (docs/plugin.md); this pair migrates one")
     return Path(path)
 
 
@@ -128,11 +135,14 @@ class ReferenceIncoming:
         from qatmig_engine.destination import Destination
         from qatmig_engine.guest import GuestMemory, RAMBlock
 
-        # The suite's file is the destination's RAM as it is (not necessarily zero).
-        blk = RAMBlock.from_file(ctx.ramblock, ctx.ram, ctx.ram_size, mode="w",
-                                 keep_content=True)
-        self._guest = GuestMemory([blk])
+        # The suite's files are the destination's RAM as it is (not necessarily zero).
+        self._guest = GuestMemory()
         try:
+            for name, path, size in ((ctx.ramblock, ctx.ram, ctx.ram_size),
+                                     *((b.name, b.path, b.size)
+                                       for b in getattr(ctx, "extra_ramblocks", ()))):
+                self._guest.add(RAMBlock.from_file(name, path, size, mode="w",
+                                                   keep_content=True))
             self._dst = Destination(self._guest, params, host="127.0.0.1", port=0,
                                     uuid=ctx.uuid, timeout=ctx.timeout, ramblock=ctx.ramblock)
         except BaseException:
@@ -166,19 +176,11 @@ class ReferenceImplementation:
     name = "reference"
 
     def capabilities(self) -> frozenset[str]:
-        from qatmig_engine.codecs import get_codec
-        from qatmig_engine.dialects import DIALECTS
+        from qatmig_engine.cli.contract import engine_capabilities
 
-        caps = {"max-bandwidth", "verify", "codec-access", "zero-page-detection", "dirty-rate",
-                "qat-fault-injection"}
-        for method in METHODS:
-            try:
-                get_codec(method)
-            except Exception:  # a codec module not importable here is simply not a capability
-                continue
-            caps.add(method)
-        caps.update(f"dialect:{d}" for d in DIALECTS)
-        return frozenset(caps)
+        # What `qatmig capabilities` says, plus the white-box access only an in-process
+        # engine gives.
+        return frozenset({*engine_capabilities(), "codec-access"})
 
     def parameters(self, spec: PairSpec, device: QatDevice | None = None) -> Any:
         from qatmig_engine.params import MigrationParameters
@@ -236,7 +238,9 @@ class ReferenceImplementation:
                   guest_size=ctx.ram_size, ramblock=ctx.ramblock, uuid=ctx.uuid,
                   timeout=ctx.timeout, machine_type=ctx.machine_type or DEFAULT_MACHINE_TYPE,
                   digest=False, dirty_rate=getattr(ctx, "dirty_rate", 0),
-                  final_image=getattr(ctx, "final_image", None))
+                  final_image=getattr(ctx, "final_image", None),
+                  extra_ramblocks=[(b.name, b.path) for b in getattr(ctx, "extra_ramblocks",
+                                                                      ())])
         return dict(st.to_json())
 
     def as_processes(self) -> Any:

@@ -13,6 +13,13 @@ The default guest (``silesia_guest_memory``) has no zero pages, is a multiple of
   1 MiB right above 4 GiB (page offsets that need more than 32 bits). A few MiB on disk; an
   implementation that keeps holes sparse (and sends zero pages as 8-byte offsets, 9.x
   zero-page-detection multifd) migrates it in about a second.
+* ``guest_qemu_like_ramblocks`` -- seven RAM blocks with the names and sizes a QEMU 7.2 ``pc``
+  machine with standard VGA migrates: ``pc.ram`` (the zero-page guest above), the VGA's 16 MiB
+  ``0000:00:02.0/vga.vram``, ``/rom@etc/acpi/tables``, ``pc.bios``, ``pc.rom``,
+  ``/rom@etc/table-loader`` and ``/rom@etc/acpi/rsdp``, each with content of its kind (a
+  framebuffer, ACPI tables, firmware code, an option ROM); every block but ``pc.ram`` is
+  smaller than a multifd packet or not a multiple of one, and names carry ``/``, ``:`` and
+  ``@``.
 
 Images are built once per session in the session's temporary directory (the stand-in one in the
 Silesia cache); the engine is imported inside the fixtures.
@@ -25,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from .fixtures import GuestImage
+from .roles import RAMBlockFile
 
 PAGE = 4096
 ODD_SIZE = (16 << 20) + PAGE
@@ -33,6 +41,17 @@ ABOVE_4G_SIZE = (4 << 30) + (2 << 20)
 ABOVE_4G_DATA_PAGES = 512
 #: Share of zero pages in ``guest_with_zero_pages`` (Silesia-like guests carry a good part).
 ZERO_SHARE = 0.25
+#: The blocks after ``pc.ram`` of ``guest_qemu_like_ramblocks``, in QEMU's order: name and
+#: used_length (a QEMU 7.2 ``pc`` machine, fixtures/golden/qemu-7.2/manifest.json, plus the
+#: standard VGA's default 16 MiB of video memory).
+QEMU_LIKE_RAMBLOCKS = (
+    ("0000:00:02.0/vga.vram", 16 << 20),
+    ("/rom@etc/acpi/tables", 128 << 10),
+    ("pc.bios", 256 << 10),
+    ("pc.rom", 128 << 10),
+    ("/rom@etc/table-loader", PAGE),
+    ("/rom@etc/acpi/rsdp", PAGE),
+)
 
 
 def _text_pages(n: int, tag: str) -> bytes:
@@ -114,3 +133,59 @@ def guest_above_4g(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
         f.seek(4 << 30)
         f.write(_text_pages(ABOVE_4G_DATA_PAGES // 2, "above 4 GiB"))
     return GuestImage(path=path, size=ABOVE_4G_SIZE, corpus="sparse, data above 4 GiB")
+
+
+def _block_content(name: str, size: int) -> bytes:
+    """Deterministic bytes of the kind each QEMU block holds (zeros where QEMU's are)."""
+    import random
+
+    rng = random.Random(name)
+    out = bytearray(size)
+    if name.endswith("vga.vram"):
+        # A 1024x768 32-bit framebuffer: a gradient with a few text-like rows; the rest of
+        # the video memory is zero.
+        xs = bytes(x * 255 // 1023 for x in range(1024))
+        fb = bytearray()
+        for y in range(768):
+            row = bytearray(b"\xff\xff\xff\x00" * 1024)
+            if y % 64:
+                row[0::4] = xs
+                row[1::4] = bytes([y * 255 // 767]) * 1024
+                row[2::4] = bytes((x ^ y) & 0xFF for x in range(1024))
+            fb += row
+        out[: len(fb)] = fb
+    elif name == "/rom@etc/acpi/tables":
+        tables = b"".join(sig + bytes(rng.randrange(256) for _ in range(60)) + b"BOCHS BXPC"
+                          for sig in (b"DSDT", b"FACP", b"APIC", b"HPET", b"WAET") * 180)
+        out[: len(tables)] = tables
+    elif name == "pc.bios":
+        # Firmware code: hardly compressible, and no page of it is zero.
+        out[:] = rng.randbytes(size)
+    elif name == "pc.rom":
+        rom = b"\x55\xaa" + bytes([16]) + rng.randbytes(8 << 10)
+        out[: len(rom)] = rom
+    elif name == "/rom@etc/table-loader":
+        cmds = b"".join(b"\x01\x00\x00\x00etc/acpi/tables" + bytes(108) for _ in range(16))
+        out[: len(cmds)] = cmds
+    elif name == "/rom@etc/acpi/rsdp":
+        rsdp = b"RSD PTR " + rng.randbytes(1) + b"BOCHS " + bytes([0]) + rng.randbytes(4)
+        out[: len(rsdp)] = rsdp
+    return bytes(out)
+
+
+@pytest.fixture(scope="session")
+def guest_qemu_like_ramblocks(
+    guest_with_zero_pages: GuestImage, tmp_path_factory: pytest.TempPathFactory
+) -> GuestImage:
+    """Seven RAM blocks named and sized as a QEMU 7.2 ``pc`` machine's with standard VGA:
+    ``pc.ram`` (16 MiB of the stand-in corpus, 25 % zero pages) followed by
+    :data:`QEMU_LIKE_RAMBLOCKS`, each with content of its kind."""
+    folder = tmp_path_factory.mktemp("edge-guests-ramblocks")
+    extra = []
+    for i, (name, size) in enumerate(QEMU_LIKE_RAMBLOCKS):
+        path = folder / f"block{i + 1}.img"
+        path.write_bytes(_block_content(name, size))
+        extra.append(RAMBlockFile(name=name, path=path, size=size))
+    return GuestImage(path=guest_with_zero_pages.path, size=guest_with_zero_pages.size,
+                      corpus=f"{len(extra) + 1} RAM blocks as QEMU's pc machine (pc.ram: "
+                      f"{guest_with_zero_pages.corpus})", extra_ramblocks=tuple(extra))

@@ -380,10 +380,12 @@ class ExecImplementation:
             raise ValueError(_last_line(cp.stderr) or f"'check' exited {cp.returncode}")
 
     def _common(self, spec: PairSpec, ctx: Any) -> list[str]:
+        blocks = [a for b in getattr(ctx, "extra_ramblocks", ())
+                  for a in ("--add-ramblock", f"{b.name}={os.fspath(b.path)}")]
         return [
             "--guest-image", os.fspath(ctx.ram), "--guest-size", str(ctx.ram_size),
-            "--ramblock", ctx.ramblock, "--uuid", ctx.uuid, "--timeout", f"{ctx.timeout:g}",
-            *self.parameter_args(spec), "--json", "--quiet",
+            "--ramblock", ctx.ramblock, *blocks, "--uuid", ctx.uuid,
+            "--timeout", f"{ctx.timeout:g}", *self.parameter_args(spec), "--json", "--quiet",
         ]
 
     def destination(self, spec: PairSpec, ctx: Any) -> ExecIncoming:

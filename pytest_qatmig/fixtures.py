@@ -23,6 +23,7 @@ from .results import (
     unchecked_metrics,
     validate_threshold_keys,
 )
+from .roles import RAMBlockFile
 from .state import QatmigState, is_worker, xdist_worker_id
 
 STATE_KEY = pytest.StashKey[QatmigState]()
@@ -50,13 +51,17 @@ class GuestImage:
     #: The corpus the image was built from (e.g. ``stand-in (silesia-standin v1)``,
     #: ``silesia``, ``dir:/path``), read from the image's sidecar.
     corpus: str
+    #: RAM blocks after the first (``path``, QEMU's ``pc.ram``), in the order the source
+    #: lists them: a guest of several blocks (e.g. ``guest_qemu_like_ramblocks``).
+    extra_ramblocks: tuple[RAMBlockFile, ...] = ()
 
     def __fspath__(self) -> str:
         return str(self.path)
 
     @property
     def pages(self) -> int:
-        return self.size // 4096
+        """Pages of the whole guest (every RAM block)."""
+        return (self.size + sum(b.size for b in self.extra_ramblocks)) // 4096
 
 
 @pytest.fixture(scope="session")

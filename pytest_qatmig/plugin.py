@@ -19,6 +19,7 @@ from .edge_guests import (
     guest_above_4g,
     guest_mostly_zero,
     guest_odd_size,
+    guest_qemu_like_ramblocks,
     guest_small_text,
     guest_with_zero_pages,
 )
@@ -37,7 +38,8 @@ from .results import PERF_LEGEND, perf_table
 from .state import OPTIONS, is_worker
 
 __all__ = [
-    "guest_above_4g", "guest_mostly_zero", "guest_odd_size", "guest_small_text",
+    "guest_above_4g", "guest_mostly_zero", "guest_odd_size", "guest_qemu_like_ramblocks",
+    "guest_small_text",
     "guest_with_zero_pages",
     "multifd_pair", "qat_device", "qatmig_direction", "qatmig_impl", "qatmig_peer",
     "qatmig_perf_guest", "silesia_guest_memory", "tls_creds",

@@ -26,6 +26,11 @@ The role contract an implementation provides (docs/plugin.md, "Implementations")
     pages/s of the source's guest during precopy (never the file ``ctx.ram``: a private
     copy); once the migration ended the source writes the RAM as it was when the guest
     stopped to ``ctx.final_image``: the destination must hold exactly that.
+``ctx.extra_ramblocks`` (capability ``ramblocks``)
+    further RAM blocks after ``ctx.ramblock``, in the order the source lists them, each a
+    :class:`RAMBlockFile` (name, file, size): the source sends them as it sends the first
+    (their files are never to be modified; a workload dirties the first block only), the
+    destination receives each into its file (which exists with the block's size).
 ``validate(spec)`` (optional)
     raise ``ValueError`` for parameters the implementation refuses, before anything starts.
 
@@ -70,6 +75,15 @@ _SOURCE_FIELDS = (
 
 
 @dataclass(frozen=True)
+class RAMBlockFile:
+    """A RAM block whose RAM is a file: QEMU's ``idstr``, the file and its ``used_length``."""
+
+    name: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
 class RoleContext:
     """Where one end of a migration runs: its RAM file and what the suite decided for it."""
 
@@ -90,6 +104,8 @@ class RoleContext:
     #: source then writes its RAM as it was at stop time to ``final_image``.
     dirty_rate: int = 0
     final_image: Path | None = None
+    #: further RAM blocks after ``ramblock`` (capability ``ramblocks``), in the source's order.
+    extra_ramblocks: tuple[RAMBlockFile, ...] = ()
 
 
 @runtime_checkable
@@ -311,6 +327,69 @@ def sparse_copy(src: Path, dst: Path) -> None:
         out.truncate(size)
 
 
+def guest_digest(blocks: list[tuple[str, str | None]]) -> str | None:
+    """The digest of a guest: its one block's sha256, or for several blocks the sha256 of
+    ``name<TAB>sha256`` lines in the source's order (None if a block has none)."""
+    if any(d is None for _, d in blocks):
+        return None
+    if len(blocks) == 1:
+        return blocks[0][1]
+    return hashlib.sha256("".join(f"{n}\t{d}\n" for n, d in blocks).encode()).hexdigest()
+
+
+def _destination_file(path: Path, size: int, fill: int | None) -> None:
+    """The destination's RAM file: ``size`` zero bytes (sparse), or ``fill`` bytes."""
+    with open(path, "wb") as f:
+        if fill:
+            chunk = bytes([fill]) * min(size, 1 << 22)
+            for pos in range(0, size, len(chunk)):
+                f.write(chunk[: size - pos])
+        f.truncate(size)
+
+
+class _Block:
+    """One RAM block of a migration the suite judges: the guest's file, the two ends' copies
+    and, once judged, what each holds."""
+
+    def __init__(self, name: str, image: Path, size: int, src: Path, dst: Path) -> None:
+        self.name, self.image, self.size, self.src, self.dst = name, image, size, src, dst
+        self.want = ""
+        #: what the destination must hold when it is not the image (a workload's final RAM)
+        self.expected: Path | None = None
+        self.expected_digest: str | None = None
+        self.src_after: str | None = None
+        self.got: str | None = None
+        self.mismatch: dict[str, Any] | None = None
+
+    def judge_files(self) -> None:
+        # Equal files take the image's digest without hashing them again (a sparse 4 GiB
+        # guest is compared over its data only).
+        if self.src.exists():
+            self.src_after = (self.want if same_content(self.image, self.src)
+                              else file_digest(self.src))
+        expected = self.expected or self.image
+        want = self.expected_digest or self.want
+        if self.dst.exists():
+            self.got = want if same_content(expected, self.dst) else file_digest(self.dst)
+            if self.got != want:
+                self.mismatch = ram_mismatch(expected, self.dst)
+
+
+def _mismatch(blocks: list[_Block]) -> dict[str, Any] | None:
+    """``ram_mismatch`` of the result: the one block's, or with several blocks the first
+    differing block's figures, its name and every differing block's."""
+    differing = [b for b in blocks if b.mismatch is not None]
+    if not differing:
+        return None
+    if len(blocks) == 1:
+        return differing[0].mismatch
+    assert differing[0].mismatch is not None
+    return {**differing[0].mismatch, "ramblock": differing[0].name,
+            "pages_differing": sum(int((b.mismatch or {})["pages_differing"])
+                                   for b in differing),
+            "per_ramblock": {b.name: b.mismatch for b in differing}}
+
+
 # ------------------------------------------------------------------------------ the pair
 class RolePair:
     """A source of ``src`` and a destination of ``dst`` (possibly different implementations),
@@ -363,22 +442,36 @@ class RolePair:
                 cut: Any = None) -> MigrationResult:
         """Migrate ``guest`` source -> tap -> destination; the verdict is the suite's.
 
-        ``destination_fill``: the destination's RAM file starts filled with this byte instead
-        of zeros (a destination that skips zero pages then keeps stale bytes, as on a reused
-        host). ``dirty_rate``: pages/s the source's workload dirties during precopy; the
-        destination must then equal the source's RAM at stop time (its ``final_image``), and
-        the result's ``workload_pages_changed`` says how many pages that differs from the
-        image in (0 = the workload never wrote: nothing was tested). ``cut``: a
+        ``guest``: a guest image (its one RAM block, ``pc.ram``), or a ``GuestImage`` with
+        ``extra_ramblocks`` (both ends need capability ``ramblocks``): every block is written,
+        compared and judged on its own. ``destination_fill``: the destination's RAM files
+        start filled with this byte instead of zeros (a destination that skips zero pages then
+        keeps stale bytes, as on a reused host). ``dirty_rate``: pages/s the source's workload
+        dirties during precopy; the destination must then equal the source's RAM at stop time
+        (its ``final_image``, of the first block), and the result's
+        ``workload_pages_changed`` says how many pages that differs from the image in (0 =
+        the workload never wrote: nothing was tested). ``cut``: a
         :class:`qatmig_engine.tap.ChannelCut` -- the tap kills one connection mid-run (the
         result's ``channel_cut`` says which, None if it never carried enough); the tap is in
         the path then even without the judge."""
         from qatmig_engine.tap import TapChecker, TapProxy
 
-        image = guest_path(guest)
+        image = guest_path(guest, several_blocks=True)
         size = image.stat().st_size
         n = len(self.results)
-        src_ram = self.workdir / f"src-{n}.ram"
-        dst_ram = self.workdir / f"dst-{n}.ram"
+        blocks = [_Block(RAMBLOCK, image, size, self.workdir / f"src-{n}.ram",
+                         self.workdir / f"dst-{n}.ram")]
+        for i, b in enumerate(getattr(guest, "extra_ramblocks", ())):
+            blocks.append(_Block(b.name, Path(b.path), int(b.size),
+                                 self.workdir / f"src-{n}.block{i + 1}.ram",
+                                 self.workdir / f"dst-{n}.block{i + 1}.ram"))
+        if len(blocks) > 1:
+            for role, end in (("source", self.src), ("destination", self.dst)):
+                if "ramblocks" not in frozenset(end.capabilities()):
+                    raise Unsupported(
+                        f"{role} {getattr(end, 'name', '?')} lacks ramblocks (a guest of "
+                        f"{len(blocks)} RAM blocks; exec: --add-ramblock NAME=FILE)")
+        first = blocks[0]
         src_dir = self.workdir / f"src-{n}"
         dst_dir = self.workdir / f"dst-{n}"
         final_ram = self.workdir / f"final-{n}.ram" if dirty_rate else None
@@ -386,30 +479,28 @@ class RolePair:
             raise Unsupported(f"source {getattr(self.src, 'name', '?')} lacks dirty-rate (a "
                               "workload dirtying its guest during precopy)")
         vm_uuid = str(uuidlib.uuid4())
-        want = file_digest(image, cache=True)
+        for b in blocks:
+            b.want = file_digest(b.image, cache=True)
         incoming: Any = None
         proxy: Any = None
         report: Any = None
         src_res: Mapping[str, Any] = {}
         dst_res: Mapping[str, Any] = {}
         errors: list[str] = []
-        mismatch = None
         fw_before: int | None = None
-        source_view: SparseImage | None = None
-        final: str | None = None
+        views: dict[str, SparseImage] = {}
         changed: int | None = None
         try:
-            sparse_copy(image, src_ram)
-            with open(dst_ram, "wb") as f:
-                if destination_fill:
-                    chunk = bytes([destination_fill]) * min(size, 1 << 22)
-                    for pos in range(0, size, len(chunk)):
-                        f.write(chunk[: size - pos])
-                f.truncate(size)
+            for b in blocks:
+                sparse_copy(b.image, b.src)
+                _destination_file(b.dst, b.size, destination_fill)
             src_dir.mkdir()
             dst_dir.mkdir()
-            dctx = RoleContext(ram=dst_ram, ram_size=size, uuid=vm_uuid, workdir=dst_dir,
-                               timeout=timeout, device=self.device, measure=self.measure)
+            extra_dst = tuple(RAMBlockFile(b.name, b.dst, b.size) for b in blocks[1:])
+            extra_src = tuple(RAMBlockFile(b.name, b.src, b.size) for b in blocks[1:])
+            dctx = RoleContext(ram=first.dst, ram_size=size, uuid=vm_uuid, workdir=dst_dir,
+                               timeout=timeout, device=self.device, measure=self.measure,
+                               extra_ramblocks=extra_dst)
             incoming = self.dst.destination(self.spec, dctx)
             address = tuple(incoming.address)
             fw_before = self._fw_requests()
@@ -423,25 +514,29 @@ class RolePair:
                     # layout there.
                     hw = (self.spec.compression == "qatzip" and self.device is not None
                           and bool(getattr(self.device, "hw_ready", False)))
-                    # The guest's layout: its one block, and (a static guest) its bytes, which
-                    # the last copy of every page must equal (holes read as zeros, unread).
-                    if not dirty_rate:
-                        source_view = SparseImage(image, size)
+                    # The guest's layout: its blocks, and (blocks no workload writes) their
+                    # bytes, which the last copy of every page must equal (holes read as
+                    # zeros, unread).
+                    for b in blocks:
+                        if not (dirty_rate and b is first):
+                            views[b.name] = SparseImage(b.image, b.size)
                     checker = TapChecker(
-                        Expectations(qatzip_hw_chunks=hw, ramblocks={RAMBLOCK: size},
+                        Expectations(qatzip_hw_chunks=hw,
+                                     ramblocks={b.name: b.size for b in blocks},
                                      other_ramblocks=bool(getattr(self.src, "other_ramblocks",
                                                                   False))),
                         dialect=self.spec.dialect, method=self.spec.compression,
                         channels=self.spec.channels, uuid=vm_uuid, level=self.spec.level,
-                        source={RAMBLOCK: source_view} if source_view is not None else None)
+                        source=views or None)
                 proxy = TapProxy(("127.0.0.1", 0), (address[0], int(address[1])), checker,
                                  timeout=timeout, cut=cut)
                 address = ("127.0.0.1", proxy.start())
-            sctx = RoleContext(ram=src_ram, ram_size=size, uuid=vm_uuid, workdir=src_dir,
+            sctx = RoleContext(ram=first.src, ram_size=size, uuid=vm_uuid, workdir=src_dir,
                                timeout=timeout, device=self.device,
                                machine_type=getattr(incoming, "machine_type", None),
                                measure=self.measure,
-                               dirty_rate=dirty_rate, final_image=final_ram)
+                               dirty_rate=dirty_rate, final_image=final_ram,
+                               extra_ramblocks=extra_src)
             try:
                 src_res = dict(self.src.source(self.spec, sctx, (address[0], int(address[1]))))
             except Unsupported:
@@ -468,43 +563,48 @@ class RolePair:
                 incoming.close()
             if proxy is not None:
                 proxy.close()
-            if source_view is not None:
-                source_view.close()
+            for view in views.values():
+                view.close()
             try:
-                # Equal files take the image's digest without hashing them again (a sparse
-                # 4 GiB guest is compared over its data only).
-                src_after = ((want if same_content(image, src_ram) else file_digest(src_ram))
-                             if src_ram.exists() else None)
-                expected = image
                 if final_ram is not None:
                     if final_ram.exists() and final_ram.stat().st_size == size:
-                        final = file_digest(final_ram)
+                        first.expected = final_ram
+                        first.expected_digest = file_digest(final_ram)
                         changed = ram_mismatch(image, final_ram)["pages_differing"]
-                        expected = final_ram
                     else:
                         errors.append(f"the source wrote no final RAM image of {size} bytes "
                                       "(its RAM at stop time; exec: send --final-image)")
-                got = None
-                if dst_ram.exists():
-                    got = ((final or want) if same_content(expected, dst_ram)
-                           else file_digest(dst_ram))
-                mismatch = (ram_mismatch(expected, dst_ram)
-                            if got is not None and got != (final or want) else None)
+                for b in blocks:
+                    b.judge_files()
             finally:
-                for p in (src_ram, dst_ram, *([final_ram] if final_ram else [])):
-                    p.unlink(missing_ok=True)
+                for b in blocks:
+                    b.src.unlink(missing_ok=True)
+                    b.dst.unlink(missing_ok=True)
+                if final_ram is not None:
+                    final_ram.unlink(missing_ok=True)
                 for d in (src_dir, dst_dir):
                     shutil.rmtree(d, ignore_errors=True)
         if report is not None:
             self.reports.append(report)
             errors += [str(e) for e in report.errors]
+        want = guest_digest([(b.name, b.want) for b in blocks])
+        final = (guest_digest([(b.name, b.expected_digest or b.want) for b in blocks])
+                 if final_ram is not None and first.expected_digest is not None else None)
+        got = guest_digest([(b.name, b.got) for b in blocks])
+        src_after = guest_digest([(b.name, b.src_after) for b in blocks])
         result = self._result(src_res, dst_res, want, got, src_after, errors, report,
                               final=final if final_ram is not None else None)
         if final_ram is not None:
             result = MigrationResult({**result, "dirty_rate": dirty_rate,
                                       "workload_pages_changed": changed})
+        mismatch = _mismatch(blocks)
         if mismatch is not None:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
+        if len(blocks) > 1:
+            result = MigrationResult({**result, "ramblocks": {
+                b.name: {"size": b.size, "source_digest": b.expected_digest or b.want,
+                         "destination_digest": b.got, "source_unchanged": b.src_after == b.want}
+                for b in blocks}})
         if cut is not None:
             result = MigrationResult({**result, "channel_cut": proxy.cut_done if proxy else None})
         if self._fw_counted():

@@ -84,6 +84,9 @@ def test_decompress_into_refuses_pieces_of_the_wrong_size(method: str) -> None:
     with pytest.raises(ValueError, match="not 16384"):
         spec.new_decompressor().decompress_into(payload, 4, memoryview(bytearray(32768)),
                                                 [(0, 4096), (8192, 12288)])
+    with pytest.raises(ValueError, match=r"range 28672\.\.45056 outside 0\.\.32768"):
+        spec.new_decompressor().decompress_into(payload, 4, memoryview(bytearray(32768)),
+                                                [(0, 0), (28672, 45056)])
 
 
 def test_zstd_bomb_is_still_stopped_at_the_bound_with_pieces() -> None:

@@ -18,9 +18,10 @@ def engine_capabilities() -> list[str]:
     from ..dialects import DIALECTS
 
     # qat-fault-injection: `send --qat-inject-fault SPEC` makes the qatzip backend fail
-    # mid-run (docs/conformance.md, the exec: contract)
+    # mid-run; ramblocks: `send/listen --add-ramblock NAME=FILE` carry further RAM blocks
+    # (docs/conformance.md, the exec: contract)
     caps = {"max-bandwidth", "verify", "zero-page-detection", "dirty-rate",
-            "qat-fault-injection"}
+            "qat-fault-injection", "ramblocks"}
     for method in ("none", "zlib", "zstd", "qatzip", "qpl", "uadk"):
         try:
             get_codec(method)

@@ -45,7 +45,8 @@ examples:
 
 Serves one incoming migration and exits: 0 when it completed, 1 when it failed. The RAM of the
 block named by --ramblock lives in --guest-image (created as a sparse file of zeros), so it can
-be compared with the source's; other blocks (ROMs of a real QEMU) live in anonymous memory.
+be compared with the source's, each --add-ramblock block in its file; any other block the source
+lists (ROMs of a real QEMU) lives in anonymous memory.
 Both sides need the same --multifd-channels, --multifd-compression, --dialect and --uuid.
 """
 
@@ -54,9 +55,13 @@ examples:
   qatmig send 127.0.0.1:4444 --guest-image /dev/shm/src.img
   qatmig send 127.0.0.1:4444 --guest-image src.img --dialect qemu-7.2 --multifd-compression zstd
   qatmig send 127.0.0.1:4444 --guest-image src.img --tls-creds creds --tls-hostname localhost
+  qatmig send 127.0.0.1:4444 --guest-image ram.img --add-ramblock pc.bios=bios.img \
+      --add-ramblock 0000:00:02.0/vga.vram=vram.img          # several RAM blocks, in order
 
 Migrates the guest image (never modified: mapped read-only, or copy-on-write with
---dirty-rate) to a destination started with `qatmig listen` or a QEMU with -incoming.
+--dirty-rate) to a destination started with `qatmig listen` or a QEMU with -incoming. The
+image is the first RAM block (--ramblock); --add-ramblock lists further ones, as a QEMU
+source lists pc.bios, pc.rom and its VGA memory after pc.ram.
 """
 
 
@@ -287,7 +292,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         st = listen(host, port, args.guest_image, args.guest_size, _params(args),
                     ramblock=args.ramblock, uuid=args.uuid, timeout=args.timeout,
                     progress=bar, on_ready=ready, prealloc=args.prealloc,
-                    digest=not args.no_digest)
+                    digest=not args.no_digest, extra_ramblocks=args.add_ramblock)
     finally:
         bar.close()
     return _report(st, args)
@@ -306,13 +311,24 @@ def _cmd_send(args: argparse.Namespace) -> int:
                   dirty_pattern=args.dirty_pattern, timeout=args.timeout, progress=bar,
                   machine_type=args.machine_type, max_iters=args.max_iters,
                   digest=not args.no_digest, connect_wait=args.connect_wait,
-                  final_image=args.final_image)
+                  final_image=args.final_image, extra_ramblocks=args.add_ramblock)
     finally:
         bar.close()
     return _report(st, args)
 
 
-def _add_guest(p: argparse.ArgumentParser, *, dirty: bool = True) -> None:
+def _ramblock_file(text: str) -> tuple[str, str]:
+    from ..guest import parse_ramblock_file
+
+    try:
+        return parse_ramblock_file(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--add-ramblock {text!r}: ")
+                                         ) from None
+
+
+def _add_guest(p: argparse.ArgumentParser, *, dirty: bool = True,
+               add_blocks: str | None = None) -> None:
     g = p.add_argument_group("guest")
     g.add_argument("--guest-size", type=size_arg, default=None, metavar="SIZE",
                    help="guest RAM size, e.g. 256M, 1G")
@@ -320,6 +336,9 @@ def _add_guest(p: argparse.ArgumentParser, *, dirty: bool = True) -> None:
                    help="file holding guest RAM (e.g. in /dev/shm)")
     g.add_argument("--ramblock", default="pc.ram", metavar="NAME",
                    help="RAM block name of that RAM (default pc.ram, QEMU's with plain -m)")
+    if add_blocks:
+        g.add_argument("--add-ramblock", type=_ramblock_file, action="append", default=[],
+                       metavar="NAME=FILE", help=add_blocks)
     if dirty:
         g.add_argument("--dirty-rate", type=int, default=0, metavar="PAGES/S",
                        help="pages/s a workload dirties during the migration (default 0)")
@@ -352,7 +371,10 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG_LISTEN, formatter_class=fmt)
     p.add_argument("--listen", required=True, type=_hostport, metavar="HOST:PORT",
                    help="address to listen on (port 0 = any free port)")
-    _add_guest(p, dirty=False)
+    _add_guest(p, dirty=False, add_blocks=(
+        "another RAM block after --ramblock, its RAM in FILE: an existing file of the block's "
+        "size whose bytes are kept until pages arrive (e.g. pc.bios=bios.img after `truncate "
+        "-s 256K bios.img`); repeat for more, in the source's order"))
     p.add_argument("--prealloc", action="store_true",
                    help="fault the RAM in before listening (QEMU's prealloc=on)")
     p.add_argument("--no-digest", action="store_true",
@@ -366,7 +388,10 @@ def register(subparsers: Any) -> None:
         description="Source: migrate --guest-image to HOST:PORT.", epilog=EPILOG_SEND,
         formatter_class=fmt)
     p.add_argument("target", type=_hostport, metavar="HOST:PORT")
-    _add_guest(p)
+    _add_guest(p, add_blocks=(
+        "another RAM block after --ramblock, named NAME, its RAM the whole of FILE (never "
+        "modified; --dirty-rate dirties the first block only); repeat for more, sent in this "
+        "order, e.g. --add-ramblock pc.bios=bios.img --add-ramblock pc.rom=rom.img"))
     p.add_argument("--final-image", default=None, metavar="FILE",
                    help="once the migration ended, write the guest's RAM as it was when the "
                    "guest stopped (the --dirty-rate workload's writes included) to FILE: what "

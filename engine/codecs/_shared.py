@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,21 @@ def stream_payload_check(method: str, channel: int, broken: str | None, size: in
     if size > bound:
         raise too_large(channel, size, bound)
     return expected
+
+
+def output_runs(out_len: int, runs: Sequence[tuple[int, int]] | None,
+                expected: int) -> Sequence[tuple[int, int]]:
+    """The ``(start, end)`` ranges of a ``decompress_into`` output (None: all of it), checked:
+    each inside the output buffer, together exactly the ``expected`` decoded size."""
+    runs = [(0, out_len)] if runs is None else runs
+    total = 0
+    for s, e in runs:
+        if not 0 <= s <= e <= out_len:
+            raise ValueError(f"decompress_into: range {s}..{e} outside 0..{out_len}")
+        total += e - s
+    if total != expected:
+        raise ValueError(f"decompress_into: the ranges hold {total} bytes, not {expected}")
+    return runs
 
 
 @dataclass(frozen=True)

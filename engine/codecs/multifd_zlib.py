@@ -147,14 +147,7 @@ class ZlibDecompressor(Decompressor):
             super().decompress_into(payload, normal_pages, out, runs)
             return
         expected = self._check(payload, normal_pages)
-        runs = [(0, len(out))] if runs is None else runs
-        total = 0
-        for s, e in runs:
-            if not 0 <= s <= e <= len(out):
-                raise ValueError(f"decompress_into: range {s}..{e} outside 0..{len(out)}")
-            total += e - s
-        if total != expected:
-            raise ValueError(f"decompress_into: the ranges hold {total} bytes, not {expected}")
+        runs = _shared.output_runs(len(out), runs, expected)
         if expected:
             self._inflate_into(payload, out, runs, expected)
 

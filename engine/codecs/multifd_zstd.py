@@ -131,14 +131,7 @@ class ZstdDecompressor(Decompressor):
         n = len(payload)
         expected = _shared.stream_payload_check("zstd", ch, self._broken, n, normal_pages,
                                                 self.page_size)
-        runs = [(0, len(out))] if runs is None else runs
-        total = 0
-        for s, e in runs:
-            if not 0 <= s <= e <= len(out):
-                raise ValueError(f"decompress_into: range {s}..{e} outside 0..{len(out)}")
-            total += e - s
-        if total != expected:
-            raise ValueError(f"decompress_into: the ranges hold {total} bytes, not {expected}")
+        runs = _shared.output_runs(len(out), runs, expected)
         if expected == 0:
             return
         # The cffi views export the buffers of ``payload`` and ``out``; they must be released
