@@ -401,6 +401,34 @@ MUTANTS: tuple[Mutant, ...] = (
                "                raise self._fail(\"size mismatch\", _shared.size_mismatch(\n"
                "                    ch, expected + 1, expected, \"payload inflates to more\"))\n"
                "        outb.dst, outb.size, outb.pos = self._spare, 1, 0\n"),)),
+    # Faults mid-run (conformance/test_fallback.py, test_faults.py); each is also checked
+    # against the message of its own test by tests/test_conformance_faults.py.
+    Mutant("fallback-loses-the-failing-packet", "qat",
+           "the packet the backend failed on is replaced by zeros instead of compressed again",
+           (_p("qat/backend.py",
+               "            except (QatmigError, MemoryError) as exc:\n"
+               "                self._switch(exc)\n",
+               "            except (QatmigError, MemoryError) as exc:\n"
+               "                self._switch(exc)\n"
+               "                data = bytes(len(memoryview(data).cast('B')))\n"),)),
+    Mutant("fallback-silent", "qat", "falls back to software mid-run without reporting it",
+           (_p("qat/backend.py", "        self._record({", "        (lambda event: None)({"),)),
+    Mutant("fallback-off-ignored-mid-run", "qat",
+           "qat-fallback off, and a backend failure mid-run still falls back to software",
+           (_p("qat/backend.py", "                  if self.fallback else "
+               "CheckedQzEngine(primary, channel))",
+               "                  )"),)),
+    Mutant("dest-lost-channel-completes", "engine",
+           "a destination reports completed when a multifd connection closes early",
+           (_p("destination.py",
+               "        except Exception as exc:  # typed errors expected; anything else is "
+               "a bug, still no hang\n            st.record_failure(exc, self.act.error)",
+               "        except Exception as exc:  # typed errors expected; anything else is "
+               "a bug, still no hang\n"
+               "            if isinstance(self.act.error or exc, ChannelClosed):\n"
+               "                st.status = \"completed\"\n"
+               "            else:\n"
+               "                st.record_failure(exc, self.act.error)"),)),
 )
 
 

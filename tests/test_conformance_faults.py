@@ -29,46 +29,20 @@ FAULT_TESTS = "mid_run"
 #: A small silesia guest: the fault checks use guest_odd_size (16 MiB + 4 KiB) themselves.
 SUITE_ARGS = ("--qatmig-guest-size=4M", "--qatmig-devices=sw")
 
-MUTANTS = [
-    pytest.param(ms.Mutant(
-        "fallback-loses-the-failing-packet", "qat",
-        "the packet the backend failed on is replaced by zeros instead of compressed again",
-        (ms.Patch("qat/backend.py",
-                  "            except (QatmigError, MemoryError) as exc:\n"
-                  "                self._switch(exc)\n",
-                  "            except (QatmigError, MemoryError) as exc:\n"
-                  "                self._switch(exc)\n"
-                  "                data = bytes(len(memoryview(data).cast('B')))\n"),)),
-        # the wire judge (pages compared with the source's RAM) or the suite's digest
-        "loses_no_page", "differs from the source's final RAM|pages lost when the QAT "
-        "backend failed mid-run", id="fallback-loses-the-failing-packet"),
-    pytest.param(ms.Mutant(
-        "fallback-silent", "qat", "falls back to software mid-run without reporting it",
-        (ms.Patch("qat/backend.py", "        self._record({", "        (lambda event: None)({"),)),
-        "loses_no_page", "fell back to software without saying so", id="fallback-silent"),
-    pytest.param(ms.Mutant(
-        "fallback-off-ignored-mid-run", "qat",
-        "qat-fallback off, and a backend failure mid-run still falls back to software",
-        (ms.Patch("qat/backend.py", "                  if self.fallback else "
-                  "CheckedQzEngine(primary, channel))",
-                  "                  )"),)),
-        "fallback_off", "the QAT backend failed mid-run, and the migration completed",
-        id="fallback-off-ignored-mid-run"),
-    pytest.param(ms.Mutant(
-        "dest-lost-channel-completes", "engine",
-        "a destination reports completed when a multifd connection closes early",
-        (ms.Patch("destination.py",
-                  "        except Exception as exc:  # typed errors expected; anything else is "
-                  "a bug, still no hang\n            st.record_failure(exc, self.act.error)",
-                  "        except Exception as exc:  # typed errors expected; anything else is "
-                  "a bug, still no hang\n"
-                  "            if isinstance(self.act.error or exc, ChannelClosed):\n"
-                  "                st.status = \"completed\"\n"
-                  "            else:\n"
-                  "                st.record_failure(exc, self.act.error)"),)),
-        "killed_mid_run", "the destination reported completed although multifd connection",
-        id="dest-lost-channel-completes"),
-]
+#: The fault mutants of benchmarks/mutation_score.py, the checks that must fail them and the
+#: message each must fail with.
+FAULT_MUTANTS = (
+    # the wire judge (pages compared with the source's RAM) or the suite's digest
+    ("fallback-loses-the-failing-packet", "loses_no_page",
+     "differs from the source's final RAM|pages lost when the QAT backend failed mid-run"),
+    ("fallback-silent", "loses_no_page", "fell back to software without saying so"),
+    ("fallback-off-ignored-mid-run", "fallback_off",
+     "the QAT backend failed mid-run, and the migration completed"),
+    ("dest-lost-channel-completes", "killed_mid_run",
+     "the destination reported completed although multifd connection"),
+)
+MUTANTS = [pytest.param(next(m for m in ms.MUTANTS if m.name == name), select, message, id=name)
+           for name, select, message in FAULT_MUTANTS]
 
 
 def _suite(prog: Path, select: str) -> tuple[int | None, list[str], str]:
