@@ -35,9 +35,12 @@ def tap_cost(size: int, channels: int, methods: list[str], timeout: float) -> li
     import select
     import subprocess
 
+    from qatmig_engine.bench import dialect_for_version
     from qatmig_engine.qemu.interop import QATMIG, _wait_rusage
-    from qatmig_engine.qemu.process import QemuProcess
+    from qatmig_engine.qemu.process import QemuProcess, qemu_version
 
+    # The tap judges the peers' dialect (its default is the newest): QEMU's own.
+    dialect = dialect_for_version(qemu_version(find_qemu()))
     out = []
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="qatmig-tapcost-", dir=base) as d:
@@ -53,7 +56,8 @@ def tap_cost(size: int, channels: int, methods: list[str], timeout: float) -> li
                 port = dst.migrate_incoming()
                 tap = subprocess.Popen(
                     [*QATMIG, "tap", "--listen", "127.0.0.1:0", "--forward",
-                     f"127.0.0.1:{port}", "--json", "--timeout", str(timeout)],
+                     f"127.0.0.1:{port}", "--dialect", dialect, "--json", "--timeout",
+                     str(timeout)],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 assert tap.stderr is not None and tap.stdout is not None
                 if not select.select([tap.stderr], [], [], 30)[0]:
