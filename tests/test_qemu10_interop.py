@@ -106,3 +106,14 @@ def test_qemu10_into_an_older_dialect_names_the_command(shm):
     assert "MIG_CMD_SWITCHOVER_START" in run.destination["error"]
     assert "qemu-10.0" in run.destination["error"]
     assert "unknown section type" not in run.log
+
+
+def test_qemu10_keeps_the_multifd_levels(shm):
+    # Unlike 7.2 (tests/test_qemu_process.py), QEMU 10.0 applies the levels it accepts.
+    from qatmig_engine.qemu.process import QemuProcess
+
+    with QemuProcess(ram_file=f"{shm}/ram.img", ram_size=SIZE,
+                     binary=str(qemu10().wrapper)) as q:
+        q.execute("migrate-set-parameters", {"multifd-zlib-level": 9, "multifd-zstd-level": 7})
+        p = q.execute("query-migrate-parameters")
+    assert (p["multifd-zlib-level"], p["multifd-zstd-level"]) == (9, 7)

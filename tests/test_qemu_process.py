@@ -59,6 +59,17 @@ def test_bad_parameter_is_a_qmp_error(shm):
             q.setup_migration(channels=2, compression="qatzip")
 
 
+def test_qemu_72_drops_the_multifd_levels_it_accepts(shm):
+    # A QEMU 7.2 bug the conformance suite reports as a finding (test_levels xfails there):
+    # migrate-set-parameters takes multifd-zlib-level / multifd-zstd-level without an error
+    # and keeps 1; the old compression's compress-level is kept (docs/qemu-interop.md).
+    with QemuProcess(ram_file=f"{shm}/ram.img", ram_size=SIZE) as q:
+        q.execute("migrate-set-parameters", {"multifd-zlib-level": 9, "multifd-zstd-level": 7,
+                                             "compress-level": 7})
+        p = q.execute("query-migrate-parameters")
+    assert (p["multifd-zlib-level"], p["multifd-zstd-level"], p["compress-level"]) == (1, 1, 7)
+
+
 def _pair(shm, *, dst_uuid=None):
     write_image(f"{shm}/src.img", SIZE, seed=3)
     src = QemuProcess(ram_file=f"{shm}/src.img", ram_size=SIZE, name="src",
