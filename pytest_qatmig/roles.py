@@ -361,6 +361,11 @@ class _Block:
         self.got: str | None = None
         self.mismatch: dict[str, Any] | None = None
 
+    @property
+    def must_hold(self) -> str:
+        """The digest the destination's copy must have: the final RAM's, else the image's."""
+        return self.expected_digest or self.want
+
     def judge_files(self) -> None:
         # Equal files take the image's digest without hashing them again (a sparse 4 GiB
         # guest is compared over its data only).
@@ -368,26 +373,23 @@ class _Block:
             self.src_after = (self.want if same_content(self.image, self.src)
                               else file_digest(self.src))
         expected = self.expected or self.image
-        want = self.expected_digest or self.want
         if self.dst.exists():
-            self.got = want if same_content(expected, self.dst) else file_digest(self.dst)
-            if self.got != want:
+            self.got = (self.must_hold if same_content(expected, self.dst)
+                        else file_digest(self.dst))
+            if self.got != self.must_hold:
                 self.mismatch = ram_mismatch(expected, self.dst)
 
 
 def _mismatch(blocks: list[_Block]) -> dict[str, Any] | None:
     """``ram_mismatch`` of the result: the one block's, or with several blocks the first
     differing block's figures, its name and every differing block's."""
-    differing = [b for b in blocks if b.mismatch is not None]
-    if not differing:
-        return None
-    if len(blocks) == 1:
-        return differing[0].mismatch
-    assert differing[0].mismatch is not None
-    return {**differing[0].mismatch, "ramblock": differing[0].name,
-            "pages_differing": sum(int((b.mismatch or {})["pages_differing"])
-                                   for b in differing),
-            "per_ramblock": {b.name: b.mismatch for b in differing}}
+    differing = {b.name: b.mismatch for b in blocks if b.mismatch is not None}
+    if not differing or len(blocks) == 1:
+        return next(iter(differing.values()), None)
+    name, first = next(iter(differing.items()))
+    return {**first, "ramblock": name,
+            "pages_differing": sum(int(m["pages_differing"]) for m in differing.values()),
+            "per_ramblock": differing}
 
 
 # ------------------------------------------------------------------------------ the pair
@@ -588,12 +590,12 @@ class RolePair:
             self.reports.append(report)
             errors += [str(e) for e in report.errors]
         want = guest_digest([(b.name, b.want) for b in blocks])
-        final = (guest_digest([(b.name, b.expected_digest or b.want) for b in blocks])
-                 if final_ram is not None and first.expected_digest is not None else None)
+        final = (guest_digest([(b.name, b.must_hold) for b in blocks])
+                 if first.expected_digest is not None else None)
         got = guest_digest([(b.name, b.got) for b in blocks])
         src_after = guest_digest([(b.name, b.src_after) for b in blocks])
         result = self._result(src_res, dst_res, want, got, src_after, errors, report,
-                              final=final if final_ram is not None else None)
+                              final=final)
         if final_ram is not None:
             result = MigrationResult({**result, "dirty_rate": dirty_rate,
                                       "workload_pages_changed": changed})
@@ -602,7 +604,7 @@ class RolePair:
             result = MigrationResult({**result, "ram_mismatch": mismatch})
         if len(blocks) > 1:
             result = MigrationResult({**result, "ramblocks": {
-                b.name: {"size": b.size, "source_digest": b.expected_digest or b.want,
+                b.name: {"size": b.size, "source_digest": b.must_hold,
                          "destination_digest": b.got, "source_unchanged": b.src_after == b.want}
                 for b in blocks}})
         if cut is not None:
